@@ -1,0 +1,233 @@
+//! Types shared by the eBPF programs and the `sockbuf` loader.
+//!
+//! Every record in the ring buffer starts with a [`Header`]; its `kind` (a stable
+//! [`EventKind`] id) says which struct follows. All fields are fixed-width integers so that
+//! both sides agree on the layout byte for byte; the size assertions below pin it.
+#![no_std]
+
+#[cfg(feature = "user")]
+pub mod user;
+
+/// Length of a task's `comm`, as the kernel keeps it.
+pub const COMM_LEN: usize = 16;
+
+/// Names of the maps, shared so the loader asks for exactly what the programs define.
+pub mod maps {
+    /// Ring buffer that carries every event to userspace.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU counter of events dropped because the ring buffer was full.
+    pub const LOST: &str = "LOST";
+    /// Send calls in progress, keyed by thread id.
+    pub const INFLIGHT: &str = "INFLIGHT";
+    /// Per-socket tracking state, keyed by `struct sock` address (LRU, bounded).
+    pub const SOCKS: &str = "SOCKS";
+}
+
+/// Names of the read-only globals the loader sets before load.
+pub mod globals {
+    pub const FILTER: &str = "FILTER";
+    pub const KOFFSETS: &str = "KOFFSETS";
+}
+
+/// Capacity of [`maps::INFLIGHT`]: one entry per thread inside a send call.
+pub const INFLIGHT_ENTRIES: u32 = 16_384;
+/// Capacity of [`maps::SOCKS`]: least recently used sockets are evicted past this.
+pub const SOCKS_ENTRIES: u32 = 65_536;
+
+/// Stable numeric ids of event kinds. Never renumber: JSON consumers and old captures rely on them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// One send call on a TCP socket: [`SendEvent`].
+    Send = 1,
+    /// A sender slept in the kernel because the send buffer was full: [`BlockEvent`].
+    Block = 2,
+    /// The peer's ACK moved `snd_una` past traced bytes: [`AckEvent`].
+    Ack = 3,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Send),
+            2 => Some(Self::Block),
+            3 => Some(Self::Ack),
+            _ => None,
+        }
+    }
+}
+
+/// First bytes of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct Header {
+    /// An [`EventKind`] id.
+    pub kind: u32,
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    /// Thread group id (what userspace calls the pid); 0 where no task is involved (ACKs).
+    pub pid: u32,
+    /// Kernel task id (what userspace calls the tid).
+    pub tid: u32,
+    /// The socket's inode number: the `ino` that `ss -e` prints and `fstat` returns.
+    pub sock_id: u64,
+}
+
+/// Where a socket's bytes go. Addresses are in network byte order; IPv4 uses the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct SockAddrs {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Local port, host byte order.
+    pub lport: u16,
+    /// Remote port, host byte order.
+    pub rport: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// A TCP socket's send side at one moment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct SendQueue {
+    /// `sk_sndbuf`: the send buffer's limit in bytes of memory (what SO_SNDBUF reads back).
+    pub sndbuf: u32,
+    /// `sk_wmem_queued`: memory charged to the send queue, skb overhead included.
+    pub wmem_queued: u32,
+    /// `write_seq - snd_una`: bytes not yet acked (netstat's Send-Q, SIOCOUTQ).
+    pub send_q: u32,
+    /// `write_seq - snd_nxt`: of those, bytes never sent (SIOCOUTQNSD).
+    pub unsent: u32,
+    /// `snd_nxt - snd_una`: of those, bytes sent and awaiting an ACK.
+    pub in_flight: u32,
+    pub _pad: u32,
+    /// `bytes_acked`: the stream offset the peer has acknowledged (relative to the first byte).
+    pub acked: u64,
+}
+
+/// One send call on a TCP socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct SendEvent {
+    pub hdr: Header,
+    pub comm: [u8; COMM_LEN],
+    pub addrs: SockAddrs,
+    /// When the call entered TCP's copy loop (0 when it never did); `hdr.ts_ns` is its return.
+    pub start_ns: u64,
+    /// Bytes the caller asked to send (valid when [`SEND_F_REQUESTED`] is set).
+    pub requested: u64,
+    /// What the call returned: bytes copied into the send buffer, or `-errno`.
+    pub ret: i64,
+    /// The call's `MSG_*` flags (`MSG_DONTWAIT` for a non-blocking file).
+    pub msg_flags: u32,
+    /// `SEND_F_*` bits.
+    pub flags: u32,
+    /// The send queue after the copy.
+    pub queue: SendQueue,
+    /// Stream offset just past this write's last byte (`bytes_acked + write_seq - snd_una`).
+    pub seq_end: u64,
+}
+
+/// [`SendEvent::requested`] is known (the kernel reached its copy loop).
+pub const SEND_F_REQUESTED: u32 = 1 << 0;
+/// The call slept at least once waiting for send-buffer space.
+pub const SEND_F_BLOCKED: u32 = 1 << 1;
+
+/// A sender slept inside a send call because the send buffer was full.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct BlockEvent {
+    pub hdr: Header,
+    pub comm: [u8; COMM_LEN],
+    /// When the task went to sleep (same clock as [`Header::ts_ns`]).
+    pub start_ns: u64,
+    /// When it ran again inside the same send call.
+    pub end_ns: u64,
+    /// Bytes of the call still waiting to be copied when it fell asleep.
+    pub left: u64,
+    /// The send queue when it fell asleep.
+    pub queue: SendQueue,
+}
+
+/// The peer's ACK advanced over bytes a traced write put in the stream.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct AckEvent {
+    pub hdr: Header,
+    /// Stream offset acknowledged before this ACK.
+    pub prev_acked: u64,
+    /// Stream offset acknowledged by this ACK: every byte below it reached the peer.
+    pub acked: u64,
+}
+
+/// Filters, set by the loader before load; an event that fails one never reaches the ring buffer.
+/// Zero means "no filter" for every field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct Filter {
+    /// Thread group id.
+    pub pid: u32,
+    /// Local or remote port.
+    pub port: u16,
+    pub _pad: u16,
+    /// cgroup v2 id (the cgroup directory's inode number).
+    pub cgroup: u64,
+    /// Task comm, NUL padded; empty means any.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Byte offsets of the kernel struct fields the programs read, taken from the running
+/// kernel's BTF at start-up (aya's Rust programs have no CO-RE relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct KernelOffsets {
+    // struct sock / sock_common
+    pub sk_family: u32,
+    pub sk_num: u32,
+    pub sk_dport: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_protocol: u32,
+    pub sk_type: u32,
+    pub sk_sndbuf: u32,
+    pub sk_wmem_queued: u32,
+    pub sk_socket: u32,
+    // struct tcp_sock
+    pub tp_write_seq: u32,
+    pub tp_snd_una: u32,
+    pub tp_snd_nxt: u32,
+    pub tp_bytes_acked: u32,
+    // struct socket_alloc / inode: the socket's inode number
+    pub socket_alloc_inode: u32,
+    pub inode_ino: u32,
+    // struct msghdr / iov_iter
+    pub msg_iter_count: u32,
+    pub msg_flags: u32,
+    // struct sk_buff
+    pub skb_data: u32,
+    pub _pad: u32,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<Header>() == 32);
+    assert!(core::mem::size_of::<SockAddrs>() == 40);
+    assert!(core::mem::size_of::<SendQueue>() == 32);
+    assert!(core::mem::size_of::<SendEvent>() == 160);
+    assert!(core::mem::size_of::<BlockEvent>() == 104);
+    assert!(core::mem::size_of::<AckEvent>() == 48);
+    assert!(core::mem::size_of::<Filter>() == 32);
+    assert!(core::mem::size_of::<KernelOffsets>() == 88);
+};

@@ -1,0 +1,128 @@
+//! Userspace side: `aya::Pod` for the types the loader hands to the kernel, and decoding of
+//! ring-buffer records.
+
+use core::mem::size_of;
+
+use crate::{AckEvent, BlockEvent, EventKind, Filter, Header, KernelOffsets, SendEvent};
+
+// SAFETY: all of these are `#[repr(C)]`, made of integers only, and valid for any bit pattern.
+unsafe impl aya::Pod for Filter {}
+unsafe impl aya::Pod for KernelOffsets {}
+unsafe impl aya::Pod for SendEvent {}
+unsafe impl aya::Pod for BlockEvent {}
+unsafe impl aya::Pod for AckEvent {}
+
+/// One decoded ring-buffer record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Send(SendEvent),
+    Block(BlockEvent),
+    Ack(AckEvent),
+}
+
+/// A record that does not match any known event layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than its kind's struct (or than a header).
+    Short { kind: u32, len: usize },
+    /// A kind id this build does not know.
+    UnknownKind(u32),
+}
+
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Short { kind, len } => write!(f, "record of kind {kind} is only {len} bytes"),
+            Self::UnknownKind(k) => write!(f, "unknown event kind {k}"),
+        }
+    }
+}
+
+/// Reads a `T` from the start of `bytes`, which may be unaligned.
+fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short { kind, len: bytes.len() });
+    }
+    // SAFETY: length checked above; T is a plain-old-data repr(C) struct.
+    Ok(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+impl Event {
+    /// Decodes one ring-buffer record.
+    pub fn parse(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let hdr: Header = read(bytes, 0)?;
+        match EventKind::from_u32(hdr.kind) {
+            Some(EventKind::Send) => read(bytes, hdr.kind).map(Event::Send),
+            Some(EventKind::Block) => read(bytes, hdr.kind).map(Event::Block),
+            Some(EventKind::Ack) => read(bytes, hdr.kind).map(Event::Ack),
+            None => Err(DecodeError::UnknownKind(hdr.kind)),
+        }
+    }
+
+    pub fn header(&self) -> &Header {
+        match self {
+            Event::Send(e) => &e.hdr,
+            Event::Block(e) => &e.hdr,
+            Event::Ack(e) => &e.hdr,
+        }
+    }
+}
+
+/// The bytes of a plain-old-data value, as the kernel writes it into the ring buffer.
+pub fn as_bytes<T: aya::Pod>(v: &T) -> &[u8] {
+    // SAFETY: T is Pod: no padding-dependent invariants, any byte view is valid to read.
+    unsafe { core::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SendQueue, SockAddrs, SEND_F_REQUESTED};
+
+    fn header(kind: EventKind) -> Header {
+        Header { kind: kind as u32, cpu: 1, ts_ns: 123_456_789, pid: 42, tid: 43, sock_id: 9_999 }
+    }
+
+    #[test]
+    fn send_round_trip() {
+        let ev = SendEvent {
+            hdr: header(EventKind::Send),
+            comm: *b"writer\0\0\0\0\0\0\0\0\0\0",
+            addrs: SockAddrs { family: 2, lport: 5000, rport: 40_000, _pad: 0, saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] },
+            start_ns: 123_000_000,
+            requested: 1000,
+            ret: -11,
+            msg_flags: 0x40,
+            flags: SEND_F_REQUESTED,
+            queue: SendQueue { sndbuf: 16_384, wmem_queued: 9_000, send_q: 8_000, unsent: 3_000, in_flight: 5_000, _pad: 0, acked: 77 },
+            seq_end: 8_077,
+        };
+        assert_eq!(Event::parse(as_bytes(&ev)), Ok(Event::Send(ev)));
+    }
+
+    #[test]
+    fn block_and_ack_round_trip() {
+        let block = BlockEvent {
+            hdr: header(EventKind::Block),
+            comm: [b'x'; 16],
+            start_ns: 1,
+            end_ns: 2,
+            left: 3,
+            queue: SendQueue::default(),
+        };
+        assert_eq!(Event::parse(as_bytes(&block)), Ok(Event::Block(block)));
+        let ack = AckEvent { hdr: header(EventKind::Ack), prev_acked: 10, acked: 20 };
+        assert_eq!(Event::parse(as_bytes(&ack)), Ok(Event::Ack(ack)));
+    }
+
+    #[test]
+    fn rejects_short_and_unknown() {
+        let ack = AckEvent { hdr: header(EventKind::Ack), prev_acked: 10, acked: 20 };
+        let bytes = as_bytes(&ack);
+        assert_eq!(Event::parse(&bytes[..40]), Err(DecodeError::Short { kind: 3, len: 40 }));
+        let mut unknown = ack;
+        unknown.hdr.kind = 77;
+        assert_eq!(Event::parse(as_bytes(&unknown)), Err(DecodeError::UnknownKind(77)));
+        assert_eq!(Event::parse(&bytes[..8]), Err(DecodeError::Short { kind: 0, len: 8 }));
+    }
+}

@@ -1,0 +1,22 @@
+//! sockbuf's eBPF programs.
+//!
+//! `model` holds the one event model (what a send, a sleep and an ACK mean); the attach
+//! backends (`tracepoint` today) only pull their hook's arguments and call into it.
+#![no_std]
+#![no_main]
+
+mod filter;
+mod kernel;
+mod maps;
+mod model;
+mod tracepoint;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

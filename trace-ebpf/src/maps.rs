@@ -1,0 +1,54 @@
+//! Maps shared by every program; their names are `trace_common::maps` constants.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use trace_common::{INFLIGHT_ENTRIES, SOCKS_ENTRIES, SendQueue};
+
+/// Carries events to userspace. Its size is set by the loader (`--ring-size`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Per-CPU counters: [`LOST_EVENTS`] and [`READ_ERRORS`].
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+pub const LOST_EVENTS: u32 = 0;
+pub const READ_ERRORS: u32 = 1;
+
+/// A send call in progress on one thread, from its first pass through the TCP copy loop to
+/// the syscall's return. Deleted at the return, so it holds one entry per thread in a call.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Inflight {
+    pub sk: u64,
+    pub msg: u64,
+    pub start_ns: u64,
+    pub requested: u64,
+    pub msg_flags: u32,
+    pub flags: u32,
+    /// Non-zero while the thread sleeps for send-buffer space.
+    pub block_start: u64,
+    pub block_left: u64,
+    pub block_queue: SendQueue,
+}
+
+#[map]
+pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+
+/// What the ACK path needs to know of a socket that traced writes went to.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct SockTrack {
+    /// Inode number when the entry was written; a mismatch means the `struct sock` was reused.
+    pub ino: u64,
+    /// Stream offset just past the last traced write; `u64::MAX` while a traced call is
+    /// copying, because on loopback the ACK can come back before the call returns.
+    pub write_end: u64,
+    /// Highest offset an ACK event was sent for.
+    pub acked: u64,
+}
+
+/// LRU so it stays bounded however many sockets come and go without a close being seen.
+#[map]
+pub static SOCKS: LruHashMap<u64, SockTrack> = LruHashMap::with_max_entries(SOCKS_ENTRIES, 0);

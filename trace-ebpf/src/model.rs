@@ -1,0 +1,239 @@
+//! The event model: what a send call, a sleep for buffer space and an ACK mean, independent of
+//! which hook reported them. Attach backends call these and nothing else.
+//!
+//! A send call is seen as: `send_begin` at each pass of the TCP copy loop (the first pass
+//! opens the call), `task_sleeps` when the thread blocks inside the call, and `send_end` when
+//! the socket layer returns. `ack` runs for each segment a traced socket receives.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+};
+use aya_log_ebpf::warn;
+use trace_common::{
+    AckEvent, BlockEvent, COMM_LEN, EventKind, Header, SEND_F_BLOCKED, SEND_F_REQUESTED,
+    SendEvent, SendQueue,
+};
+
+use crate::{
+    filter,
+    kernel::{self, Fault, Sock},
+    maps::{EVENTS, INFLIGHT, Inflight, LOST, LOST_EVENTS, READ_ERRORS, SOCKS, SockTrack},
+};
+
+/// TASK_INTERRUPTIBLE: how `sk_stream_wait_memory` sleeps (lock and allocation waits do not).
+const TASK_INTERRUPTIBLE: u32 = 0x1;
+
+/// Runs a model function and turns a fault into a rate-limited aya-log warning
+/// (at the 1st, 2nd, 4th, 8th… fault on a CPU), never one log line per event.
+#[inline(always)]
+pub fn run<C: EbpfContext>(ctx: &C, f: impl FnOnce() -> Result<(), Fault>) -> u32 {
+    if let Err(fault) = f() {
+        let Some(n) = LOST.get_ptr_mut(READ_ERRORS) else { return 0 };
+        let n = unsafe {
+            *n += 1;
+            *n
+        };
+        if n & (n - 1) == 0 {
+            match fault {
+                Fault::Read(off) => warn!(ctx, "kernel read failed at offset {} ({} so far)", off, n),
+                Fault::InflightFull => warn!(ctx, "INFLIGHT map full: send calls untraced ({} so far)", n),
+            }
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn header(kind: EventKind, pid_tgid: u64, sock_id: u64, now: u64) -> Header {
+    Header {
+        kind: kind as u32,
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        ts_ns: now,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        sock_id,
+    }
+}
+
+#[inline(always)]
+fn comm() -> [u8; COMM_LEN] {
+    bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+}
+
+/// Writes `ev` to the ring buffer, or counts it as lost when the buffer is full.
+#[inline(always)]
+fn emit<T: 'static>(ev: T) {
+    if EVENTS.output::<T>(&ev, 0).is_err() {
+        if let Some(n) = LOST.get_ptr_mut(LOST_EVENTS) {
+            unsafe { *n += 1 };
+        }
+    }
+}
+
+/// A pass through the TCP copy loop of a send call on `sk`, with the call's `msghdr`.
+#[inline(always)]
+pub fn send_begin(sk: u64, msg: u64) -> Result<(), Fault> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    if let Some(call) = INFLIGHT.get_ptr_mut(tid) {
+        let call = unsafe { &mut *call };
+        if call.sk == sk {
+            // A later pass: the thread is back from waiting for space.
+            close_block(call, pid_tgid, unsafe { bpf_ktime_get_ns() });
+            return Ok(());
+        }
+    }
+    if !filter::task_passes((pid_tgid >> 32) as u32) {
+        return Ok(());
+    }
+    let sock = Sock::new(sk);
+    if !filter::sock_passes(&sock)? {
+        return Ok(());
+    }
+    track_write(sk, sock.ino()?, u64::MAX);
+    let call = Inflight {
+        sk,
+        msg,
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        requested: kernel::msg_left(msg, &sock.off)?,
+        msg_flags: kernel::msg_flags(msg, &sock.off)?,
+        flags: SEND_F_REQUESTED,
+        block_start: 0,
+        block_left: 0,
+        block_queue: SendQueue::default(),
+    };
+    INFLIGHT.insert(tid, call, 0).map_err(|_| Fault::InflightFull)
+}
+
+/// The thread is about to sleep; if it is inside a traced send call, the call is blocked on
+/// send-buffer space.
+#[inline(always)]
+pub fn task_sleeps(prev_state: u32) -> Result<(), Fault> {
+    if prev_state & TASK_INTERRUPTIBLE == 0 {
+        return Ok(());
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(call) = INFLIGHT.get_ptr_mut(tid) else { return Ok(()) };
+    let call = unsafe { &mut *call };
+    if call.block_start != 0 {
+        return Ok(());
+    }
+    let sock = Sock::new(call.sk);
+    call.block_queue = sock.send_queue()?;
+    call.block_left = kernel::msg_left(call.msg, &sock.off)?;
+    call.block_start = unsafe { bpf_ktime_get_ns() };
+    call.flags |= SEND_F_BLOCKED;
+    Ok(())
+}
+
+/// Emits the block event of a call whose thread runs again.
+#[inline(always)]
+fn close_block(call: &mut Inflight, pid_tgid: u64, now: u64) {
+    if call.block_start == 0 {
+        return;
+    }
+    let sock = Sock::new(call.sk);
+    let ev = BlockEvent {
+        hdr: header(EventKind::Block, pid_tgid, sock.ino().unwrap_or(0), now),
+        comm: comm(),
+        start_ns: call.block_start,
+        end_ns: now,
+        left: call.block_left,
+        queue: call.block_queue,
+    };
+    call.block_start = 0;
+    emit(ev);
+}
+
+/// The socket layer returns `ret` from a send call on `sk`.
+#[inline(always)]
+pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let sock = Sock::new(sk);
+    let (start_ns, requested, msg_flags, flags) = match INFLIGHT.get_ptr_mut(tid) {
+        Some(call) if unsafe { (*call).sk } == sk => {
+            let call = unsafe { &mut *call };
+            close_block(call, pid_tgid, now);
+            let r = (call.start_ns, call.requested, call.msg_flags, call.flags);
+            let _ = INFLIGHT.remove(tid);
+            r
+        }
+        // The call failed before the copy loop (or is not TCP): filter it here.
+        _ => {
+            if !filter::task_passes((pid_tgid >> 32) as u32)
+                || !sock.is_tcp()?
+                || !filter::sock_passes(&sock)?
+            {
+                return Ok(());
+            }
+            (0, 0, 0, 0)
+        }
+    };
+    let ino = sock.ino()?;
+    let queue = sock.send_queue()?;
+    let seq_end = queue.acked + u64::from(queue.send_q);
+    if ret > 0 || start_ns != 0 {
+        track_write(sk, ino, seq_end);
+    }
+    emit(SendEvent {
+        hdr: header(EventKind::Send, pid_tgid, ino, now),
+        comm: comm(),
+        addrs: sock.addrs()?,
+        start_ns,
+        requested,
+        ret,
+        msg_flags,
+        flags,
+        queue,
+        seq_end,
+    });
+    Ok(())
+}
+
+/// Remembers where the socket's traced data ends, for the ACK path.
+#[inline(always)]
+fn track_write(sk: u64, ino: u64, write_end: u64) {
+    let acked = match unsafe { SOCKS.get(sk) } {
+        Some(t) if t.ino == ino => t.acked,
+        _ => 0,
+    };
+    if write_end == 0 {
+        return; // nothing was ever written: no ACK to wait for
+    }
+    let _ = SOCKS.insert(sk, SockTrack { ino, write_end, acked }, 0);
+}
+
+/// An incoming segment `skb` on an established socket `sk`, before TCP processes it.
+#[inline(always)]
+pub fn ack(sk: u64, skb: u64) -> Result<(), Fault> {
+    let Some(track) = SOCKS.get_ptr_mut(sk) else { return Ok(()) };
+    let track = unsafe { &mut *track };
+    let sock = Sock::new(sk);
+    let bytes_acked = sock.bytes_acked()?;
+    if track.write_end <= bytes_acked {
+        return Ok(()); // nothing traced is waiting for an ACK
+    }
+    let Some(ack_seq) = kernel::skb_ack_seq(skb, &sock.off)? else { return Ok(()) };
+    let snd_una = sock.snd_una()?;
+    let advance = ack_seq.wrapping_sub(snd_una);
+    // Same acceptance test as tcp_ack(): moves forward, and not past what was sent.
+    if advance == 0 || advance > sock.snd_nxt()?.wrapping_sub(snd_una) {
+        return Ok(());
+    }
+    let ino = sock.ino()?;
+    if ino != track.ino {
+        let _ = SOCKS.remove(sk); // the struct sock was reused by another socket
+        return Ok(());
+    }
+    let acked = bytes_acked + u64::from(advance);
+    track.acked = acked;
+    emit(AckEvent {
+        hdr: header(EventKind::Ack, 0, ino, unsafe { bpf_ktime_get_ns() }),
+        prev_acked: bytes_acked,
+        acked,
+    });
+    Ok(())
+}

@@ -1,0 +1,14 @@
+use std::path::Path;
+
+use aya_build::{Package, Toolchain};
+
+/// Builds the eBPF programs (trace-ebpf's binary) for the BPF target with BTF, into OUT_DIR.
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let root_dir = Path::new(&manifest_dir).join("../trace-ebpf");
+    let root_dir = root_dir.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+    aya_build::build_ebpf(
+        [Package { name: "trace-ebpf", root_dir, ..Default::default() }],
+        Toolchain::default(),
+    )
+}

@@ -1,0 +1,155 @@
+//! Matches ACK progress to the writes it covers: a write is delivered when the peer's ACK
+//! passes its last byte. The kernel reports each ACK that advances over traced data; this side
+//! keeps, per socket, the writes still waiting and the recent ACKs (an ACK on another CPU can
+//! reach the ring buffer before the send event of the write it covers).
+
+use std::collections::{HashMap, VecDeque};
+
+use trace_common::{AckEvent, SendEvent};
+
+/// A write whose bytes the peer has acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckedWrite {
+    pub sock_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub seq_start: u64,
+    pub seq_end: u64,
+    /// When the write's send call started.
+    pub write_ns: u64,
+    /// When the covering ACK arrived.
+    pub ack_ts_ns: u64,
+}
+
+impl AckedWrite {
+    /// From the send call's start to the ACK that covered its last byte.
+    pub fn acked_ns(&self) -> u64 {
+        self.ack_ts_ns.saturating_sub(self.write_ns)
+    }
+}
+
+#[derive(Default)]
+struct SockAcks {
+    pending: VecDeque<AckedWrite>,
+    /// (acked offset, time) of recent ACKs, oldest first.
+    recent: VecDeque<(u64, u64)>,
+}
+
+/// Bounds per socket, so a peer that never ACKs cannot grow memory without limit.
+const MAX_PENDING: usize = 1 << 16;
+const MAX_RECENT: usize = 64;
+
+#[derive(Default)]
+pub struct AckMatcher {
+    socks: HashMap<u64, SockAcks>,
+    /// Writes dropped from a full pending queue: never matched to an ACK.
+    pub dropped: u64,
+}
+
+impl AckMatcher {
+    pub fn on_send(&mut self, e: &SendEvent, mut out: impl FnMut(&AckedWrite)) {
+        if e.ret <= 0 {
+            return;
+        }
+        let mut w = AckedWrite {
+            sock_id: e.hdr.sock_id,
+            pid: e.hdr.pid,
+            tid: e.hdr.tid,
+            seq_start: e.seq_end.saturating_sub(e.ret as u64),
+            seq_end: e.seq_end,
+            write_ns: if e.start_ns != 0 { e.start_ns } else { e.hdr.ts_ns },
+            ack_ts_ns: 0,
+        };
+        let s = self.socks.entry(w.sock_id).or_default();
+        if let Some(&(_, ts)) = s.recent.iter().find(|(acked, _)| *acked >= w.seq_end) {
+            w.ack_ts_ns = ts;
+            out(&w);
+            return;
+        }
+        if s.pending.len() == MAX_PENDING {
+            s.pending.pop_front();
+            self.dropped += 1;
+        }
+        s.pending.push_back(w);
+    }
+
+    pub fn on_ack(&mut self, e: &AckEvent, mut out: impl FnMut(&AckedWrite)) {
+        let s = self.socks.entry(e.hdr.sock_id).or_default();
+        if s.recent.len() == MAX_RECENT {
+            s.recent.pop_front();
+        }
+        s.recent.push_back((e.acked, e.hdr.ts_ns));
+        while s.pending.front().is_some_and(|w| w.seq_end <= e.acked) {
+            let mut w = s.pending.pop_front().expect("checked");
+            w.ack_ts_ns = e.hdr.ts_ns;
+            out(&w);
+        }
+    }
+
+    /// Writes still waiting for an ACK.
+    pub fn unacked(&self) -> usize {
+        self.socks.values().map(|s| s.pending.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use trace_common::{EventKind, Header, SendQueue, SockAddrs};
+
+    use super::*;
+
+    fn send(ts: u64, copied: i64, seq_end: u64) -> SendEvent {
+        SendEvent {
+            hdr: Header { kind: EventKind::Send as u32, cpu: 0, ts_ns: ts, pid: 1, tid: 2, sock_id: 7 },
+            comm: [0; 16],
+            addrs: SockAddrs::default(),
+            start_ns: ts - 1,
+            requested: copied as u64,
+            ret: copied,
+            msg_flags: 0,
+            flags: 0,
+            queue: SendQueue::default(),
+            seq_end,
+        }
+    }
+
+    fn ack(ts: u64, acked: u64) -> AckEvent {
+        AckEvent {
+            hdr: Header { kind: EventKind::Ack as u32, cpu: 0, ts_ns: ts, pid: 0, tid: 0, sock_id: 7 },
+            prev_acked: 0,
+            acked,
+        }
+    }
+
+    #[test]
+    fn ack_after_writes_covers_each_once() {
+        let mut m = AckMatcher::default();
+        let mut got = Vec::new();
+        m.on_send(&send(10, 100, 100), |w| got.push(*w));
+        m.on_send(&send(20, 100, 200), |w| got.push(*w));
+        m.on_ack(&ack(30, 150), |w| got.push(*w));
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].seq_end, got[0].acked_ns()), (100, 21));
+        m.on_ack(&ack(40, 200), |w| got.push(*w));
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].seq_start, 100);
+        assert_eq!(m.unacked(), 0);
+    }
+
+    #[test]
+    fn ack_seen_before_its_write() {
+        let mut m = AckMatcher::default();
+        let mut got = Vec::new();
+        m.on_ack(&ack(15, 100), |w| got.push(*w));
+        m.on_send(&send(20, 100, 100), |w| got.push(*w));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].ack_ts_ns, 15);
+    }
+
+    #[test]
+    fn failed_writes_wait_for_nothing() {
+        let mut m = AckMatcher::default();
+        m.on_send(&send(10, -11, 0), |_| panic!("no ack for EAGAIN"));
+        assert_eq!(m.unacked(), 0);
+    }
+}

@@ -1,0 +1,17 @@
+//! sockbuf: what the kernel does with the bytes an application writes to a socket.
+//!
+//! The library behind the `sockbuf` binary: loading the eBPF programs, reading their events,
+//! and the commands built on them.
+pub mod acks;
+pub mod attach;
+pub mod btf;
+pub mod cli;
+pub mod error;
+pub mod filter;
+pub mod format;
+pub mod loader;
+pub mod output;
+pub mod preflight;
+pub mod session;
+pub mod stop;
+pub mod trace;

@@ -1,0 +1,91 @@
+//! Loads sockbuf's eBPF object with its read-only globals, and attaches it.
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use aya_log::EbpfLogger;
+use trace_common::{Filter, globals, maps};
+
+use crate::{
+    attach::{self, AttachMode},
+    btf::KernelBtf,
+    preflight::{self, TracefsMount},
+};
+
+/// What to load.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub filter: Filter,
+    pub attach: AttachMode,
+    /// Ring buffer size in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
+    /// Whether the programs' own diagnostics are wanted (aya-log at -v).
+    pub kernel_log: bool,
+}
+
+/// Counters the programs keep per CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Events dropped because the ring buffer was full.
+    pub lost: u64,
+    /// Events abandoned because a kernel read failed or a map was full.
+    pub faults: u64,
+}
+
+/// The loaded, attached programs. Dropping it detaches everything.
+pub struct Tracer {
+    ebpf: Ebpf,
+    pub mode: AttachMode,
+    /// Why better backends were not used (for `--attach auto`).
+    pub refused: Vec<String>,
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    _tracefs: TracefsMount,
+}
+
+impl Tracer {
+    pub fn load(opts: &LoadOptions) -> anyhow::Result<Self> {
+        preflight::check_privileges()?;
+        let tracefs = TracefsMount::ensure()?;
+        let (mode, refused) = attach::choose(opts.attach)?;
+        let offsets = KernelBtf::from_sys()?.kernel_offsets()?;
+        // aya-log's level is a global too: off unless asked for, so the programs skip the work.
+        let log_level: u8 = if opts.kernel_log { aya_log::Level::Trace as u8 } else { 0 };
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::FILTER, &opts.filter, true)
+            .override_global(globals::KOFFSETS, &offsets, true)
+            .override_global(aya_log::LEVEL, &log_level, false)
+            .map_max_entries(maps::EVENTS, opts.ring_bytes)
+            .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trace-ebpf")))
+            .context("loading the eBPF object")?;
+        // Taken before the programs load: they refer to the log map by fd.
+        let logger = match EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::debug!("no eBPF log channel: {e}");
+                None
+            }
+        };
+        attach::attach(&mut ebpf, mode)?;
+        Ok(Self { ebpf, mode, refused, logger, _tracefs: tracefs })
+    }
+
+    /// The event ring buffer; can be taken once.
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map(maps::EVENTS).context("EVENTS map already taken")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The programs' log channel (aya-log), forwarding to the `log` crate.
+    pub fn take_logger(&mut self) -> Option<EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
+    }
+
+    pub fn counters(&self) -> anyhow::Result<KernelCounters> {
+        let map = self.ebpf.map(maps::LOST).context("LOST map missing")?;
+        let arr = PerCpuArray::<_, u64>::try_from(map)?;
+        let sum = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>());
+        Ok(KernelCounters { lost: sum(0)?, faults: sum(1)? })
+    }
+}

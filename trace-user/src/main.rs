@@ -1,0 +1,44 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use trace_user::{
+    cli::{Cli, Command},
+    error::SetupError,
+    trace,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new().filter_level(level).format_target(false).init();
+
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sockbuf: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Trace(args) => trace::run(args, cli.verbose).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, never a backtrace: the chain of contexts joined by ": ".
+            eprintln!("sockbuf: error: {e:#}");
+            if e.chain().any(|c| c.downcast_ref::<SetupError>().is_some()) {
+                ExitCode::from(SetupError::EXIT_CODE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

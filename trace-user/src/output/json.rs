@@ -1,0 +1,217 @@
+//! One JSON object per line. Field names are documented in the README; every object has
+//! `"kind"`.
+
+use std::{io::Write, net::IpAddr};
+
+use serde::{Serialize, Serializer};
+use trace_common::{BlockEvent, SEND_F_BLOCKED, SEND_F_REQUESTED, SendEvent};
+
+use super::{Output, SockNames, Totals};
+use crate::{
+    acks::AckedWrite,
+    format::{self, ErrName},
+};
+
+pub struct JsonOutput {
+    out: Box<dyn Write>,
+    names: SockNames,
+}
+
+impl JsonOutput {
+    pub fn new(out: Box<dyn Write>) -> Self {
+        Self { out, names: SockNames::default() }
+    }
+
+    fn line(&mut self, v: &impl Serialize) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, v)?;
+        self.out.write_all(b"\n")
+    }
+}
+
+fn ser_err<S: Serializer>(ret: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&ErrName(*ret))
+}
+
+fn ser_flags<S: Serializer>(flags: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(format::msg_flag_names(*flags))
+}
+
+#[derive(Serialize)]
+struct SendJson<'a> {
+    kind: &'static str,
+    ts_ns: u64,
+    start_ns: u64,
+    duration_ns: u64,
+    cpu: u32,
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    sock_id: u64,
+    family: &'static str,
+    saddr: IpAddr,
+    lport: u16,
+    daddr: IpAddr,
+    rport: u16,
+    requested: Option<u64>,
+    copied: u64,
+    #[serde(serialize_with = "ser_err", skip_serializing_if = "is_not_err")]
+    error: i64,
+    ret: i64,
+    #[serde(serialize_with = "ser_flags")]
+    msg_flags: u32,
+    blocked: bool,
+    sndbuf: u32,
+    wmem_queued: u32,
+    send_q: u32,
+    unsent: u32,
+    in_flight: u32,
+    acked: u64,
+    seq_start: u64,
+    seq_end: u64,
+}
+
+fn is_not_err(ret: &i64) -> bool {
+    *ret >= 0
+}
+
+#[derive(Serialize)]
+struct BlockJson<'a> {
+    kind: &'static str,
+    ts_ns: u64,
+    start_ns: u64,
+    end_ns: u64,
+    duration_ns: u64,
+    cpu: u32,
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    sock_id: u64,
+    lport: Option<u16>,
+    rport: Option<u16>,
+    left: u64,
+    sndbuf: u32,
+    wmem_queued: u32,
+    send_q: u32,
+    unsent: u32,
+    in_flight: u32,
+}
+
+#[derive(Serialize)]
+struct AckJson {
+    kind: &'static str,
+    ts_ns: u64,
+    pid: u32,
+    tid: u32,
+    sock_id: u64,
+    lport: Option<u16>,
+    rport: Option<u16>,
+    seq_start: u64,
+    seq_end: u64,
+    write_ns: u64,
+    acked_ns: u64,
+}
+
+#[derive(Serialize)]
+struct StartJson<'a> {
+    kind: &'static str,
+    attach: &'a str,
+    refused: &'a [String],
+    pid: u32,
+}
+
+#[derive(Serialize)]
+struct EndJson<'a> {
+    kind: &'static str,
+    #[serde(flatten)]
+    totals: &'a Totals,
+}
+
+impl Output for JsonOutput {
+    fn start(&mut self, attach: &str, refused: &[String]) -> std::io::Result<()> {
+        self.line(&StartJson { kind: "start", attach, refused, pid: std::process::id() })
+    }
+
+    fn send(&mut self, e: &SendEvent) -> std::io::Result<()> {
+        self.names.learn(e);
+        let copied = e.ret.max(0) as u64;
+        self.line(&SendJson {
+            kind: "send",
+            ts_ns: e.hdr.ts_ns,
+            start_ns: e.start_ns,
+            duration_ns: if e.start_ns != 0 { e.hdr.ts_ns.saturating_sub(e.start_ns) } else { 0 },
+            cpu: e.hdr.cpu,
+            pid: e.hdr.pid,
+            tid: e.hdr.tid,
+            comm: format::comm_str(&e.comm),
+            sock_id: e.hdr.sock_id,
+            family: format::family_name(&e.addrs),
+            saddr: format::local_ip(&e.addrs),
+            lport: e.addrs.lport,
+            daddr: format::remote_ip(&e.addrs),
+            rport: e.addrs.rport,
+            requested: (e.flags & SEND_F_REQUESTED != 0).then_some(e.requested),
+            copied,
+            error: e.ret,
+            ret: e.ret,
+            msg_flags: e.msg_flags,
+            blocked: e.flags & SEND_F_BLOCKED != 0,
+            sndbuf: e.queue.sndbuf,
+            wmem_queued: e.queue.wmem_queued,
+            send_q: e.queue.send_q,
+            unsent: e.queue.unsent,
+            in_flight: e.queue.in_flight,
+            acked: e.queue.acked,
+            seq_start: e.seq_end - copied.min(e.seq_end),
+            seq_end: e.seq_end,
+        })
+    }
+
+    fn block(&mut self, e: &BlockEvent) -> std::io::Result<()> {
+        let addrs = self.names.get(e.hdr.sock_id).copied();
+        self.line(&BlockJson {
+            kind: "block",
+            ts_ns: e.hdr.ts_ns,
+            start_ns: e.start_ns,
+            end_ns: e.end_ns,
+            duration_ns: e.end_ns.saturating_sub(e.start_ns),
+            cpu: e.hdr.cpu,
+            pid: e.hdr.pid,
+            tid: e.hdr.tid,
+            comm: format::comm_str(&e.comm),
+            sock_id: e.hdr.sock_id,
+            lport: addrs.map(|a| a.lport),
+            rport: addrs.map(|a| a.rport),
+            left: e.left,
+            sndbuf: e.queue.sndbuf,
+            wmem_queued: e.queue.wmem_queued,
+            send_q: e.queue.send_q,
+            unsent: e.queue.unsent,
+            in_flight: e.queue.in_flight,
+        })
+    }
+
+    fn ack(&mut self, w: &AckedWrite) -> std::io::Result<()> {
+        let addrs = self.names.get(w.sock_id).copied();
+        self.line(&AckJson {
+            kind: "ack",
+            ts_ns: w.ack_ts_ns,
+            pid: w.pid,
+            tid: w.tid,
+            sock_id: w.sock_id,
+            lport: addrs.map(|a| a.lport),
+            rport: addrs.map(|a| a.rport),
+            seq_start: w.seq_start,
+            seq_end: w.seq_end,
+            write_ns: w.write_ns,
+            acked_ns: w.acked_ns(),
+        })
+    }
+
+    fn end(&mut self, t: &Totals) -> std::io::Result<()> {
+        self.line(&EndJson { kind: "end", totals: t })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}

@@ -1,0 +1,59 @@
+//! Event output: aligned text for people, NDJSON for programs. Both write into a buffered
+//! stdout and format without allocating per event; the session flushes after each batch.
+
+mod json;
+mod text;
+
+use std::{collections::HashMap, io::Write};
+
+pub use json::JsonOutput;
+pub use text::TextOutput;
+use trace_common::{BlockEvent, SendEvent, SockAddrs};
+
+use crate::acks::AckedWrite;
+
+/// Totals printed when a session ends.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Totals {
+    pub sends: u64,
+    pub blocks: u64,
+    pub acks: u64,
+    /// Records read from the ring buffer (every kind, before any userspace processing).
+    pub records: u64,
+    /// Events the kernel could not write because the ring buffer was full.
+    pub lost: u64,
+    /// Events the kernel abandoned (a failed kernel read or a full map).
+    pub faults: u64,
+    /// Writes still waiting for an ACK when the session ended.
+    pub unacked: u64,
+    pub duration_ns: u64,
+}
+
+/// Socket addresses seen in send events, so block and ACK lines can name the connection.
+#[derive(Default)]
+pub struct SockNames(HashMap<u64, SockAddrs>);
+
+impl SockNames {
+    pub fn learn(&mut self, e: &SendEvent) {
+        self.0.entry(e.hdr.sock_id).or_insert(e.addrs);
+    }
+
+    pub fn get(&self, sock_id: u64) -> Option<&SockAddrs> {
+        self.0.get(&sock_id)
+    }
+}
+
+pub trait Output {
+    /// Before the first event: the backend in use.
+    fn start(&mut self, attach: &str, refused: &[String]) -> std::io::Result<()>;
+    fn send(&mut self, e: &SendEvent) -> std::io::Result<()>;
+    fn block(&mut self, e: &BlockEvent) -> std::io::Result<()>;
+    fn ack(&mut self, w: &AckedWrite) -> std::io::Result<()>;
+    fn end(&mut self, t: &Totals) -> std::io::Result<()>;
+    fn flush(&mut self) -> std::io::Result<()>;
+}
+
+/// Text or JSON, chosen at run time.
+pub fn new_output(json: bool, out: Box<dyn Write>, t0_ns: u64) -> Box<dyn Output> {
+    if json { Box::new(JsonOutput::new(out)) } else { Box::new(TextOutput::new(out, t0_ns)) }
+}

@@ -1,0 +1,154 @@
+//! Aligned columns, one line per event, bcc style.
+
+use std::io::Write;
+
+use trace_common::{BlockEvent, SEND_F_REQUESTED, SendEvent, SockAddrs};
+
+use super::{Output, SockNames, Totals};
+use crate::{
+    acks::AckedWrite,
+    format::{self, ErrName, MsgFlags, Nanos},
+};
+
+pub struct TextOutput {
+    out: Box<dyn Write>,
+    t0_ns: u64,
+    names: SockNames,
+}
+
+impl TextOutput {
+    pub fn new(out: Box<dyn Write>, t0_ns: u64) -> Self {
+        Self { out, t0_ns, names: SockNames::default() }
+    }
+
+    fn secs(&self, ts: u64) -> f64 {
+        ts.saturating_sub(self.t0_ns) as f64 / 1e9
+    }
+
+    fn conn(&self, sock_id: u64) -> Conn {
+        Conn(self.names.get(sock_id).copied(), sock_id)
+    }
+}
+
+/// A connection's ports when a send event named them, else its inode.
+struct Conn(Option<SockAddrs>, u64);
+
+impl std::fmt::Display for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(a) => write!(f, "{} > {}", a.lport, a.rport),
+            None => write!(f, "ino {}", self.1),
+        }
+    }
+}
+
+impl Output for TextOutput {
+    fn start(&mut self, attach: &str, refused: &[String]) -> std::io::Result<()> {
+        let mut why = String::new();
+        for r in refused {
+            why.push_str("; ");
+            why.push_str(r);
+        }
+        eprintln!("sockbuf: attached with {attach}{why}. Ctrl-C to stop.");
+        writeln!(
+            self.out,
+            "{:>11} {:>7} {:>7} {:<15} {:<5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  DETAIL",
+            "TIME(s)", "PID", "TID", "COMM", "EVENT", "REQ", "RESULT", "SEND-Q", "UNSENT", "INFLIGHT", "SNDBUF"
+        )
+    }
+
+    fn send(&mut self, e: &SendEvent) -> std::io::Result<()> {
+        self.names.learn(e);
+        let t = self.secs(e.hdr.ts_ns);
+        write!(self.out, "{t:>11.6} {:>7} {:>7} {:<15} send  ", e.hdr.pid, e.hdr.tid, format::comm_str(&e.comm))?;
+        if e.flags & SEND_F_REQUESTED != 0 {
+            write!(self.out, "{:>8} ", e.requested)?;
+        } else {
+            write!(self.out, "{:>8} ", "-")?;
+        }
+        if e.ret >= 0 {
+            write!(self.out, "{:>8} ", e.ret)?;
+        } else {
+            write!(self.out, "{:>8} ", ErrName(e.ret))?;
+        }
+        let q = &e.queue;
+        let copied = e.ret.max(0) as u64;
+        write!(
+            self.out,
+            "{:>8} {:>8} {:>8} {:>8}  {}:{} > {}:{} seq {}-{}",
+            q.send_q,
+            q.unsent,
+            q.in_flight,
+            q.sndbuf,
+            format::local_ip(&e.addrs),
+            e.addrs.lport,
+            format::remote_ip(&e.addrs),
+            e.addrs.rport,
+            e.seq_end - copied.min(e.seq_end),
+            e.seq_end,
+        )?;
+        if e.msg_flags != 0 {
+            write!(self.out, " [{}]", MsgFlags(e.msg_flags))?;
+        }
+        writeln!(self.out)
+    }
+
+    fn block(&mut self, e: &BlockEvent) -> std::io::Result<()> {
+        let t = self.secs(e.start_ns);
+        let q = &e.queue;
+        writeln!(
+            self.out,
+            "{t:>11.6} {:>7} {:>7} {:<15} block {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  slept {} on a full send buffer ({})",
+            e.hdr.pid,
+            e.hdr.tid,
+            format::comm_str(&e.comm),
+            e.left,
+            "-",
+            q.send_q,
+            q.unsent,
+            q.in_flight,
+            q.sndbuf,
+            Nanos(e.end_ns.saturating_sub(e.start_ns)),
+            self.conn(e.hdr.sock_id),
+        )
+    }
+
+    fn ack(&mut self, w: &AckedWrite) -> std::io::Result<()> {
+        let t = self.secs(w.ack_ts_ns);
+        writeln!(
+            self.out,
+            "{t:>11.6} {:>7} {:>7} {:<15} ack   {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  seq {}-{} acked {} after the write ({})",
+            w.pid,
+            w.tid,
+            "",
+            w.seq_end - w.seq_start,
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            w.seq_start,
+            w.seq_end,
+            Nanos(w.acked_ns()),
+            self.conn(w.sock_id),
+        )
+    }
+
+    fn end(&mut self, t: &Totals) -> std::io::Result<()> {
+        writeln!(
+            self.out,
+            "sockbuf: {} sends, {} blocks, {} acked writes in {:.2}s; {} records read, {} lost, {} faults",
+            t.sends,
+            t.blocks,
+            t.acks,
+            t.duration_ns as f64 / 1e9,
+            t.records,
+            t.lost,
+            t.faults
+        )
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}

@@ -1,0 +1,129 @@
+//! `sockbuf trace`: stream send, block and ACK events until stopped.
+
+use std::{io::Write, rc::Rc};
+
+use tokio::sync::Notify;
+use trace_common::user::Event;
+
+use crate::{
+    acks::AckMatcher,
+    cli::TraceArgs,
+    filter,
+    format::monotonic_ns,
+    loader::LoadOptions,
+    output::{self, Output, Totals},
+    session::{EventHandler, Session},
+    stop,
+};
+
+/// Sends every event to an [`Output`] and pairs writes with ACKs.
+pub struct Printer {
+    pub out: Box<dyn Output>,
+    pub acks: AckMatcher,
+    pub totals: Totals,
+    /// Woken when output fails (e.g. a closed pipe), so the session stops.
+    pub broken: Rc<Notify>,
+    failed: bool,
+}
+
+impl Printer {
+    pub fn new(out: Box<dyn Output>) -> Self {
+        Self { out, acks: AckMatcher::default(), totals: Totals::default(), broken: Rc::default(), failed: false }
+    }
+
+    fn check(&mut self, r: std::io::Result<()>) {
+        if let Err(e) = r {
+            if !self.failed {
+                self.failed = true;
+                log::debug!("output failed: {e}");
+                self.broken.notify_one();
+            }
+        }
+    }
+}
+
+impl EventHandler for Printer {
+    fn on_event(&mut self, ev: &Event) {
+        if self.failed {
+            return;
+        }
+        let Self { out, acks, totals, .. } = self;
+        let mut res = Ok(());
+        match ev {
+            Event::Send(e) => {
+                totals.sends += 1;
+                res = out.send(e);
+                acks.on_send(e, |w| {
+                    totals.acks += 1;
+                    if res.is_ok() {
+                        res = out.ack(w);
+                    }
+                });
+            }
+            Event::Block(e) => {
+                totals.blocks += 1;
+                res = out.block(e);
+            }
+            Event::Ack(e) => acks.on_ack(e, |w| {
+                totals.acks += 1;
+                if res.is_ok() {
+                    res = out.ack(w);
+                }
+            }),
+        }
+        self.check(res);
+    }
+
+    fn on_batch_end(&mut self) {
+        let r = self.out.flush();
+        self.check(r);
+    }
+}
+
+/// Builds the load options shared by the commands that trace.
+pub fn load_options(
+    filter: &crate::cli::FilterArgs,
+    tracer: &crate::cli::TracerArgs,
+    verbose: u8,
+) -> anyhow::Result<LoadOptions> {
+    Ok(LoadOptions {
+        filter: filter::build(filter)?,
+        attach: tracer.attach,
+        ring_bytes: tracer.ring_size,
+        kernel_log: verbose > 0,
+    })
+}
+
+pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
+    let opts = load_options(&args.filter, &args.tracer, verbose)?;
+    let mut session = Session::start(&opts)?;
+    let t0 = monotonic_ns();
+    let stdout: Box<dyn Write> = Box::new(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()));
+    let mut printer = Printer::new(output::new_output(args.json, stdout, t0));
+    let tracer = session.tracer();
+    printer.out.start(tracer.mode.name(), &tracer.refused)?;
+    printer.out.flush()?;
+    let broken = printer.broken.clone();
+    session.run(&mut printer, stop::stop_on(args.duration, broken.notified())).await?;
+    finish(&session, &mut printer, t0)
+}
+
+/// Prints the totals line, with the kernel's lost and fault counts.
+pub fn finish(session: &Session, printer: &mut Printer, t0: u64) -> anyhow::Result<()> {
+    let k = session.counters()?;
+    let t = &mut printer.totals;
+    t.records = session.stats.records;
+    t.lost = k.lost;
+    t.faults = k.faults;
+    t.unacked = printer.acks.unacked() as u64;
+    t.duration_ns = monotonic_ns() - t0;
+    if t.lost > 0 {
+        log::warn!("{} events lost: the ring buffer was full (try a larger --ring-size)", t.lost);
+    }
+    let totals = *t;
+    if !printer.failed {
+        printer.out.end(&totals)?;
+        printer.out.flush()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Helpers for the integration tests: run the real `sockbuf` binary (which loads the real
+//! programs into this kernel), make loopback traffic, and read the kernel's own figures.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    os::unix::fs::MetadataExt,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const SOCKBUF: &str = env!("CARGO_BIN_EXE_sockbuf");
+
+/// A running `sockbuf trace --json`, its stdout parsed line by line.
+pub struct Trace {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    pub start: Value,
+}
+
+impl Trace {
+    /// Starts `sockbuf trace --json ARGS` and waits until its programs are attached.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(SOCKBUF)
+            .arg("trace")
+            .arg("--json")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sockbuf");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let line = line.expect("read sockbuf stdout");
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("sockbuf printed a line that is not JSON ({e}): {line}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let start = lines.recv_timeout(Duration::from_secs(60)).expect("sockbuf did not start within 60 s");
+        assert_eq!(start["kind"], "start", "first line must be the start object: {start}");
+        Self { child, lines, start }
+    }
+
+    /// Stops it with SIGINT, as Ctrl-C would, and returns every object it printed after
+    /// the start line; the last is the `end` totals.
+    pub fn stop(mut self) -> Vec<Value> {
+        // Give the ring buffer a moment: events from the last calls may still be in flight.
+        thread::sleep(Duration::from_millis(200));
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().expect("wait sockbuf");
+        assert!(status.success(), "sockbuf exited with {status}");
+        let out: Vec<Value> = self.lines.iter().collect();
+        let end = out.last().expect("no output after start");
+        assert_eq!(end["kind"], "end", "last line must be the totals: {end}");
+        assert_eq!(end["lost"], 0, "events were lost: {end}");
+        assert_eq!(end["faults"], 0, "kernel reads failed: {end}");
+        out
+    }
+}
+
+/// Events of `kind` on socket `ino`.
+pub fn events<'a>(out: &'a [Value], kind: &str, ino: u64) -> Vec<&'a Value> {
+    out.iter().filter(|v| v["kind"] == kind && v["sock_id"] == ino).collect()
+}
+
+pub fn end(out: &[Value]) -> &Value {
+    out.last().expect("end line")
+}
+
+/// A connected loopback pair: (client, server side), both blocking.
+pub fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let c = TcpStream::connect(l.local_addr().unwrap()).expect("connect");
+    let (s, _) = l.accept().expect("accept");
+    (c, s)
+}
+
+/// The socket's inode number: what sockbuf reports as `sock_id` (and `ss -e` as `ino`).
+pub fn ino(s: &impl AsRawFd) -> u64 {
+    let path = format!("/proc/self/fd/{}", s.as_raw_fd());
+    std::fs::metadata(path).expect("fstat socket").ino()
+}
+
+pub fn gettid() -> u32 {
+    unsafe { libc::gettid() as u32 }
+}
+
+fn ioctl_int(s: &impl AsRawFd, req: libc::Ioctl) -> u64 {
+    let mut v: libc::c_int = 0;
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), req, &mut v) };
+    assert_eq!(rc, 0, "ioctl failed: {}", std::io::Error::last_os_error());
+    v as u64
+}
+
+/// SIOCOUTQ: bytes in the send queue not yet acked (write_seq - snd_una).
+pub fn outq(s: &impl AsRawFd) -> u64 {
+    ioctl_int(s, libc::TIOCOUTQ)
+}
+
+/// SIOCINQ: bytes in the receive queue not yet read (rcv_nxt - copied_seq).
+pub fn inq(s: &impl AsRawFd) -> u64 {
+    ioctl_int(s, libc::FIONREAD)
+}
+
+/// SIOCOUTQNSD: bytes in the send queue never sent (write_seq - snd_nxt).
+pub fn outq_unsent(s: &impl AsRawFd) -> u64 {
+    const SIOCOUTQNSD: libc::Ioctl = 0x894B;
+    ioctl_int(s, SIOCOUTQNSD)
+}
+
+pub fn sockopt_int(s: &impl AsRawFd, level: i32, name: i32) -> u64 {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let rc = unsafe { libc::getsockopt(s.as_raw_fd(), level, name, (&raw mut v).cast(), &mut len) };
+    assert_eq!(rc, 0, "getsockopt failed");
+    v as u64
+}
+
+/// TCP_INFO, as the kernel fills it.
+pub fn tcp_info(s: &impl AsRawFd) -> libc::tcp_info {
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len)
+    };
+    assert_eq!(rc, 0, "TCP_INFO failed");
+    info
+}
+
+/// Waits until `f` holds, polling; panics with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not an unsigned number: {v}"))
+}
