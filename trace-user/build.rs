@@ -6,9 +6,15 @@ use aya_build::{Package, Toolchain};
 fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
     let root_dir = Path::new(&manifest_dir).join("../trace-ebpf");
-    let root_dir = root_dir.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+    let root_dir = root_dir
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
     aya_build::build_ebpf(
-        [Package { name: "trace-ebpf", root_dir, ..Default::default() }],
+        [Package {
+            name: "trace-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
 }

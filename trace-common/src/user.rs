@@ -41,7 +41,10 @@ impl core::fmt::Display for DecodeError {
 /// Reads a `T` from the start of `bytes`, which may be unaligned.
 fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {
-        return Err(DecodeError::Short { kind, len: bytes.len() });
+        return Err(DecodeError::Short {
+            kind,
+            len: bytes.len(),
+        });
     }
     // SAFETY: length checked above; T is a plain-old-data repr(C) struct.
     Ok(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
@@ -77,10 +80,17 @@ pub fn as_bytes<T: aya::Pod>(v: &T) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{SendQueue, SockAddrs, SEND_F_REQUESTED};
+    use crate::{SEND_F_REQUESTED, SendQueue, SockAddrs};
 
     fn header(kind: EventKind) -> Header {
-        Header { kind: kind as u32, cpu: 1, ts_ns: 123_456_789, pid: 42, tid: 43, sock_id: 9_999 }
+        Header {
+            kind: kind as u32,
+            cpu: 1,
+            ts_ns: 123_456_789,
+            pid: 42,
+            tid: 43,
+            sock_id: 9_999,
+        }
     }
 
     #[test]
@@ -88,13 +98,28 @@ mod tests {
         let ev = SendEvent {
             hdr: header(EventKind::Send),
             comm: *b"writer\0\0\0\0\0\0\0\0\0\0",
-            addrs: SockAddrs { family: 2, lport: 5000, rport: 40_000, _pad: 0, saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] },
+            addrs: SockAddrs {
+                family: 2,
+                lport: 5000,
+                rport: 40_000,
+                _pad: 0,
+                saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            },
             start_ns: 123_000_000,
             requested: 1000,
             ret: -11,
             msg_flags: 0x40,
             flags: SEND_F_REQUESTED,
-            queue: SendQueue { sndbuf: 16_384, wmem_queued: 9_000, send_q: 8_000, unsent: 3_000, in_flight: 5_000, _pad: 0, acked: 77 },
+            queue: SendQueue {
+                sndbuf: 16_384,
+                wmem_queued: 9_000,
+                send_q: 8_000,
+                unsent: 3_000,
+                in_flight: 5_000,
+                _pad: 0,
+                acked: 77,
+            },
             seq_end: 8_077,
         };
         assert_eq!(Event::parse(as_bytes(&ev)), Ok(Event::Send(ev)));
@@ -111,18 +136,35 @@ mod tests {
             queue: SendQueue::default(),
         };
         assert_eq!(Event::parse(as_bytes(&block)), Ok(Event::Block(block)));
-        let ack = AckEvent { hdr: header(EventKind::Ack), prev_acked: 10, acked: 20 };
+        let ack = AckEvent {
+            hdr: header(EventKind::Ack),
+            prev_acked: 10,
+            acked: 20,
+        };
         assert_eq!(Event::parse(as_bytes(&ack)), Ok(Event::Ack(ack)));
     }
 
     #[test]
     fn rejects_short_and_unknown() {
-        let ack = AckEvent { hdr: header(EventKind::Ack), prev_acked: 10, acked: 20 };
+        let ack = AckEvent {
+            hdr: header(EventKind::Ack),
+            prev_acked: 10,
+            acked: 20,
+        };
         let bytes = as_bytes(&ack);
-        assert_eq!(Event::parse(&bytes[..40]), Err(DecodeError::Short { kind: 3, len: 40 }));
+        assert_eq!(
+            Event::parse(&bytes[..40]),
+            Err(DecodeError::Short { kind: 3, len: 40 })
+        );
         let mut unknown = ack;
         unknown.hdr.kind = 77;
-        assert_eq!(Event::parse(as_bytes(&unknown)), Err(DecodeError::UnknownKind(77)));
-        assert_eq!(Event::parse(&bytes[..8]), Err(DecodeError::Short { kind: 0, len: 8 }));
+        assert_eq!(
+            Event::parse(as_bytes(&unknown)),
+            Err(DecodeError::UnknownKind(77))
+        );
+        assert_eq!(
+            Event::parse(&bytes[..8]),
+            Err(DecodeError::Short { kind: 0, len: 8 })
+        );
     }
 }

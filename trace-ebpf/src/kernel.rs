@@ -46,7 +46,8 @@ pub enum Fault {
 /// Reads a `T` at `base + off`.
 #[inline(always)]
 pub fn read<T>(base: u64, off: u32) -> Result<T, Fault> {
-    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.map_err(|_| Fault::Read(off))
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }
+        .map_err(|_| Fault::Read(off))
 }
 
 /// A `struct sock *` (for TCP, also a `struct tcp_sock *`) and the offsets to read it with.
@@ -58,7 +59,10 @@ pub struct Sock {
 impl Sock {
     #[inline(always)]
     pub fn new(ptr: u64) -> Self {
-        Self { ptr, off: KOFFSETS.load() }
+        Self {
+            ptr,
+            off: KOFFSETS.load(),
+        }
     }
 
     #[inline(always)]

@@ -7,12 +7,14 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+    },
 };
 use aya_log_ebpf::warn;
 use trace_common::{
-    AckEvent, BlockEvent, COMM_LEN, EventKind, Header, SEND_F_BLOCKED, SEND_F_REQUESTED,
-    SendEvent, SendQueue,
+    AckEvent, BlockEvent, COMM_LEN, EventKind, Header, SEND_F_BLOCKED, SEND_F_REQUESTED, SendEvent,
+    SendQueue,
 };
 
 use crate::{
@@ -29,15 +31,21 @@ const TASK_INTERRUPTIBLE: u32 = 0x1;
 #[inline(always)]
 pub fn run<C: EbpfContext>(ctx: &C, f: impl FnOnce() -> Result<(), Fault>) -> u32 {
     if let Err(fault) = f() {
-        let Some(n) = LOST.get_ptr_mut(READ_ERRORS) else { return 0 };
+        let Some(n) = LOST.get_ptr_mut(READ_ERRORS) else {
+            return 0;
+        };
         let n = unsafe {
             *n += 1;
             *n
         };
         if n & (n - 1) == 0 {
             match fault {
-                Fault::Read(off) => warn!(ctx, "kernel read failed at offset {} ({} so far)", off, n),
-                Fault::InflightFull => warn!(ctx, "INFLIGHT map full: send calls untraced ({} so far)", n),
+                Fault::Read(off) => {
+                    warn!(ctx, "kernel read failed at offset {} ({} so far)", off, n)
+                }
+                Fault::InflightFull => {
+                    warn!(ctx, "INFLIGHT map full: send calls untraced ({} so far)", n)
+                }
             }
         }
     }
@@ -64,10 +72,10 @@ fn comm() -> [u8; COMM_LEN] {
 /// Writes `ev` to the ring buffer, or counts it as lost when the buffer is full.
 #[inline(always)]
 fn emit<T: 'static>(ev: T) {
-    if EVENTS.output::<T>(&ev, 0).is_err() {
-        if let Some(n) = LOST.get_ptr_mut(LOST_EVENTS) {
-            unsafe { *n += 1 };
-        }
+    if EVENTS.output::<T>(&ev, 0).is_err()
+        && let Some(n) = LOST.get_ptr_mut(LOST_EVENTS)
+    {
+        unsafe { *n += 1 };
     }
 }
 
@@ -103,7 +111,9 @@ pub fn send_begin(sk: u64, msg: u64) -> Result<(), Fault> {
         block_left: 0,
         block_queue: SendQueue::default(),
     };
-    INFLIGHT.insert(tid, call, 0).map_err(|_| Fault::InflightFull)
+    INFLIGHT
+        .insert(tid, call, 0)
+        .map_err(|_| Fault::InflightFull)
 }
 
 /// The thread is about to sleep; if it is inside a traced send call, the call is blocked on
@@ -114,7 +124,9 @@ pub fn task_sleeps(prev_state: u32) -> Result<(), Fault> {
         return Ok(());
     }
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(call) = INFLIGHT.get_ptr_mut(tid) else { return Ok(()) };
+    let Some(call) = INFLIGHT.get_ptr_mut(tid) else {
+        return Ok(());
+    };
     let call = unsafe { &mut *call };
     if call.block_start != 0 {
         return Ok(());
@@ -203,20 +215,32 @@ fn track_write(sk: u64, ino: u64, write_end: u64) {
     if write_end == 0 {
         return; // nothing was ever written: no ACK to wait for
     }
-    let _ = SOCKS.insert(sk, SockTrack { ino, write_end, acked }, 0);
+    let _ = SOCKS.insert(
+        sk,
+        SockTrack {
+            ino,
+            write_end,
+            acked,
+        },
+        0,
+    );
 }
 
 /// An incoming segment `skb` on an established socket `sk`, before TCP processes it.
 #[inline(always)]
 pub fn ack(sk: u64, skb: u64) -> Result<(), Fault> {
-    let Some(track) = SOCKS.get_ptr_mut(sk) else { return Ok(()) };
+    let Some(track) = SOCKS.get_ptr_mut(sk) else {
+        return Ok(());
+    };
     let track = unsafe { &mut *track };
     let sock = Sock::new(sk);
     let bytes_acked = sock.bytes_acked()?;
     if track.write_end <= bytes_acked {
         return Ok(()); // nothing traced is waiting for an ACK
     }
-    let Some(ack_seq) = kernel::skb_ack_seq(skb, &sock.off)? else { return Ok(()) };
+    let Some(ack_seq) = kernel::skb_ack_seq(skb, &sock.off)? else {
+        return Ok(());
+    };
     let snd_una = sock.snd_una()?;
     let advance = ack_seq.wrapping_sub(snd_una);
     // Same acceptance test as tcp_ack(): moves forward, and not past what was sent.

@@ -57,7 +57,11 @@ impl AckMatcher {
             tid: e.hdr.tid,
             seq_start: e.seq_end.saturating_sub(e.ret as u64),
             seq_end: e.seq_end,
-            write_ns: if e.start_ns != 0 { e.start_ns } else { e.hdr.ts_ns },
+            write_ns: if e.start_ns != 0 {
+                e.start_ns
+            } else {
+                e.hdr.ts_ns
+            },
             ack_ts_ns: 0,
         };
         let s = self.socks.entry(w.sock_id).or_default();
@@ -100,7 +104,14 @@ mod tests {
 
     fn send(ts: u64, copied: i64, seq_end: u64) -> SendEvent {
         SendEvent {
-            hdr: Header { kind: EventKind::Send as u32, cpu: 0, ts_ns: ts, pid: 1, tid: 2, sock_id: 7 },
+            hdr: Header {
+                kind: EventKind::Send as u32,
+                cpu: 0,
+                ts_ns: ts,
+                pid: 1,
+                tid: 2,
+                sock_id: 7,
+            },
             comm: [0; 16],
             addrs: SockAddrs::default(),
             start_ns: ts - 1,
@@ -115,7 +126,14 @@ mod tests {
 
     fn ack(ts: u64, acked: u64) -> AckEvent {
         AckEvent {
-            hdr: Header { kind: EventKind::Ack as u32, cpu: 0, ts_ns: ts, pid: 0, tid: 0, sock_id: 7 },
+            hdr: Header {
+                kind: EventKind::Ack as u32,
+                cpu: 0,
+                ts_ns: ts,
+                pid: 0,
+                tid: 0,
+                sock_id: 7,
+            },
             prev_acked: 0,
             acked,
         }

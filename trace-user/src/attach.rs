@@ -39,10 +39,26 @@ struct Hook {
 
 /// The tracepoint backend. Program names follow `<area>_<hook>`.
 const TRACEPOINT_HOOKS: &[Hook] = &[
-    Hook { program: "send_tcp_sendmsg_locked", category: "tcp", name: "tcp_sendmsg_locked" },
-    Hook { program: "send_sock_send_length", category: "sock", name: "sock_send_length" },
-    Hook { program: "block_sched_switch", category: "sched", name: "sched_switch" },
-    Hook { program: "ack_tcp_probe", category: "tcp", name: "tcp_probe" },
+    Hook {
+        program: "send_tcp_sendmsg_locked",
+        category: "tcp",
+        name: "tcp_sendmsg_locked",
+    },
+    Hook {
+        program: "send_sock_send_length",
+        category: "sock",
+        name: "sock_send_length",
+    },
+    Hook {
+        program: "block_sched_switch",
+        category: "sched",
+        name: "sched_switch",
+    },
+    Hook {
+        program: "ack_tcp_probe",
+        category: "tcp",
+        name: "tcp_probe",
+    },
 ];
 
 /// Why a function-hook backend cannot run here, or `None` when it could.
@@ -72,7 +88,10 @@ pub fn choose(requested: AttachMode) -> Result<(AttachMode, Vec<String>), SetupE
     }
     for h in TRACEPOINT_HOOKS {
         if !preflight::has_tracepoint(h.category, h.name) {
-            return Err(SetupError::MissingTracepoint(h.name, "fentry or --attach kprobe"));
+            return Err(SetupError::MissingTracepoint(
+                h.name,
+                "fentry or --attach kprobe",
+            ));
         }
     }
     Ok((AttachMode::Tracepoint, refused))
@@ -87,8 +106,10 @@ pub fn attach(ebpf: &mut Ebpf, mode: AttachMode) -> anyhow::Result<()> {
             .program_mut(h.program)
             .with_context(|| format!("program {} missing from the eBPF object", h.program))?
             .try_into()?;
-        prog.load().with_context(|| format!("loading {}", h.program))?;
-        prog.attach(h.name).with_context(|| format!("attaching {} to {}", h.program, h.name))?;
+        prog.load()
+            .with_context(|| format!("loading {}", h.program))?;
+        prog.attach(h.name)
+            .with_context(|| format!("attaching {} to {}", h.program, h.name))?;
     }
     Ok(())
 }

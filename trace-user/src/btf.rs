@@ -14,9 +14,7 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error(
-        "no kernel BTF at {0}: sockbuf needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
-    )]
+    #[error("no kernel BTF at {0}: sockbuf needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
     Missing(String),
     #[error("cannot parse kernel BTF at {path}: {source}")]
     Parse { path: String, source: btf_rs::Error },
@@ -43,12 +41,18 @@ impl KernelBtf {
         if !path.exists() {
             return Err(BtfError::Missing(shown));
         }
-        let btf = Btf::from_file(path).map_err(|source| BtfError::Parse { path: shown, source })?;
+        let btf = Btf::from_file(path).map_err(|source| BtfError::Parse {
+            path: shown,
+            source,
+        })?;
         Ok(Self { btf })
     }
 
     fn find_struct(&self, name: &'static str) -> Result<btf_rs::Struct, BtfError> {
-        let types = self.btf.resolve_types_by_name(name).map_err(|_| BtfError::NoStruct(name))?;
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| BtfError::NoStruct(name))?;
         types
             .into_iter()
             .find_map(|t| match t {
@@ -100,12 +104,11 @@ impl KernelBtf {
             if mname == name {
                 return Some((here, mtype));
             }
-            if mname.is_empty() {
-                if let Type::Struct(inner) | Type::Union(inner) = &mtype {
-                    if let Some((off, t)) = self.member(inner, name) {
-                        return Some((here + off, t));
-                    }
-                }
+            if mname.is_empty()
+                && let Type::Struct(inner) | Type::Union(inner) = &mtype
+                && let Some((off, t)) = self.member(inner, name)
+            {
+                return Some((here + off, t));
             }
         }
         None
@@ -113,7 +116,12 @@ impl KernelBtf {
 
     /// Offset of `path` (dotted, e.g. `__sk_common.skc_dport`) in struct `name`, checked to be
     /// `size` bytes wide.
-    pub fn offset(&self, name: &'static str, path: &'static str, size: usize) -> Result<u32, BtfError> {
+    pub fn offset(
+        &self,
+        name: &'static str,
+        path: &'static str,
+        size: usize,
+    ) -> Result<u32, BtfError> {
         let mut cur = Type::Struct(self.find_struct(name)?);
         let mut off = 0;
         for part in path.split('.') {
@@ -150,7 +158,11 @@ impl KernelBtf {
             tp_snd_una: self.offset("tcp_sock", "snd_una", 4)?,
             tp_snd_nxt: self.offset("tcp_sock", "snd_nxt", 4)?,
             tp_bytes_acked: self.offset("tcp_sock", "bytes_acked", 8)?,
-            socket_alloc_inode: self.offset("socket_alloc", "vfs_inode", self.struct_size("inode")?)?,
+            socket_alloc_inode: self.offset(
+                "socket_alloc",
+                "vfs_inode",
+                self.struct_size("inode")?,
+            )?,
             inode_ino: self.offset("inode", "i_ino", 8)?,
             msg_iter_count: self.offset("msghdr", "msg_iter.count", 8)?,
             msg_flags: self.offset("msghdr", "msg_flags", 4)?,
@@ -174,8 +186,14 @@ mod tests {
         let btf = KernelBtf::from_sys().expect("kernel BTF");
         let off = btf.kernel_offsets().expect("offsets");
         assert_ne!(off.tp_snd_una, off.tp_snd_nxt);
-        assert_eq!(off.sk_family, 16, "skc_family sits after the addr/hash/port unions");
-        assert!(off.tp_write_seq > off.sk_socket, "tcp_sock fields follow struct sock");
+        assert_eq!(
+            off.sk_family, 16,
+            "skc_family sits after the addr/hash/port unions"
+        );
+        assert!(
+            off.tp_write_seq > off.sk_socket,
+            "tcp_sock fields follow struct sock"
+        );
     }
 
     #[test]
@@ -190,7 +208,9 @@ mod tests {
 
     #[test]
     fn missing_btf_says_what_to_do() {
-        let err = KernelBtf::from_path(Path::new("/nonexistent/vmlinux")).err().unwrap();
+        let err = KernelBtf::from_path(Path::new("/nonexistent/vmlinux"))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
     }
 }

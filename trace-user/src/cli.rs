@@ -94,9 +94,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|e| format!("{e}: give a byte count such as 8388608"))?;
+    let n: u32 = s
+        .parse()
+        .map_err(|e| format!("{e}: give a byte count such as 8388608"))?;
     if n < 4096 || !n.is_power_of_two() {
-        return Err(format!("{n} is not a power of two of at least 4096 (e.g. 8388608)"));
+        return Err(format!(
+            "{n} is not a power of two of at least 4096 (e.g. 8388608)"
+        ));
     }
     Ok(n)
 }
@@ -116,7 +120,11 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("soon").unwrap_err().contains("such as 500ms"));
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("such as 500ms")
+        );
         assert!(parse_ring_size("5000").is_err());
     }
 }

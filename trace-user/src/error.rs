@@ -8,7 +8,9 @@ pub enum SetupError {
     NotPrivileged,
     #[error(transparent)]
     Btf(#[from] BtfError),
-    #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed ({0}): mount it with `mount -t tracefs tracefs /sys/kernel/tracing`")]
+    #[error(
+        "tracefs is not mounted at /sys/kernel/tracing and mounting it failed ({0}): mount it with `mount -t tracefs tracefs /sys/kernel/tracing`"
+    )]
     Tracefs(std::io::Error),
     #[error("this kernel has no tracepoint {0}: use a kernel that has it, or --attach {1}")]
     MissingTracepoint(&'static str, &'static str),
@@ -16,7 +18,9 @@ pub enum SetupError {
     AttachUnavailable { mode: &'static str, why: String },
     #[error("no process with pid {0}: check the pid (ps -e), or drop -p")]
     NoSuchPid(u32),
-    #[error("--cgroup {path}: {why}: give a cgroup v2 directory such as /sys/fs/cgroup/system.slice")]
+    #[error(
+        "--cgroup {path}: {why}: give a cgroup v2 directory such as /sys/fs/cgroup/system.slice"
+    )]
     BadCgroup { path: String, why: String },
     #[error("--comm {0:?} is longer than the kernel's 15-byte comm: give the first 15 bytes")]
     CommTooLong(String),

@@ -32,7 +32,10 @@ pub fn build(args: &FilterArgs) -> Result<Filter, SetupError> {
 
 /// A cgroup v2 directory's id: its inode number, which `bpf_get_current_cgroup_id` returns.
 fn cgroup_id(path: &Path) -> Result<u64, SetupError> {
-    let bad = |why: String| SetupError::BadCgroup { path: path.display().to_string(), why };
+    let bad = |why: String| SetupError::BadCgroup {
+        path: path.display().to_string(),
+        why,
+    };
     let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
     if !meta.is_dir() {
         return Err(bad("not a directory".to_owned()));

@@ -17,7 +17,9 @@ impl fmt::Display for ErrName {
         let mut buf = [0u8; 32];
         let mut cur = std::io::Cursor::new(&mut buf[..]);
         let _ = match Errno::from_raw((-self.0) as i32) {
-            Errno::UnknownErrno => std::io::Write::write_fmt(&mut cur, format_args!("E{}", -self.0)),
+            Errno::UnknownErrno => {
+                std::io::Write::write_fmt(&mut cur, format_args!("E{}", -self.0))
+            }
             e => std::io::Write::write_fmt(&mut cur, format_args!("{e:?}")),
         };
         let len = cur.position() as usize;
@@ -41,7 +43,10 @@ const MSG_FLAGS: &[(u32, &str)] = &[
 
 /// The names of the known flags set in `flags`.
 pub fn msg_flag_names(flags: u32) -> impl Iterator<Item = &'static str> {
-    MSG_FLAGS.iter().filter(move |(bit, _)| flags & bit != 0).map(|(_, n)| *n)
+    MSG_FLAGS
+        .iter()
+        .filter(move |(bit, _)| flags & bit != 0)
+        .map(|(_, n)| *n)
 }
 
 /// `MSG_*` flags joined with `|`, for text output.

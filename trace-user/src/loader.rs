@@ -51,13 +51,20 @@ impl Tracer {
         let (mode, refused) = attach::choose(opts.attach)?;
         let offsets = KernelBtf::from_sys()?.kernel_offsets()?;
         // aya-log's level is a global too: off unless asked for, so the programs skip the work.
-        let log_level: u8 = if opts.kernel_log { aya_log::Level::Trace as u8 } else { 0 };
+        let log_level: u8 = if opts.kernel_log {
+            aya_log::Level::Trace as u8
+        } else {
+            0
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::FILTER, &opts.filter, true)
             .override_global(globals::KOFFSETS, &offsets, true)
             .override_global(aya_log::LEVEL, &log_level, false)
             .map_max_entries(maps::EVENTS, opts.ring_bytes)
-            .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trace-ebpf")))
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/trace-ebpf"
+            )))
             .context("loading the eBPF object")?;
         // Taken before the programs load: they refer to the log map by fd.
         let logger = match EbpfLogger::init(&mut ebpf) {
@@ -68,12 +75,21 @@ impl Tracer {
             }
         };
         attach::attach(&mut ebpf, mode)?;
-        Ok(Self { ebpf, mode, refused, logger, _tracefs: tracefs })
+        Ok(Self {
+            ebpf,
+            mode,
+            refused,
+            logger,
+            _tracefs: tracefs,
+        })
     }
 
     /// The event ring buffer; can be taken once.
     pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map(maps::EVENTS).context("EVENTS map already taken")?;
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .context("EVENTS map already taken")?;
         Ok(RingBuf::try_from(map)?)
     }
 
@@ -86,6 +102,9 @@ impl Tracer {
         let map = self.ebpf.map(maps::LOST).context("LOST map missing")?;
         let arr = PerCpuArray::<_, u64>::try_from(map)?;
         let sum = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>());
-        Ok(KernelCounters { lost: sum(0)?, faults: sum(1)? })
+        Ok(KernelCounters {
+            lost: sum(0)?,
+            faults: sum(1)?,
+        })
     }
 }

@@ -15,9 +15,15 @@ fn main() -> ExitCode {
         2 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     };
-    env_logger::Builder::new().filter_level(level).format_target(false).init();
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format_target(false)
+        .init();
 
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sockbuf: error: cannot start the runtime: {e}");

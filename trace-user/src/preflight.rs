@@ -40,13 +40,21 @@ pub struct TracefsMount {
 impl TracefsMount {
     pub fn ensure() -> Result<Self, SetupError> {
         if Path::new(TRACEFS).join("events").is_dir() {
-            return Ok(Self { mounted_here: false });
+            return Ok(Self {
+                mounted_here: false,
+            });
         }
         let c = |s: &str| CString::new(s).expect("no NUL");
         let (src, target, fstype) = (c("tracefs"), c(TRACEFS), c("tracefs"));
         // SAFETY: valid NUL-terminated strings; no data argument.
         let rc = unsafe {
-            libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
         };
         if rc != 0 {
             return Err(SetupError::Tracefs(io::Error::last_os_error()));
@@ -68,5 +76,9 @@ impl Drop for TracefsMount {
 
 /// Whether the kernel has tracepoint `category/name`.
 pub fn has_tracepoint(category: &str, name: &str) -> bool {
-    Path::new(TRACEFS).join("events").join(category).join(name).is_dir()
+    Path::new(TRACEFS)
+        .join("events")
+        .join(category)
+        .join(name)
+        .is_dir()
 }

@@ -46,7 +46,12 @@ impl Session {
             Some(l) => Some(readable(l).context("polling the eBPF log")?),
             None => None,
         };
-        Ok(Self { tracer, ring, logger, stats: SessionStats::default() })
+        Ok(Self {
+            tracer,
+            ring,
+            logger,
+            stats: SessionStats::default(),
+        })
     }
 
     pub fn tracer(&self) -> &Tracer {
@@ -96,7 +101,8 @@ impl Session {
 fn readable<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     // SAFETY: `T` owns its map fd (aya's RingBuf / EbpfLogger) and keeps it open, returning the
     // same fd, until it is dropped together with the AsyncFd.
-    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }.map_err(|e| e.into_parts().1)
+    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
 }
 
 type Logger = EbpfLogger<&'static dyn log::Log>;

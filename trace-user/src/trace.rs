@@ -28,16 +28,22 @@ pub struct Printer {
 
 impl Printer {
     pub fn new(out: Box<dyn Output>) -> Self {
-        Self { out, acks: AckMatcher::default(), totals: Totals::default(), broken: Rc::default(), failed: false }
+        Self {
+            out,
+            acks: AckMatcher::default(),
+            totals: Totals::default(),
+            broken: Rc::default(),
+            failed: false,
+        }
     }
 
     fn check(&mut self, r: std::io::Result<()>) {
-        if let Err(e) = r {
-            if !self.failed {
-                self.failed = true;
-                log::debug!("output failed: {e}");
-                self.broken.notify_one();
-            }
+        if let Err(e) = r
+            && !self.failed
+        {
+            self.failed = true;
+            log::debug!("output failed: {e}");
+            self.broken.notify_one();
         }
     }
 }
@@ -47,7 +53,9 @@ impl EventHandler for Printer {
         if self.failed {
             return;
         }
-        let Self { out, acks, totals, .. } = self;
+        let Self {
+            out, acks, totals, ..
+        } = self;
         let mut res = Ok(());
         match ev {
             Event::Send(e) => {
@@ -98,13 +106,21 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
     let opts = load_options(&args.filter, &args.tracer, verbose)?;
     let mut session = Session::start(&opts)?;
     let t0 = monotonic_ns();
-    let stdout: Box<dyn Write> = Box::new(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()));
+    let stdout: Box<dyn Write> = Box::new(std::io::BufWriter::with_capacity(
+        1 << 16,
+        std::io::stdout(),
+    ));
     let mut printer = Printer::new(output::new_output(args.json, stdout, t0));
     let tracer = session.tracer();
     printer.out.start(tracer.mode.name(), &tracer.refused)?;
     printer.out.flush()?;
     let broken = printer.broken.clone();
-    session.run(&mut printer, stop::stop_on(args.duration, broken.notified())).await?;
+    session
+        .run(
+            &mut printer,
+            stop::stop_on(args.duration, broken.notified()),
+        )
+        .await?;
     finish(&session, &mut printer, t0)
 }
 
@@ -118,7 +134,10 @@ pub fn finish(session: &Session, printer: &mut Printer, t0: u64) -> anyhow::Resu
     t.unacked = printer.acks.unacked() as u64;
     t.duration_ns = monotonic_ns() - t0;
     if t.lost > 0 {
-        log::warn!("{} events lost: the ring buffer was full (try a larger --ring-size)", t.lost);
+        log::warn!(
+            "{} events lost: the ring buffer was full (try a larger --ring-size)",
+            t.lost
+        );
     }
     let totals = *t;
     if !printer.failed {

@@ -28,11 +28,18 @@ fn hundred_writes_of_1000_bytes() {
     });
     let chunk = [7u8; 1000];
     for _ in 0..100 {
-        assert_eq!(c.write(&chunk).expect("write"), 1000, "a blocking loopback write copies all");
+        assert_eq!(
+            c.write(&chunk).expect("write"),
+            1000,
+            "a blocking loopback write copies all"
+        );
     }
     assert_eq!(reader.join().unwrap(), 100_000);
     let tid = gettid();
-    let (lport, rport) = (c.local_addr().unwrap().port(), c.peer_addr().unwrap().port());
+    let (lport, rport) = (
+        c.local_addr().unwrap().port(),
+        c.peer_addr().unwrap().port(),
+    );
     let ino = ino(&c);
     let out = trace.stop();
 
@@ -51,7 +58,10 @@ fn hundred_writes_of_1000_bytes() {
     for w in sends.windows(2) {
         assert_eq!(w[0]["seq_end"], w[1]["seq_start"]);
     }
-    assert_eq!(u(&sends[99]["seq_end"]) - u(&sends[0]["seq_start"]), 100_000);
+    assert_eq!(
+        u(&sends[99]["seq_end"]) - u(&sends[0]["seq_start"]),
+        100_000
+    );
 }
 
 #[test]
@@ -76,27 +86,43 @@ fn nonblocking_writer_until_eagain_matches_queues() {
     }
     // Every accepted byte is in the writer's send queue or the reader's receive queue, once
     // the last ACK has come back (until then bytes the peer holds are counted twice).
-    wait_until(Duration::from_secs(3), "SIOCOUTQ + SIOCINQ == accepted", || {
-        outq(&c) + inq(&s) == accepted
-    });
+    wait_until(
+        Duration::from_secs(3),
+        "SIOCOUTQ + SIOCINQ == accepted",
+        || outq(&c) + inq(&s) == accepted,
+    );
     let ino = ino(&c);
     let out = trace.stop();
 
     let sends = events(&out, "send", ino);
     assert_eq!(sends.len() as u64, calls, "one event per write call");
     let copied: u64 = sends.iter().map(|e| u(&e["copied"])).sum();
-    assert_eq!(copied, accepted, "traced copies == bytes the writer saw accepted");
+    assert_eq!(
+        copied, accepted,
+        "traced copies == bytes the writer saw accepted"
+    );
     let traced_eagain = sends.iter().filter(|e| e["error"] == "EAGAIN").count() as u64;
-    assert_eq!(traced_eagain, eagains, "traced EAGAINs == EAGAINs the writer saw");
+    assert_eq!(
+        traced_eagain, eagains,
+        "traced EAGAINs == EAGAINs the writer saw"
+    );
     for e in sends.iter().filter(|e| e["error"] == "EAGAIN") {
         assert_eq!(u(&e["copied"]), 0);
         // Rust's std sends with MSG_NOSIGNAL; a non-blocking socket adds MSG_DONTWAIT.
-        assert_eq!(e["msg_flags"], serde_json::json!(["MSG_DONTWAIT", "MSG_NOSIGNAL"]), "{e}");
+        assert_eq!(
+            e["msg_flags"],
+            serde_json::json!(["MSG_DONTWAIT", "MSG_NOSIGNAL"]),
+            "{e}"
+        );
     }
     // The last event's queue is the final state the kernel reports now.
     let last = sends.last().unwrap();
     assert_eq!(u(&last["send_q"]), outq(&c), "{last}");
-    assert_eq!(u(&last["sndbuf"]), sockopt_int(&c, libc::SOL_SOCKET, libc::SO_SNDBUF), "{last}");
+    assert_eq!(
+        u(&last["sndbuf"]),
+        sockopt_int(&c, libc::SOL_SOCKET, libc::SO_SNDBUF),
+        "{last}"
+    );
 }
 
 #[test]
@@ -109,7 +135,12 @@ fn non_root_gets_a_clear_error_and_exit_2() {
     std::fs::copy(SOCKBUF, &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(&bin)
         .args(["trace", "-d", "1s"])
         .output()
@@ -127,10 +158,22 @@ fn non_root_gets_a_clear_error_and_exit_2() {
 #[test]
 fn bad_input_exits_2_with_one_line() {
     for (args, want) in [
-        (&["trace", "-p", "4000000"][..], "no process with pid 4000000"),
-        (&["trace", "--cgroup", "/nonexistent"][..], "--cgroup /nonexistent"),
-        (&["trace", "--comm", "a-very-long-command-name"][..], "longer than the kernel's 15-byte comm"),
-        (&["trace", "--attach", "fentry"][..], "--attach fentry is not available"),
+        (
+            &["trace", "-p", "4000000"][..],
+            "no process with pid 4000000",
+        ),
+        (
+            &["trace", "--cgroup", "/nonexistent"][..],
+            "--cgroup /nonexistent",
+        ),
+        (
+            &["trace", "--comm", "a-very-long-command-name"][..],
+            "longer than the kernel's 15-byte comm",
+        ),
+        (
+            &["trace", "--attach", "fentry"][..],
+            "--attach fentry is not available",
+        ),
     ] {
         let out = Command::new(SOCKBUF).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -138,6 +181,9 @@ fn bad_input_exits_2_with_one_line() {
         assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
-    let out = Command::new(SOCKBUF).args(["trace", "-d", "soon"]).output().unwrap();
+    let out = Command::new(SOCKBUF)
+        .args(["trace", "-d", "soon"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

@@ -19,7 +19,10 @@ pub struct JsonOutput {
 
 impl JsonOutput {
     pub fn new(out: Box<dyn Write>) -> Self {
-        Self { out, names: SockNames::default() }
+        Self {
+            out,
+            names: SockNames::default(),
+        }
     }
 
     fn line(&mut self, v: &impl Serialize) -> std::io::Result<()> {
@@ -128,7 +131,12 @@ struct EndJson<'a> {
 
 impl Output for JsonOutput {
     fn start(&mut self, attach: &str, refused: &[String]) -> std::io::Result<()> {
-        self.line(&StartJson { kind: "start", attach, refused, pid: std::process::id() })
+        self.line(&StartJson {
+            kind: "start",
+            attach,
+            refused,
+            pid: std::process::id(),
+        })
     }
 
     fn send(&mut self, e: &SendEvent) -> std::io::Result<()> {
@@ -138,7 +146,11 @@ impl Output for JsonOutput {
             kind: "send",
             ts_ns: e.hdr.ts_ns,
             start_ns: e.start_ns,
-            duration_ns: if e.start_ns != 0 { e.hdr.ts_ns.saturating_sub(e.start_ns) } else { 0 },
+            duration_ns: if e.start_ns != 0 {
+                e.hdr.ts_ns.saturating_sub(e.start_ns)
+            } else {
+                0
+            },
             cpu: e.hdr.cpu,
             pid: e.hdr.pid,
             tid: e.hdr.tid,
@@ -208,7 +220,10 @@ impl Output for JsonOutput {
     }
 
     fn end(&mut self, t: &Totals) -> std::io::Result<()> {
-        self.line(&EndJson { kind: "end", totals: t })
+        self.line(&EndJson {
+            kind: "end",
+            totals: t,
+        })
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -55,5 +55,9 @@ pub trait Output {
 
 /// Text or JSON, chosen at run time.
 pub fn new_output(json: bool, out: Box<dyn Write>, t0_ns: u64) -> Box<dyn Output> {
-    if json { Box::new(JsonOutput::new(out)) } else { Box::new(TextOutput::new(out, t0_ns)) }
+    if json {
+        Box::new(JsonOutput::new(out))
+    } else {
+        Box::new(TextOutput::new(out, t0_ns))
+    }
 }

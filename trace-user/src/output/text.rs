@@ -18,7 +18,11 @@ pub struct TextOutput {
 
 impl TextOutput {
     pub fn new(out: Box<dyn Write>, t0_ns: u64) -> Self {
-        Self { out, t0_ns, names: SockNames::default() }
+        Self {
+            out,
+            t0_ns,
+            names: SockNames::default(),
+        }
     }
 
     fn secs(&self, ts: u64) -> f64 {
@@ -53,14 +57,30 @@ impl Output for TextOutput {
         writeln!(
             self.out,
             "{:>11} {:>7} {:>7} {:<15} {:<5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  DETAIL",
-            "TIME(s)", "PID", "TID", "COMM", "EVENT", "REQ", "RESULT", "SEND-Q", "UNSENT", "INFLIGHT", "SNDBUF"
+            "TIME(s)",
+            "PID",
+            "TID",
+            "COMM",
+            "EVENT",
+            "REQ",
+            "RESULT",
+            "SEND-Q",
+            "UNSENT",
+            "INFLIGHT",
+            "SNDBUF"
         )
     }
 
     fn send(&mut self, e: &SendEvent) -> std::io::Result<()> {
         self.names.learn(e);
         let t = self.secs(e.hdr.ts_ns);
-        write!(self.out, "{t:>11.6} {:>7} {:>7} {:<15} send  ", e.hdr.pid, e.hdr.tid, format::comm_str(&e.comm))?;
+        write!(
+            self.out,
+            "{t:>11.6} {:>7} {:>7} {:<15} send  ",
+            e.hdr.pid,
+            e.hdr.tid,
+            format::comm_str(&e.comm)
+        )?;
         if e.flags & SEND_F_REQUESTED != 0 {
             write!(self.out, "{:>8} ", e.requested)?;
         } else {

@@ -5,8 +5,7 @@
 use std::{
     io::{BufRead, BufReader},
     net::{TcpListener, TcpStream},
-    os::fd::AsRawFd,
-    os::unix::fs::MetadataExt,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
@@ -40,16 +39,26 @@ impl Trace {
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let line = line.expect("read sockbuf stdout");
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("sockbuf printed a line that is not JSON ({e}): {line}"));
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("sockbuf printed a line that is not JSON ({e}): {line}")
+                });
                 if tx.send(v).is_err() {
                     break;
                 }
             }
         });
-        let start = lines.recv_timeout(Duration::from_secs(60)).expect("sockbuf did not start within 60 s");
-        assert_eq!(start["kind"], "start", "first line must be the start object: {start}");
-        Self { child, lines, start }
+        let start = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("sockbuf did not start within 60 s");
+        assert_eq!(
+            start["kind"], "start",
+            "first line must be the start object: {start}"
+        );
+        Self {
+            child,
+            lines,
+            start,
+        }
     }
 
     /// Stops it with SIGINT, as Ctrl-C would, and returns every object it printed after
@@ -71,7 +80,9 @@ impl Trace {
 
 /// Events of `kind` on socket `ino`.
 pub fn events<'a>(out: &'a [Value], kind: &str, ino: u64) -> Vec<&'a Value> {
-    out.iter().filter(|v| v["kind"] == kind && v["sock_id"] == ino).collect()
+    out.iter()
+        .filter(|v| v["kind"] == kind && v["sock_id"] == ino)
+        .collect()
 }
 
 pub fn end(out: &[Value]) -> &Value {
@@ -132,7 +143,13 @@ pub fn tcp_info(s: &impl AsRawFd) -> libc::tcp_info {
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     let rc = unsafe {
-        libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len)
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
     };
     assert_eq!(rc, 0, "TCP_INFO failed");
     info
@@ -142,11 +159,15 @@ pub fn tcp_info(s: &impl AsRawFd) -> libc::tcp_info {
 pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
-        assert!(t0.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            t0.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         thread::sleep(Duration::from_millis(10));
     }
 }
 
 pub fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not an unsigned number: {v}"))
+    v.as_u64()
+        .unwrap_or_else(|| panic!("not an unsigned number: {v}"))
 }

@@ -1,0 +1,30 @@
+//! Builds sockbuf and runs it as root.
+
+use anyhow::bail;
+
+use crate::{cmd, setup};
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Arguments for sockbuf; default: a ten-second trace of every TCP send on the machine.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    if !cmd::is_root() {
+        bail!("sockbuf loads eBPF programs: run it as root (sudo cargo xtask run)");
+    }
+    setup::run()?;
+    let default = ["trace", "--duration", "10s"].map(String::from).to_vec();
+    let sockbuf_args = if args.args.is_empty() {
+        default
+    } else {
+        args.args
+    };
+    cmd::run(
+        cmd::cargo()
+            .args(["run", "--release", "--bin", "sockbuf", "--"])
+            .args(&sockbuf_args),
+    )
+}
