@@ -59,6 +59,7 @@ impl EventHandler for Printer {
         let mut res = Ok(());
         match ev {
             Event::Send(e) => {
+                totals.records_by_kind.send += 1;
                 totals.sends += 1;
                 res = out.send(e);
                 acks.on_send(e, |w| {
@@ -69,15 +70,19 @@ impl EventHandler for Printer {
                 });
             }
             Event::Block(e) => {
+                totals.records_by_kind.block += 1;
                 totals.blocks += 1;
                 res = out.block(e);
             }
-            Event::Ack(e) => acks.on_ack(e, |w| {
-                totals.acks += 1;
-                if res.is_ok() {
-                    res = out.ack(w);
-                }
-            }),
+            Event::Ack(e) => {
+                totals.records_by_kind.ack += 1;
+                acks.on_ack(e, |w| {
+                    totals.acks += 1;
+                    if res.is_ok() {
+                        res = out.ack(w);
+                    }
+                });
+            }
         }
         self.check(res);
     }

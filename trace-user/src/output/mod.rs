@@ -20,6 +20,8 @@ pub struct Totals {
     pub acks: u64,
     /// Records read from the ring buffer (every kind, before any userspace processing).
     pub records: u64,
+    /// The same, by kind.
+    pub records_by_kind: RecordsByKind,
     /// Events the kernel could not write because the ring buffer was full.
     pub lost: u64,
     /// Events the kernel abandoned (a failed kernel read or a full map).
@@ -27,6 +29,13 @@ pub struct Totals {
     /// Writes still waiting for an ACK when the session ended.
     pub unacked: u64,
     pub duration_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct RecordsByKind {
+    pub send: u64,
+    pub block: u64,
+    pub ack: u64,
 }
 
 /// Socket addresses seen in send events, so block and ACK lines can name the connection.

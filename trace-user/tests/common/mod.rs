@@ -124,6 +124,76 @@ pub fn inq(s: &impl AsRawFd) -> u64 {
     ioctl_int(s, libc::FIONREAD)
 }
 
+/// Sets SO_SNDBUF or SO_RCVBUF (the kernel doubles it and turns autotuning off).
+pub fn set_sockopt_int(s: &impl AsRawFd, level: i32, name: i32, v: i32) {
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&raw const v).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt failed: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// A loopback pair with fixed buffer sizes set before connecting, so capacity does not depend
+/// on autotuning: (client, server side).
+pub fn tcp_pair_with_buffers(sndbuf: i32, rcvbuf: i32) -> (TcpStream, TcpStream) {
+    use std::os::fd::FromRawFd;
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    // SO_RCVBUF must be set on the listener to apply before the handshake (window scaling).
+    set_sockopt_int(&l, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf);
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    let c = unsafe { TcpStream::from_raw_fd(fd) };
+    set_sockopt_int(&c, libc::SOL_SOCKET, libc::SO_SNDBUF, sndbuf);
+    let addr = l.local_addr().unwrap();
+    let std::net::SocketAddr::V4(v4) = addr else {
+        unreachable!()
+    };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&raw const sin).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+    let (s, _) = l.accept().expect("accept");
+    (c, s)
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of sockbuf's timestamps.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Names the calling thread (its kernel comm), for comm filters.
+pub fn set_thread_name(name: &str) {
+    let c = std::ffi::CString::new(name).unwrap();
+    unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
+}
+
 /// SIOCOUTQNSD: bytes in the send queue never sent (write_seq - snd_nxt).
 pub fn outq_unsent(s: &impl AsRawFd) -> u64 {
     const SIOCOUTQNSD: libc::Ioctl = 0x894B;

@@ -1,0 +1,325 @@
+//! The send path's state: blocks, queue figures, ACK latency, attribution, filters, backends.
+
+mod common;
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::TcpStream,
+    thread,
+    time::Duration,
+};
+
+use common::*;
+
+/// Writes without blocking until an EAGAIN persists after the delayed ACKs have come back:
+/// the send buffer and the peer's receive window are then full and nothing is in flight.
+fn fill_until_persistent_eagain(c: &mut TcpStream) -> u64 {
+    c.set_nonblocking(true).unwrap();
+    let buf = [0u8; 4096];
+    let mut n = 0;
+    let mut progress_since_eagain = true;
+    loop {
+        match c.write(&buf) {
+            Ok(k) => {
+                n += k as u64;
+                progress_since_eagain = true;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if !progress_since_eagain {
+                    c.set_nonblocking(false).unwrap();
+                    return n;
+                }
+                progress_since_eagain = false;
+                thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn blocking_writer_sleeps_until_the_peer_drains() {
+    const MORE: usize = 16 * 1024;
+    let pid = std::process::id().to_string();
+    let trace = Trace::start(&["-p", &pid]);
+    let (c, mut s) = tcp_pair_with_buffers(64 * 1024, 64 * 1024);
+    let ino = ino(&c);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = thread::spawn(move || {
+        let mut c = c;
+        let filled = fill_until_persistent_eagain(&mut c);
+        tx.send(filled).unwrap();
+        // The buffer is full: this blocking call must sleep until the peer reads.
+        let n = c.write(&[5u8; MORE]).expect("blocking write");
+        (n, gettid(), c)
+    });
+    let filled = rx.recv().unwrap() as usize;
+    thread::sleep(Duration::from_millis(300));
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0;
+    while got < filled + MORE {
+        got += s.read(&mut buf).expect("read");
+    }
+    let (n, tid, _c) = writer.join().unwrap();
+    assert_eq!(n, MORE, "the blocking call copies everything in the end");
+    let out = trace.stop();
+
+    let blocks = events(&out, "block", ino);
+    assert_eq!(
+        blocks.len(),
+        1,
+        "one sleep on a full send buffer: {blocks:?}"
+    );
+    let b = blocks[0];
+    assert_eq!(u(&b["tid"]), u64::from(tid));
+    let ms = u(&b["duration_ns"]) / 1_000_000;
+    assert!(
+        (250..2000).contains(&ms),
+        "blocked {ms} ms, the peer waited 300 ms: {b}"
+    );
+    assert_eq!(
+        u(&b["left"]),
+        MORE as u64,
+        "nothing fitted before the sleep: {b}"
+    );
+    assert_eq!(u(&b["in_flight"]), 0, "the window was closed: {b}");
+    assert!(
+        u(&b["wmem_queued"]) >= u(&b["sndbuf"]),
+        "the buffer was full when it slept: {b}"
+    );
+    let sends = events(&out, "send", ino);
+    let last = sends.last().expect("the blocking call's event");
+    assert_eq!(u(&last["copied"]), MORE as u64);
+    assert_eq!(u(&last["requested"]), MORE as u64);
+    assert_eq!(last["blocked"], true);
+    assert!(u(&last["duration_ns"]) >= u(&b["duration_ns"]));
+    assert!(
+        sends[..sends.len() - 1]
+            .iter()
+            .all(|e| e["blocked"] == false)
+    );
+}
+
+#[test]
+fn queue_figures_before_eagain_match_the_kernel() {
+    let pid = std::process::id().to_string();
+    let trace = Trace::start(&["-p", &pid]);
+    let (mut c, _s) = tcp_pair();
+    c.set_nonblocking(true).unwrap();
+    let buf = [0u8; 1024];
+    let (mut outq_after, mut unsent_after) = (0, 0);
+    let outq_at_eagain = loop {
+        match c.write(&buf) {
+            Ok(_) => {
+                outq_after = outq(&c);
+                unsent_after = outq_unsent(&c);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break outq(&c),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let sndbuf = sockopt_int(&c, libc::SOL_SOCKET, libc::SO_SNDBUF);
+    let ino = ino(&c);
+    let out = trace.stop();
+    let sends = events(&out, "send", ino);
+    let last_ok = sends
+        .iter()
+        .rev()
+        .find(|e| e.get("error").is_none())
+        .expect("a successful send");
+    assert_eq!(
+        u(&last_ok["send_q"]),
+        outq_after,
+        "Send-Q == SIOCOUTQ: {last_ok}"
+    );
+    assert_eq!(
+        u(&last_ok["unsent"]),
+        unsent_after,
+        "unsent == SIOCOUTQNSD: {last_ok}"
+    );
+    assert_eq!(
+        u(&last_ok["send_q"]),
+        u(&last_ok["unsent"]) + u(&last_ok["in_flight"])
+    );
+    assert_eq!(
+        u(&last_ok["sndbuf"]),
+        sndbuf,
+        "sndbuf == SO_SNDBUF: {last_ok}"
+    );
+    let eagain = sends.last().unwrap();
+    assert_eq!(eagain["error"], "EAGAIN");
+    assert_eq!(u(&eagain["send_q"]), outq_at_eagain, "{eagain}");
+}
+
+#[test]
+fn every_write_gets_an_ack_latency() {
+    let pid = std::process::id().to_string();
+    let trace = Trace::start(&["-p", &pid]);
+    let (mut c, mut s) = tcp_pair();
+    const WRITES: usize = 200;
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        let mut n = 0;
+        while n < WRITES * 3000 {
+            n += s.read(&mut buf).unwrap();
+        }
+        s
+    });
+    let data = [1u8; 3000];
+    for _ in 0..WRITES {
+        c.write_all(&data).unwrap();
+    }
+    let _s = reader.join().unwrap();
+    wait_until(Duration::from_secs(2), "tcpi_unacked == 0", || {
+        tcp_info(&c).tcpi_unacked == 0
+    });
+    let all_acked_at = monotonic_ns();
+    let info = tcp_info(&c);
+    let ino = ino(&c);
+    let out = trace.stop();
+
+    let sends = events(&out, "send", ino);
+    assert_eq!(sends.len(), WRITES);
+    let acks = events(&out, "ack", ino);
+    assert_eq!(acks.len(), WRITES, "one ack per write");
+    for (s, a) in sends.iter().zip(&acks) {
+        assert_eq!(s["seq_end"], a["seq_end"], "acks come in stream order");
+        assert_eq!(u(&a["acked_ns"]), u(&a["ts_ns"]) - u(&a["write_ns"]));
+        assert!(
+            u(&a["ts_ns"]) >= u(&s["start_ns"]),
+            "no ACK before its write: {a}"
+        );
+    }
+    let last = acks.last().unwrap();
+    assert!(
+        u(&last["ts_ns"]) <= all_acked_at,
+        "the last ACK was seen before TCP_INFO showed no unacked data"
+    );
+    assert_eq!(
+        u(&last["seq_end"]),
+        info.tcpi_bytes_acked,
+        "the last ack covers everything acked"
+    );
+    assert_eq!(end(&out)["unacked"], 0);
+}
+
+#[test]
+fn two_threads_two_sockets_attributed_exactly() {
+    let pid = std::process::id().to_string();
+    let trace = Trace::start(&["-p", &pid]);
+    let spawn = |writes: usize, size: usize| {
+        thread::spawn(move || {
+            let (mut c, mut s) = tcp_pair();
+            let reader = thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                let mut n = 0;
+                while n < writes * size {
+                    n += s.read(&mut buf).unwrap();
+                }
+            });
+            let data = vec![3u8; size];
+            for _ in 0..writes {
+                assert_eq!(c.write(&data).unwrap(), size);
+            }
+            reader.join().unwrap();
+            (ino(&c), gettid(), c)
+        })
+    };
+    let a = spawn(300, 700);
+    let b = spawn(150, 1300);
+    let (ino_a, tid_a, _ca) = a.join().unwrap();
+    let (ino_b, tid_b, _cb) = b.join().unwrap();
+    let out = trace.stop();
+    for (ino, tid, writes, size) in [(ino_a, tid_a, 300, 700), (ino_b, tid_b, 150, 1300)] {
+        let sends = events(&out, "send", ino);
+        assert_eq!(sends.len(), writes);
+        assert!(
+            sends.iter().all(|e| u(&e["tid"]) == u64::from(tid)),
+            "every event from its writer thread"
+        );
+        let total: u64 = sends.iter().map(|e| u(&e["copied"])).sum();
+        assert_eq!(total, (writes * size) as u64);
+    }
+}
+
+#[test]
+fn port_filter_keeps_other_connections_out_of_the_ring_buffer() {
+    let (mut c1, mut s1) = tcp_pair();
+    let (mut c2, mut s2) = tcp_pair();
+    let port = c1.peer_addr().unwrap().port().to_string();
+    let trace = Trace::start(&["--port", &port]);
+    for _ in 0..50 {
+        c1.write_all(&[1u8; 500]).unwrap();
+        c2.write_all(&[2u8; 500]).unwrap();
+        // Replies from the server side of connection 1 count too: its local port matches.
+        s1.write_all(&[3u8; 10]).unwrap();
+    }
+    let mut buf = vec![0u8; 50 * 500];
+    s1.read_exact(&mut buf).unwrap();
+    s2.read_exact(&mut buf).unwrap();
+    let mut small = [0u8; 500];
+    c1.read_exact(&mut small).unwrap();
+    let (ino1, ino_s1) = (ino(&c1), ino(&s1));
+    let out = trace.stop();
+    let end = end(&out);
+    let sends: Vec<_> = out.iter().filter(|v| v["kind"] == "send").collect();
+    assert_eq!(
+        sends.len(),
+        100,
+        "50 writes on each side of connection 1 and none of connection 2"
+    );
+    assert!(
+        sends
+            .iter()
+            .all(|e| e["sock_id"] == ino1 || e["sock_id"] == ino_s1)
+    );
+    // Every record the kernel wrote is accounted for by connection 1's events.
+    let by_kind = &end["records_by_kind"];
+    assert_eq!(u(&by_kind["send"]), 100);
+    assert_eq!(
+        u(&end["records"]),
+        u(&by_kind["send"]) + u(&by_kind["block"]) + u(&by_kind["ack"])
+    );
+}
+
+#[test]
+fn comm_filter_selects_one_thread() {
+    let pid = std::process::id().to_string();
+    let trace = Trace::start(&["-p", &pid, "-c", "sb-chosen"]);
+    let run = |name: &'static str| {
+        thread::spawn(move || {
+            set_thread_name(name);
+            let (mut c, mut s) = tcp_pair();
+            for _ in 0..20 {
+                c.write_all(&[0u8; 100]).unwrap();
+            }
+            let mut buf = [0u8; 2000];
+            s.read_exact(&mut buf).unwrap();
+            ino(&c)
+        })
+    };
+    let chosen = run("sb-chosen").join().unwrap();
+    let other = run("sb-other").join().unwrap();
+    let out = trace.stop();
+    assert_eq!(events(&out, "send", chosen).len(), 20);
+    assert_eq!(events(&out, "send", other).len(), 0);
+    assert!(
+        out.iter()
+            .filter(|v| v["kind"] == "send")
+            .all(|v| v["comm"] == "sb-chosen")
+    );
+}
+
+#[test]
+fn auto_attach_picks_tracepoints_and_says_why() {
+    let trace = Trace::start(&["-p", &std::process::id().to_string()]);
+    assert_eq!(trace.start["attach"], "tracepoint");
+    let refused = trace.start["refused"].as_array().expect("refused list");
+    assert_eq!(
+        refused.len(),
+        2,
+        "fentry and kprobe were passed over: {refused:?}"
+    );
+    assert!(refused[1].as_str().unwrap().contains("kprobe"));
+    trace.stop();
+}
