@@ -44,6 +44,9 @@ pub enum EventKind {
     Block = 2,
     /// The peer's ACK moved `snd_una` past traced bytes: [`AckEvent`].
     Ack = 3,
+    /// A sender fell asleep inside a send call on a full send buffer: [`BlockEvent`] with
+    /// `end_ns == 0`; the `Block` event follows when it runs again.
+    BlockStart = 4,
 }
 
 impl EventKind {
@@ -52,6 +55,7 @@ impl EventKind {
             1 => Some(Self::Send),
             2 => Some(Self::Block),
             3 => Some(Self::Ack),
+            4 => Some(Self::BlockStart),
             _ => None,
         }
     }

@@ -18,6 +18,8 @@ pub enum Event {
     Send(SendEvent),
     Block(BlockEvent),
     Ack(AckEvent),
+    /// A sender fell asleep; `end_ns` is 0.
+    BlockStart(BlockEvent),
 }
 
 /// A record that does not match any known event layout.
@@ -58,6 +60,7 @@ impl Event {
             Some(EventKind::Send) => read(bytes, hdr.kind).map(Event::Send),
             Some(EventKind::Block) => read(bytes, hdr.kind).map(Event::Block),
             Some(EventKind::Ack) => read(bytes, hdr.kind).map(Event::Ack),
+            Some(EventKind::BlockStart) => read(bytes, hdr.kind).map(Event::BlockStart),
             None => Err(DecodeError::UnknownKind(hdr.kind)),
         }
     }
@@ -65,7 +68,7 @@ impl Event {
     pub fn header(&self) -> &Header {
         match self {
             Event::Send(e) => &e.hdr,
-            Event::Block(e) => &e.hdr,
+            Event::Block(e) | Event::BlockStart(e) => &e.hdr,
             Event::Ack(e) => &e.hdr,
         }
     }

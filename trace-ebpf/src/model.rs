@@ -123,8 +123,8 @@ pub fn task_sleeps(prev_state: u32) -> Result<(), Fault> {
     if prev_state & TASK_INTERRUPTIBLE == 0 {
         return Ok(());
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(call) = INFLIGHT.get_ptr_mut(tid) else {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(call) = INFLIGHT.get_ptr_mut(pid_tgid as u32) else {
         return Ok(());
     };
     let call = unsafe { &mut *call };
@@ -132,10 +132,21 @@ pub fn task_sleeps(prev_state: u32) -> Result<(), Fault> {
         return Ok(());
     }
     let sock = Sock::new(call.sk);
+    let now = unsafe { bpf_ktime_get_ns() };
     call.block_queue = sock.send_queue()?;
     call.block_left = kernel::msg_left(call.msg, &sock.off)?;
-    call.block_start = unsafe { bpf_ktime_get_ns() };
+    call.block_start = now;
     call.flags |= SEND_F_BLOCKED;
+    // Said now, not only at the wake-up: a writer stuck on a peer that never reads would
+    // otherwise never show up.
+    emit(BlockEvent {
+        hdr: header(EventKind::BlockStart, pid_tgid, sock.ino()?, now),
+        comm: comm(),
+        start_ns: now,
+        end_ns: 0,
+        left: call.block_left,
+        queue: call.block_queue,
+    });
     Ok(())
 }
 

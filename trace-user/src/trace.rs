@@ -74,6 +74,10 @@ impl EventHandler for Printer {
                 totals.blocks += 1;
                 res = out.block(e);
             }
+            Event::BlockStart(e) => {
+                totals.records_by_kind.block_start += 1;
+                res = out.block(e);
+            }
             Event::Ack(e) => {
                 totals.records_by_kind.ack += 1;
                 acks.on_ack(e, |w| {

@@ -4,7 +4,7 @@
 use std::{io::Write, net::IpAddr};
 
 use serde::{Serialize, Serializer};
-use trace_common::{BlockEvent, SEND_F_BLOCKED, SEND_F_REQUESTED, SendEvent};
+use trace_common::{BlockEvent, EventKind, SEND_F_BLOCKED, SEND_F_REQUESTED, SendEvent};
 
 use super::{Output, SockNames, Totals};
 use crate::{
@@ -82,8 +82,10 @@ struct BlockJson<'a> {
     kind: &'static str,
     ts_ns: u64,
     start_ns: u64,
-    end_ns: u64,
-    duration_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ns: Option<u64>,
     cpu: u32,
     pid: u32,
     tid: u32,
@@ -180,12 +182,13 @@ impl Output for JsonOutput {
 
     fn block(&mut self, e: &BlockEvent) -> std::io::Result<()> {
         let addrs = self.names.get(e.hdr.sock_id).copied();
+        let asleep = e.hdr.kind == EventKind::BlockStart as u32;
         self.line(&BlockJson {
-            kind: "block",
+            kind: if asleep { "block_start" } else { "block" },
             ts_ns: e.hdr.ts_ns,
             start_ns: e.start_ns,
-            end_ns: e.end_ns,
-            duration_ns: e.end_ns.saturating_sub(e.start_ns),
+            end_ns: (!asleep).then_some(e.end_ns),
+            duration_ns: (!asleep).then(|| e.end_ns.saturating_sub(e.start_ns)),
             cpu: e.hdr.cpu,
             pid: e.hdr.pid,
             tid: e.hdr.tid,

@@ -34,6 +34,7 @@ pub struct Totals {
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct RecordsByKind {
     pub send: u64,
+    pub block_start: u64,
     pub block: u64,
     pub ack: u64,
 }
@@ -56,6 +57,7 @@ pub trait Output {
     /// Before the first event: the backend in use.
     fn start(&mut self, attach: &str, refused: &[String]) -> std::io::Result<()>;
     fn send(&mut self, e: &SendEvent) -> std::io::Result<()>;
+    /// A sender fell asleep (`kind` BlockStart) or woke (`kind` Block).
     fn block(&mut self, e: &BlockEvent) -> std::io::Result<()>;
     fn ack(&mut self, w: &AckedWrite) -> std::io::Result<()>;
     fn end(&mut self, t: &Totals) -> std::io::Result<()>;

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use trace_common::{BlockEvent, SEND_F_REQUESTED, SendEvent, SockAddrs};
+use trace_common::{BlockEvent, EventKind, SEND_F_REQUESTED, SendEvent, SockAddrs};
 
 use super::{Output, SockNames, Totals};
 use crate::{
@@ -114,23 +114,37 @@ impl Output for TextOutput {
     }
 
     fn block(&mut self, e: &BlockEvent) -> std::io::Result<()> {
-        let t = self.secs(e.start_ns);
+        let asleep = e.hdr.kind == EventKind::BlockStart as u32;
+        let t = self.secs(if asleep { e.start_ns } else { e.end_ns });
         let q = &e.queue;
-        writeln!(
+        write!(
             self.out,
-            "{t:>11.6} {:>7} {:>7} {:<15} block {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  slept {} on a full send buffer ({})",
+            "{t:>11.6} {:>7} {:>7} {:<15} {:<5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  ",
             e.hdr.pid,
             e.hdr.tid,
             format::comm_str(&e.comm),
+            if asleep { "sleep" } else { "wake" },
             e.left,
             "-",
             q.send_q,
             q.unsent,
             q.in_flight,
             q.sndbuf,
-            Nanos(e.end_ns.saturating_sub(e.start_ns)),
-            self.conn(e.hdr.sock_id),
-        )
+        )?;
+        let conn = self.conn(e.hdr.sock_id);
+        if asleep {
+            writeln!(
+                self.out,
+                "asleep on a full send buffer, {} B left to copy ({conn})",
+                e.left
+            )
+        } else {
+            let slept = Nanos(e.end_ns.saturating_sub(e.start_ns));
+            writeln!(
+                self.out,
+                "woke after {slept} blocked on a full send buffer ({conn})"
+            )
+        }
     }
 
     fn ack(&mut self, w: &AckedWrite) -> std::io::Result<()> {
