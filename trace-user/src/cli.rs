@@ -33,6 +33,109 @@ pub enum Command {
     ///   sockbuf trace -d 10s             # ten seconds, then totals
     #[command(verbatim_doc_comment)]
     Trace(TraceArgs),
+
+    /// Run the send-buffer fill experiment and trace it: a client writes into a connection
+    /// whose peer never reads, until the send buffer is full.
+    ///
+    /// Runs in a fresh network namespace on loopback (the host's sysctls are never touched),
+    /// streams the client's send events, then reports where the accepted bytes are (client
+    /// send queue, server receive queue), redoes the arithmetic of the original experiment
+    /// with real numbers, and checks it against the trace. Exit code 1 if a check fails.
+    ///
+    /// Examples:
+    ///   sockbuf fill                                   # non-blocking, 1 KiB writes
+    ///   sockbuf fill --interval 200ms                  # the article's pace
+    ///   sockbuf fill --mode blocking --plot fill.svg   # sleep on a full buffer, then drain
+    ///   sockbuf fill --tcp-wmem "4096 16384 1048576"   # another tcp_wmem, host untouched
+    #[command(verbatim_doc_comment)]
+    Fill(FillArgs),
+}
+
+/// How the fill experiment's client writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FillMode {
+    /// O_NONBLOCK: write until EAGAIN persists.
+    Nonblocking,
+    /// Blocking writes: the writer sleeps in the kernel; then the server drains.
+    Blocking,
+}
+
+#[derive(Debug, Args)]
+pub struct FillArgs {
+    #[arg(long, value_enum, default_value_t = FillMode::Nonblocking)]
+    pub mode: FillMode,
+
+    /// Bytes per write call.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=16 << 20))]
+    pub chunk: u32,
+
+    /// Pause between write calls (e.g. 200ms, as in the original experiment).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_pause)]
+    pub interval: Duration,
+
+    /// SO_SNDBUF for the client, set before connect (default: kernel autotuning).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..=1 << 30))]
+    pub sndbuf: Option<u32>,
+
+    /// SO_RCVBUF for the server, set before listen (default: kernel autotuning).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..=1 << 30))]
+    pub rcvbuf: Option<u32>,
+
+    /// Use ::1 instead of 127.0.0.1.
+    #[arg(long)]
+    pub ipv6: bool,
+
+    /// net.ipv4.tcp_wmem inside the experiment's namespace, as "MIN DEFAULT MAX".
+    #[arg(long, value_name = "\"MIN DEF MAX\"", value_parser = parse_triple)]
+    pub tcp_wmem: Option<[u64; 3]>,
+
+    /// net.ipv4.tcp_rmem inside the experiment's namespace, as "MIN DEFAULT MAX".
+    #[arg(long, value_name = "\"MIN DEF MAX\"", value_parser = parse_triple)]
+    pub tcp_rmem: Option<[u64; 3]>,
+
+    /// Blocking mode: how long the server waits, once the writer is asleep, before it reads.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub read_after: Duration,
+
+    /// Keep the sockets open this long after the report, so that they can be inspected
+    /// (`ip netns exec sockbuf-PID ss -tmi`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub hold: Option<Duration>,
+
+    /// Events as NDJSON, and the report as the last line (`"kind":"fill_report"`).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write a timeline (send and receive queues, sndbuf, writes, EAGAINs, the block) as SVG.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tracer: TracerArgs,
+}
+
+/// "MIN DEFAULT MAX", as the tcp_wmem/tcp_rmem sysctls take it.
+pub fn parse_triple(s: &str) -> Result<[u64; 3], String> {
+    let v: Vec<u64> = s
+        .split_whitespace()
+        .map(|x| x.parse::<u64>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{e}: give three byte counts, e.g. \"4096 16384 4194304\""))?;
+    match v[..] {
+        [min, def, max] if 0 < min && min <= def && def <= max => Ok([min, def, max]),
+        [_, _, _] => Err("need 0 < MIN <= DEFAULT <= MAX, e.g. \"4096 16384 4194304\"".to_owned()),
+        _ => Err(format!(
+            "got {} numbers, need 3, e.g. \"4096 16384 4194304\"",
+            v.len()
+        )),
+    }
+}
+
+fn parse_pause(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: give a duration such as 0s, 200ms or 1s"))
 }
 
 /// Which sockets and tasks to trace; checked in the kernel, before any event is written.
@@ -126,5 +229,15 @@ mod tests {
                 .contains("such as 500ms")
         );
         assert!(parse_ring_size("5000").is_err());
+        assert_eq!(
+            parse_triple("4096 16384 1048576"),
+            Ok([4096, 16384, 1_048_576])
+        );
+        assert!(
+            parse_triple("4096 16384")
+                .unwrap_err()
+                .contains("got 2 numbers")
+        );
+        assert!(parse_triple("5 4 3").is_err());
     }
 }

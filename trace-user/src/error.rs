@@ -22,6 +22,8 @@ pub enum SetupError {
         "--cgroup {path}: {why}: give a cgroup v2 directory such as /sys/fs/cgroup/system.slice"
     )]
     BadCgroup { path: String, why: String },
+    #[error("sockbuf needs the `{0}` command: apt-get install {1}")]
+    MissingTool(&'static str, &'static str),
     #[error("--comm {0:?} is longer than the kernel's 15-byte comm: give the first 15 bytes")]
     CommTooLong(String),
 }

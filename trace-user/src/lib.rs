@@ -7,6 +7,7 @@ pub mod attach;
 pub mod btf;
 pub mod cli;
 pub mod error;
+pub mod fill;
 pub mod filter;
 pub mod format;
 pub mod loader;

@@ -4,7 +4,7 @@ use clap::Parser as _;
 use trace_user::{
     cli::{Cli, Command},
     error::SetupError,
-    trace,
+    fill, trace,
 };
 
 fn main() -> ExitCode {
@@ -32,11 +32,14 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Trace(args) => trace::run(args, cli.verbose).await,
+            Command::Trace(args) => trace::run(args, cli.verbose).await.map(|()| true),
+            Command::Fill(args) => fill::run(args, cli.verbose).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        // A check failed; the report says which.
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             // One line, never a backtrace: the chain of contexts joined by ": ".
             eprintln!("sockbuf: error: {e:#}");
