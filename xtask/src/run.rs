@@ -6,7 +6,7 @@ use crate::{cmd, setup};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Arguments for sockbuf; default: a ten-second trace of every TCP send on the machine.
+    /// Arguments for sockbuf; default: `fill`, the send-buffer fill experiment, traced.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
 }
@@ -16,7 +16,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("sockbuf loads eBPF programs: run it as root (sudo cargo xtask run)");
     }
     setup::run()?;
-    let default = ["trace", "--duration", "10s"].map(String::from).to_vec();
+    let default = vec!["fill".to_owned()];
     let sockbuf_args = if args.args.is_empty() {
         default
     } else {

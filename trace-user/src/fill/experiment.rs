@@ -41,13 +41,24 @@ pub struct Plan {
     pub hold: Option<Duration>,
 }
 
+/// What happened when a sample was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SampleKind {
+    /// Right after a write call that copied bytes.
+    Write,
+    /// Right after a write call that failed with EAGAIN.
+    Eagain,
+    /// While the writer sleeps or the server drains.
+    Tick,
+}
+
 /// The queues at one moment, from the experiment's own ioctls.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Sample {
     pub t_ns: u64,
     pub send_q: u64,
     pub recv_q: u64,
-    pub eagain: bool,
+    pub kind: SampleKind,
 }
 
 /// A sleep of the writer, as the tracer reported it.
@@ -101,7 +112,7 @@ pub fn run(
     go: mpsc::Receiver<()>,
     asleep_rx: mpsc::Receiver<Asleep>,
     writer: Arc<WriterState>,
-) -> anyhow::Result<Measured> {
+) -> anyhow::Result<(Measured, Held)> {
     let tcp_mem = netns::read_tcp_mem()?;
     ns.enter()?;
     if let Some(v) = plan.tcp_wmem {
@@ -151,29 +162,31 @@ pub fn run(
             &writer,
         )?,
     }
-    if let Some(hold) = plan.hold {
-        eprintln!(
-            "sockbuf: holding the sockets for {}: ip netns exec {} ss -tmi",
-            humantime::format_duration(hold),
-            ns.name
-        );
-        thread::sleep(hold);
-    }
-    Ok(m)
+    Ok((
+        m,
+        Held {
+            _sockets: vec![listener, client, server],
+        },
+    ))
 }
 
-fn sample(client: &Socket, server: &Socket, eagain: bool) -> io::Result<Sample> {
+/// The experiment's sockets, kept open after the report for `--hold`.
+pub struct Held {
+    _sockets: Vec<Socket>,
+}
+
+fn sample(client: &Socket, server: &Socket, kind: SampleKind) -> io::Result<Sample> {
     Ok(Sample {
         t_ns: monotonic_ns(),
         send_q: sock::outq(client)?,
         recv_q: sock::inq(server)?,
-        eagain,
+        kind,
     })
 }
 
 /// Keeps a timeline small enough to plot: every EAGAIN, otherwise at most one sample per ms.
 fn record(m: &mut Measured, s: Sample) {
-    if s.eagain
+    if s.kind == SampleKind::Eagain
         || m.samples
             .last()
             .is_none_or(|p| s.t_ns >= p.t_ns + 1_000_000)
@@ -227,12 +240,12 @@ fn fill_nonblocking(
             Ok(n) => {
                 m.accepted_bytes += n as u64;
                 retried = false;
-                let s = sample(client, server, false)?;
+                let s = sample(client, server, SampleKind::Write)?;
                 record(m, s);
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 m.eagain_count += 1;
-                let s = sample(client, server, true)?;
+                let s = sample(client, server, SampleKind::Eagain)?;
                 record(m, s);
                 if retried {
                     break;
@@ -292,7 +305,7 @@ fn fill_blocking(
             .context("the writer never fell asleep")?;
         let deadline = Instant::now() + plan.read_after;
         while Instant::now() < deadline {
-            record(m, sample(&client, server, false)?);
+            record(m, sample(&client, server, SampleKind::Tick)?);
             thread::sleep(Duration::from_millis(5));
         }
         while asleep_rx.try_recv().is_ok() {}
@@ -321,7 +334,7 @@ fn fill_blocking(
         if writer.is_finished() && m.server_read_bytes >= written.load(Ordering::Acquire) {
             break;
         }
-        record(m, sample(&client, server, false)?);
+        record(m, sample(&client, server, SampleKind::Tick)?);
     }
     match writer.join() {
         Ok(r) => r.context("client write")?,

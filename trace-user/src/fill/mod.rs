@@ -59,11 +59,22 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
     let experiment = {
         let (ns, done, writer, plan) = (ns.clone(), done.clone(), writer.clone(), plan.clone());
         thread::Builder::new().name("fill".into()).spawn(move || {
-            let r = experiment::run(plan, &ns, port_tx, go_rx, asleep_rx, writer);
-            let ok = r.is_ok();
+            let (r, held) =
+                match experiment::run(plan.clone(), &ns, port_tx, go_rx, asleep_rx, writer) {
+                    Ok((m, held)) => (Ok(m), Some(held)),
+                    Err(e) => (Err(e), None),
+                };
             let _ = result_tx.send(r);
             done.notify_one();
-            ok
+            if let (Some(hold), Some(held)) = (plan.hold, held) {
+                eprintln!(
+                    "sockbuf: holding the sockets for {}: ip netns exec {} ss -tmi",
+                    humantime::format_duration(hold),
+                    ns.name
+                );
+                thread::sleep(hold);
+                drop(held);
+            }
         })?
     };
     let Ok(port) = port_rx.recv() else {

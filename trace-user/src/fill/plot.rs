@@ -5,7 +5,10 @@ use std::path::Path;
 use anyhow::Context as _;
 use plotters::prelude::*;
 
-use super::{experiment::Measured, handler::Traced};
+use super::{
+    experiment::{Measured, Sample, SampleKind},
+    handler::Traced,
+};
 
 /// Series names, as they appear in the legend (and the tests look for them).
 pub const SEND_Q: &str = "client send queue (Send-Q)";
@@ -17,6 +20,7 @@ pub const BLOCKED: &str = "writer asleep";
 
 pub fn write_svg(path: &Path, m: &Measured, t: &Traced) -> anyhow::Result<()> {
     let ms = |ns: u64| ns.saturating_sub(m.start_ns) as f64 / 1e6;
+    let kib = |b: u64| b as f64 / 1024.0;
     let t_end = m.samples.iter().map(|s| ms(s.t_ns)).fold(1.0, f64::max);
     let y_max = m
         .samples
@@ -24,7 +28,7 @@ pub fn write_svg(path: &Path, m: &Measured, t: &Traced) -> anyhow::Result<()> {
         .flat_map(|s| [s.send_q, s.recv_q])
         .chain(t.sndbuf.iter().map(|&(_, v)| v))
         .max()
-        .unwrap_or(1) as f64
+        .map_or(1.0, kib)
         * 1.1;
 
     let root = SVGBackend::new(path, (1200, 700)).into_drawing_area();
@@ -41,7 +45,7 @@ pub fn write_svg(path: &Path, m: &Measured, t: &Traced) -> anyhow::Result<()> {
     chart
         .configure_mesh()
         .x_desc("time since connect (ms)")
-        .y_desc("bytes")
+        .y_desc("KiB")
         .draw()?;
 
     for &(s, e) in &t.blocks {
@@ -58,9 +62,7 @@ pub fn write_svg(path: &Path, m: &Measured, t: &Traced) -> anyhow::Result<()> {
                 )
             });
     }
-    let line = |f: fn(&super::experiment::Sample) -> u64| {
-        m.samples.iter().map(move |s| (ms(s.t_ns), f(s) as f64))
-    };
+    let line = |f: fn(&Sample) -> u64| m.samples.iter().map(move |s| (ms(s.t_ns), kib(f(s))));
     chart
         .draw_series(LineSeries::new(line(|s| s.send_q), BLUE.stroke_width(2)))?
         .label(SEND_Q)
@@ -72,12 +74,12 @@ pub fn write_svg(path: &Path, m: &Measured, t: &Traced) -> anyhow::Result<()> {
     // sk_sndbuf as a step line from the trace, held to the end.
     let mut steps = Vec::new();
     for w in t.sndbuf.windows(2) {
-        steps.push((ms(w[0].0), w[0].1 as f64));
-        steps.push((ms(w[1].0), w[0].1 as f64));
+        steps.push((ms(w[0].0), kib(w[0].1)));
+        steps.push((ms(w[1].0), kib(w[0].1)));
     }
     if let Some(&(ts, v)) = t.sndbuf.last() {
-        steps.push((ms(ts), v as f64));
-        steps.push((t_end, v as f64));
+        steps.push((ms(ts), kib(v)));
+        steps.push((t_end, kib(v)));
     }
     chart
         .draw_series(LineSeries::new(steps, RED.stroke_width(1)))?
@@ -87,8 +89,8 @@ pub fn write_svg(path: &Path, m: &Measured, t: &Traced) -> anyhow::Result<()> {
         .draw_series(
             m.samples
                 .iter()
-                .filter(|s| !s.eagain)
-                .map(|s| Circle::new((ms(s.t_ns), s.send_q as f64), 2, BLUE.filled())),
+                .filter(|s| s.kind == SampleKind::Write)
+                .map(|s| Circle::new((ms(s.t_ns), kib(s.send_q)), 2, BLUE.filled())),
         )?
         .label(WRITES)
         .legend(|(x, y)| Circle::new((x + 7, y), 2, BLUE.filled()));
@@ -96,8 +98,8 @@ pub fn write_svg(path: &Path, m: &Measured, t: &Traced) -> anyhow::Result<()> {
         .draw_series(
             m.samples
                 .iter()
-                .filter(|s| s.eagain)
-                .map(|s| Cross::new((ms(s.t_ns), s.send_q as f64), 6, RED.stroke_width(2))),
+                .filter(|s| s.kind == SampleKind::Eagain)
+                .map(|s| Cross::new((ms(s.t_ns), kib(s.send_q)), 6, RED.stroke_width(2))),
         )?
         .label(EAGAIN)
         .legend(|(x, y)| Cross::new((x + 7, y), 5, RED.stroke_width(2)));
