@@ -220,9 +220,10 @@ pub struct KernelOffsets {
     // struct msghdr / iov_iter
     pub msg_iter_count: u32,
     pub msg_flags: u32,
-    // struct sk_buff
-    pub skb_data: u32,
-    pub _pad: u32,
+    // struct sk_buff, and struct tcp_skb_cb inside its `cb`
+    pub skb_cb: u32,
+    pub tcb_ack_seq: u32,
+    pub tcb_tcp_flags: u32,
 }
 
 const _: () = {
@@ -233,5 +234,5 @@ const _: () = {
     assert!(core::mem::size_of::<BlockEvent>() == 104);
     assert!(core::mem::size_of::<AckEvent>() == 48);
     assert!(core::mem::size_of::<Filter>() == 32);
-    assert!(core::mem::size_of::<KernelOffsets>() == 88);
+    assert!(core::mem::size_of::<KernelOffsets>() == 92);
 };

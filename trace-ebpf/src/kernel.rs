@@ -25,8 +25,9 @@ static KOFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     inode_ino: 0,
     msg_iter_count: 0,
     msg_flags: 0,
-    skb_data: 0,
-    _pad: 0,
+    skb_cb: 0,
+    tcb_ack_seq: 0,
+    tcb_tcp_flags: 0,
 });
 
 const AF_INET: u16 = 2;
@@ -164,14 +165,15 @@ pub fn msg_flags(msg: u64, off: &KernelOffsets) -> Result<u32, Fault> {
     read(msg, off.msg_flags)
 }
 
-/// An incoming segment's TCP ACK number, when its ACK flag is set. In `tcp_rcv_established`
-/// `skb->data` points at the TCP header.
+/// An incoming segment's ACK number, when its ACK flag is set, from `TCP_SKB_CB(skb)` as
+/// `tcp_ack()` reads it. Not from the TCP header: when the socket is owned by a sender,
+/// `tcp_add_backlog()` coalesces ACKs into the backlog's tail and updates only the cb.
 #[inline(always)]
 pub fn skb_ack_seq(skb: u64, off: &KernelOffsets) -> Result<Option<u32>, Fault> {
-    const TH_ACK: u8 = 0x10;
-    let th: u64 = read(skb, off.skb_data)?;
-    if th == 0 || read::<u8>(th, 13)? & TH_ACK == 0 {
+    const TCPHDR_ACK: u8 = 0x10;
+    // tcp_flags is u8 or u16 depending on the kernel; its low byte holds ACK either way.
+    if read::<u8>(skb, off.skb_cb + off.tcb_tcp_flags)? & TCPHDR_ACK == 0 {
         return Ok(None);
     }
-    read(th, 8).map(|seq: u32| Some(u32::from_be(seq)))
+    read(skb, off.skb_cb + off.tcb_ack_seq).map(Some)
 }

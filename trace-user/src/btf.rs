@@ -122,6 +122,16 @@ impl KernelBtf {
         path: &'static str,
         size: usize,
     ) -> Result<u32, BtfError> {
+        self.offset_any_size(name, path, &[size])
+    }
+
+    /// Like [`offset`](Self::offset), for a field whose width differs between kernels.
+    pub fn offset_any_size(
+        &self,
+        name: &'static str,
+        path: &'static str,
+        sizes: &[usize],
+    ) -> Result<u32, BtfError> {
         let mut cur = Type::Struct(self.find_struct(name)?);
         let mut off = 0;
         for part in path.split('.') {
@@ -133,8 +143,8 @@ impl KernelBtf {
             cur = t;
         }
         let actual = self.size_of(&cur).ok_or(BtfError::NoField(name, path))?;
-        if actual != size {
-            return Err(BtfError::FieldSize(name, path, actual, size));
+        if !sizes.contains(&actual) {
+            return Err(BtfError::FieldSize(name, path, actual, sizes[0]));
         }
         Ok(off as u32)
     }
@@ -166,8 +176,9 @@ impl KernelBtf {
             inode_ino: self.offset("inode", "i_ino", 8)?,
             msg_iter_count: self.offset("msghdr", "msg_iter.count", 8)?,
             msg_flags: self.offset("msghdr", "msg_flags", 4)?,
-            skb_data: self.offset("sk_buff", "data", 8)?,
-            _pad: 0,
+            skb_cb: self.offset("sk_buff", "cb", 48)?,
+            tcb_ack_seq: self.offset("tcp_skb_cb", "ack_seq", 4)?,
+            tcb_tcp_flags: self.offset_any_size("tcp_skb_cb", "tcp_flags", &[1, 2])?,
         })
     }
 

@@ -31,6 +31,7 @@ pub enum Command {
     ///   sockbuf trace -p 1234            # one process, aligned text
     ///   sockbuf trace --port 5432 --json # one port, NDJSON
     ///   sockbuf trace -d 10s             # ten seconds, then totals
+    ///   sockbuf trace -s -d 30s          # histograms per socket after 30 s
     #[command(verbatim_doc_comment)]
     Trace(TraceArgs),
 
@@ -181,6 +182,11 @@ pub struct TraceArgs {
     /// One JSON object per line (fields in the README) instead of aligned text.
     #[arg(long)]
     pub json: bool,
+
+    /// No line per event: at the end, per-socket totals and log2 histograms of bytes per
+    /// copy, block durations and write-to-ACK latencies.
+    #[arg(short, long)]
+    pub summary: bool,
 
     /// Stop after this long (e.g. 500ms, 10s, 2m); default: until Ctrl-C.
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]

@@ -14,6 +14,7 @@ use crate::{
     output::{self, Output, Totals},
     session::{EventHandler, Session},
     stop,
+    summary::Summary,
 };
 
 /// Sends every event to an [`Output`] and pairs writes with ACKs.
@@ -79,6 +80,13 @@ impl EventHandler for Printer {
                 res = out.block(e);
             }
             Event::Ack(e) => {
+                log::trace!(
+                    "ack sock {} {}..{} at {}",
+                    e.hdr.sock_id,
+                    e.prev_acked,
+                    e.acked,
+                    e.hdr.ts_ns
+                );
                 totals.records_by_kind.ack += 1;
                 acks.on_ack(e, |w| {
                     totals.acks += 1;
@@ -119,17 +127,24 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         1 << 16,
         std::io::stdout(),
     ));
-    let mut printer = Printer::new(output::new_output(args.json, stdout, t0));
+    let mut printer = Printer::new(output::new_output(args.json, stdout, t0, !args.summary));
     let tracer = session.tracer();
     printer.out.start(tracer.mode.name(), &tracer.refused)?;
     printer.out.flush()?;
     let broken = printer.broken.clone();
-    session
-        .run(
-            &mut printer,
-            stop::stop_on(args.duration, broken.notified()),
-        )
-        .await?;
+    let stop = stop::stop_on(args.duration, broken.notified());
+    if !args.summary {
+        session.run(&mut printer, stop).await?;
+        return finish(&session, &mut printer, t0);
+    }
+    let mut summary = Summary::default();
+    session.run(&mut summary, stop).await?;
+    let mut out = std::io::stdout().lock();
+    summary.write(&mut out, args.json)?;
+    out.flush()?;
+    drop(out);
+    printer.totals = summary.totals;
+    printer.acks = summary.acks;
     finish(&session, &mut printer, t0)
 }
 

@@ -323,3 +323,129 @@ fn auto_attach_picks_tracepoints_and_says_why() {
     assert!(refused[1].as_str().unwrap().contains("kprobe"));
     trace.stop();
 }
+
+#[test]
+fn summary_totals_and_histograms_per_socket() {
+    let pid = std::process::id().to_string();
+    let child = std::process::Command::new(SOCKBUF)
+        .args(["trace", "--json", "--summary", "-p", &pid])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // No start object on stdout to wait for in summary mode; the session is up when the
+    // BTF is parsed and the programs attach, well within this.
+    thread::sleep(Duration::from_secs(3));
+    let (mut c, mut s) = tcp_pair();
+    let sizes = [100usize, 1000, 1000, 5000, 70_000];
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 17];
+        let mut n = 0;
+        while n < 77_100 {
+            n += s.read(&mut buf).unwrap();
+        }
+    });
+    for size in sizes {
+        c.write_all(&vec![0u8; size]).unwrap();
+    }
+    reader.join().unwrap();
+    wait_until(Duration::from_secs(2), "all acked", || {
+        tcp_info(&c).tcpi_unacked == 0
+    });
+    let ino = ino(&c);
+    thread::sleep(Duration::from_millis(200));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary = lines
+        .iter()
+        .find(|v| v["kind"] == "summary")
+        .expect("summary object");
+    let sock = summary["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["sock_id"] == ino)
+        .expect("our socket");
+    let calls = u(&sock["sends"]);
+    assert!(
+        calls >= sizes.len() as u64,
+        "write_all may split a write: {sock}"
+    );
+    assert_eq!(u(&sock["copied_bytes"]), 77_100);
+    let hist_total: u64 = sock["copy_bytes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| u(&r["count"]))
+        .sum();
+    assert_eq!(hist_total, calls, "every call lands in the bytes histogram");
+    let row_100 = sock["copy_bytes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| u(&r["lo"]) == 64)
+        .unwrap();
+    assert_eq!(
+        u(&row_100["count"]),
+        1,
+        "the 100-byte write is in [64, 127]"
+    );
+    assert_eq!(u(&sock["acked_writes"]), calls, "every write was acked");
+    let ack_total: u64 = sock["ack_us"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| u(&r["count"]))
+        .sum();
+    assert_eq!(ack_total, calls);
+    assert_eq!(lines.last().unwrap()["kind"], "end");
+}
+
+/// The cgroup v2 hierarchy's mount point (unified or hybrid).
+fn cgroup2_root() -> String {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("a cgroup2 mount")
+        .to_owned()
+}
+
+#[test]
+fn cgroup_filter_selects_a_process_in_that_cgroup() {
+    let dir = format!("{}/sockbuf-test-{}", cgroup2_root(), std::process::id());
+    std::fs::create_dir(&dir).expect("create a cgroup");
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let trace = Trace::start(&["--cgroup", &dir]);
+    // A shell that joins the cgroup, then writes five lines over bash's /dev/tcp.
+    let script = format!(
+        "echo $$ > {dir}/cgroup.procs && exec 3<>/dev/tcp/127.0.0.1/{port} && for i in 1 2 3 4 5; do echo hello >&3; done"
+    );
+    let mut sh = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    let mut buf = [0u8; 30];
+    s.read_exact(&mut buf).unwrap();
+    assert!(sh.wait().unwrap().success());
+    // This process is not in the cgroup: its writes must not appear.
+    s.write_all(b"reply").unwrap();
+    let out = trace.stop();
+    std::fs::remove_dir(&dir).expect("remove the cgroup");
+    let sends: Vec<_> = out.iter().filter(|v| v["kind"] == "send").collect();
+    assert_eq!(sends.len(), 5, "five echo writes from the shell: {sends:?}");
+    assert!(
+        sends
+            .iter()
+            .all(|e| e["comm"] == "bash" && u(&e["copied"]) == 6)
+    );
+    assert!(sends.iter().all(|e| u(&e["rport"]) == u64::from(port)));
+}

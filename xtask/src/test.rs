@@ -1,6 +1,11 @@
 //! Every test: lint, unit tests, and integration tests that load the real programs.
 
-use anyhow::bail;
+use std::{
+    io::{BufRead, BufReader},
+    process::Stdio,
+};
+
+use anyhow::{Context as _, bail};
 
 use crate::{cmd, lint, setup};
 
@@ -29,5 +34,56 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         test.arg(f);
     }
     test.arg("--test-threads=1");
-    cmd::run(&mut test)
+    eprintln!("xtask: $ cargo test --all-features -- --test-threads=1");
+    let mut child = test
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some((p, f)) = parse_result(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait()?;
+    // One closing line for the whole run: cargo's last line is a doc-test binary's "0 passed".
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() || failed > 0 {
+        bail!("tests failed");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// `test result: ok. 7 passed; 0 failed; …` → (7, 0).
+fn parse_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let num = |word: &str| {
+        rest.split(';')
+            .find_map(|part| {
+                part.trim()
+                    .trim_start_matches("ok. ")
+                    .trim_start_matches("FAILED. ")
+                    .strip_suffix(word)
+            })
+            .and_then(|n| n.trim().parse().ok())
+    };
+    Some((num(" passed")?, num(" failed")?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_cargo_results() {
+        let ok = "test result: ok. 7 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 6.91s";
+        assert_eq!(super::parse_result(ok), Some((7, 0)));
+        let bad = "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(super::parse_result(bad), Some((3, 1)));
+        assert_eq!(super::parse_result("running 3 tests"), None);
+    }
 }

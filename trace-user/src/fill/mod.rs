@@ -102,7 +102,7 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
         1 << 16,
         std::io::stdout(),
     ));
-    let mut printer = Printer::new(output::new_output(args.json, stdout, t0));
+    let mut printer = Printer::new(output::new_output(args.json, stdout, t0, true));
     printer
         .out
         .start(session.tracer().mode.name(), &session.tracer().refused)?;

@@ -64,11 +64,11 @@ pub trait Output {
     fn flush(&mut self) -> std::io::Result<()>;
 }
 
-/// Text or JSON, chosen at run time.
-pub fn new_output(json: bool, out: Box<dyn Write>, t0_ns: u64) -> Box<dyn Output> {
+/// Text or JSON, chosen at run time; `header`: the text column header (not for summaries).
+pub fn new_output(json: bool, out: Box<dyn Write>, t0_ns: u64, header: bool) -> Box<dyn Output> {
     if json {
         Box::new(JsonOutput::new(out))
     } else {
-        Box::new(TextOutput::new(out, t0_ns))
+        Box::new(TextOutput::new(out, t0_ns, header))
     }
 }

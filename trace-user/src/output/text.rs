@@ -14,14 +14,16 @@ pub struct TextOutput {
     out: Box<dyn Write>,
     t0_ns: u64,
     names: SockNames,
+    header: bool,
 }
 
 impl TextOutput {
-    pub fn new(out: Box<dyn Write>, t0_ns: u64) -> Self {
+    pub fn new(out: Box<dyn Write>, t0_ns: u64, header: bool) -> Self {
         Self {
             out,
             t0_ns,
             names: SockNames::default(),
+            header,
         }
     }
 
@@ -54,6 +56,9 @@ impl Output for TextOutput {
             why.push_str(r);
         }
         eprintln!("sockbuf: attached with {attach}{why}. Ctrl-C to stop.");
+        if !self.header {
+            return Ok(());
+        }
         writeln!(
             self.out,
             "{:>11} {:>7} {:>7} {:<15} {:<5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  DETAIL",
