@@ -5,8 +5,10 @@
 #![no_std]
 #![no_main]
 
+mod fentry;
 mod filter;
 mod kernel;
+mod kprobe;
 mod maps;
 mod model;
 mod tracepoint;

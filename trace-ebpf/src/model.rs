@@ -23,9 +23,6 @@ use crate::{
     maps::{EVENTS, INFLIGHT, Inflight, LOST, LOST_EVENTS, READ_ERRORS, SOCKS, SockTrack},
 };
 
-/// TASK_INTERRUPTIBLE: how `sk_stream_wait_memory` sleeps (lock and allocation waits do not).
-const TASK_INTERRUPTIBLE: u32 = 0x1;
-
 /// Runs a model function and turns a fault into a rate-limited aya-log warning
 /// (at the 1st, 2nd, 4th, 8th… fault on a CPU), never one log line per event.
 #[inline(always)]
@@ -69,13 +66,21 @@ fn comm() -> [u8; COMM_LEN] {
     bpf_get_current_comm().unwrap_or([0; COMM_LEN])
 }
 
-/// Writes `ev` to the ring buffer, or counts it as lost when the buffer is full.
+/// Reserves a `T` in the ring buffer and lets `fill` write it in place (no copy of the event
+/// on the 512-byte BPF stack), or counts it as lost when the buffer is full.
 #[inline(always)]
-fn emit<T: 'static>(ev: T) {
-    if EVENTS.output::<T>(&ev, 0).is_err()
-        && let Some(n) = LOST.get_ptr_mut(LOST_EVENTS)
-    {
-        unsafe { *n += 1 };
+fn emit<T: 'static>(fill: impl FnOnce(&mut T)) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            // SAFETY: every T here is plain integers; `fill` writes each field.
+            fill(unsafe { &mut *entry.as_mut_ptr() });
+            entry.submit(0);
+        }
+        None => {
+            if let Some(n) = LOST.get_ptr_mut(LOST_EVENTS) {
+                unsafe { *n += 1 };
+            }
+        }
     }
 }
 
@@ -104,8 +109,8 @@ pub fn send_begin(sk: u64, msg: u64) -> Result<(), Fault> {
         sk,
         msg,
         start_ns: unsafe { bpf_ktime_get_ns() },
-        requested: kernel::msg_left(msg, &sock.off)?,
-        msg_flags: kernel::msg_flags(msg, &sock.off)?,
+        requested: kernel::msg_left(msg)?,
+        msg_flags: kernel::msg_flags(msg)?,
         flags: SEND_F_REQUESTED,
         block_start: 0,
         block_left: 0,
@@ -116,13 +121,10 @@ pub fn send_begin(sk: u64, msg: u64) -> Result<(), Fault> {
         .map_err(|_| Fault::InflightFull)
 }
 
-/// The thread is about to sleep; if it is inside a traced send call, the call is blocked on
-/// send-buffer space.
+/// The thread starts waiting for send-buffer space inside its traced send call (the backend
+/// decides what that looks like: a sleep in `sched_switch`, or entering `sk_stream_wait_memory`).
 #[inline(always)]
-pub fn task_sleeps(prev_state: u32) -> Result<(), Fault> {
-    if prev_state & TASK_INTERRUPTIBLE == 0 {
-        return Ok(());
-    }
+pub fn block_begin() -> Result<(), Fault> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(call) = INFLIGHT.get_ptr_mut(pid_tgid as u32) else {
         return Ok(());
@@ -134,20 +136,58 @@ pub fn task_sleeps(prev_state: u32) -> Result<(), Fault> {
     let sock = Sock::new(call.sk);
     let now = unsafe { bpf_ktime_get_ns() };
     call.block_queue = sock.send_queue()?;
-    call.block_left = kernel::msg_left(call.msg, &sock.off)?;
+    call.block_left = kernel::msg_left(call.msg)?;
     call.block_start = now;
     call.flags |= SEND_F_BLOCKED;
     // Said now, not only at the wake-up: a writer stuck on a peer that never reads would
     // otherwise never show up.
-    emit(BlockEvent {
-        hdr: header(EventKind::BlockStart, pid_tgid, sock.ino()?, now),
-        comm: comm(),
-        start_ns: now,
-        end_ns: 0,
-        left: call.block_left,
-        queue: call.block_queue,
-    });
+    emit_block(EventKind::BlockStart, call, pid_tgid, sock.ino()?, 0);
     Ok(())
+}
+
+/// A block event of `call`: its start (`end_ns` 0) or its end.
+#[inline(always)]
+fn emit_block(kind: EventKind, call: &Inflight, pid_tgid: u64, ino: u64, end_ns: u64) {
+    emit(|e: &mut BlockEvent| {
+        e.hdr = header(
+            kind,
+            pid_tgid,
+            ino,
+            if end_ns == 0 {
+                call.block_start
+            } else {
+                end_ns
+            },
+        );
+        e.comm = comm();
+        e.start_ns = call.block_start;
+        e.end_ns = end_ns;
+        e.left = call.block_left;
+        e.queue = call.block_queue;
+    });
+}
+
+/// The thread stops waiting for space (function backends: `sk_stream_wait_memory` returns).
+#[inline(always)]
+pub fn block_end() -> Result<(), Fault> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(call) = INFLIGHT.get_ptr_mut(pid_tgid as u32) {
+        close_block(unsafe { &mut *call }, pid_tgid, unsafe {
+            bpf_ktime_get_ns()
+        });
+    }
+    Ok(())
+}
+
+/// The send call of the current thread returns `ret` (function backends' return probes, which
+/// do not see the socket: it is the one the call began on).
+#[inline(always)]
+pub fn send_return(ret: i64) -> Result<(), Fault> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    match unsafe { INFLIGHT.get(tid) } {
+        Some(call) => send_end(call.sk, ret),
+        None => Ok(()),
+    }
 }
 
 /// Emits the block event of a call whose thread runs again.
@@ -156,17 +196,9 @@ fn close_block(call: &mut Inflight, pid_tgid: u64, now: u64) {
     if call.block_start == 0 {
         return;
     }
-    let sock = Sock::new(call.sk);
-    let ev = BlockEvent {
-        hdr: header(EventKind::Block, pid_tgid, sock.ino().unwrap_or(0), now),
-        comm: comm(),
-        start_ns: call.block_start,
-        end_ns: now,
-        left: call.block_left,
-        queue: call.block_queue,
-    };
+    let ino = Sock::new(call.sk).ino().unwrap_or(0);
+    emit_block(EventKind::Block, call, pid_tgid, ino, now);
     call.block_start = 0;
-    emit(ev);
 }
 
 /// The socket layer returns `ret` from a send call on `sk`.
@@ -201,17 +233,18 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
     if ret > 0 || start_ns != 0 {
         track_write(sk, ino, seq_end);
     }
-    emit(SendEvent {
-        hdr: header(EventKind::Send, pid_tgid, ino, now),
-        comm: comm(),
-        addrs: sock.addrs()?,
-        start_ns,
-        requested,
-        ret,
-        msg_flags,
-        flags,
-        queue,
-        seq_end,
+    let addrs = sock.addrs()?;
+    emit(|e: &mut SendEvent| {
+        e.hdr = header(EventKind::Send, pid_tgid, ino, now);
+        e.comm = comm();
+        e.addrs = addrs;
+        e.start_ns = start_ns;
+        e.requested = requested;
+        e.ret = ret;
+        e.msg_flags = msg_flags;
+        e.flags = flags;
+        e.queue = queue;
+        e.seq_end = seq_end;
     });
     Ok(())
 }
@@ -249,7 +282,7 @@ pub fn ack(sk: u64, skb: u64) -> Result<(), Fault> {
     if track.write_end <= bytes_acked {
         return Ok(()); // nothing traced is waiting for an ACK
     }
-    let Some(ack_seq) = kernel::skb_ack_seq(skb, &sock.off)? else {
+    let Some(ack_seq) = kernel::skb_ack_seq(skb)? else {
         return Ok(());
     };
     let snd_una = sock.snd_una()?;
@@ -265,10 +298,10 @@ pub fn ack(sk: u64, skb: u64) -> Result<(), Fault> {
     }
     let acked = bytes_acked + u64::from(advance);
     track.acked = acked;
-    emit(AckEvent {
-        hdr: header(EventKind::Ack, 0, ino, unsafe { bpf_ktime_get_ns() }),
-        prev_acked: bytes_acked,
-        acked,
+    emit(|e: &mut AckEvent| {
+        e.hdr = header(EventKind::Ack, 0, ino, unsafe { bpf_ktime_get_ns() });
+        e.prev_acked = bytes_acked;
+        e.acked = acked;
     });
     Ok(())
 }

@@ -25,8 +25,13 @@ pub fn block_sched_switch(ctx: RawTracePointContext) -> u32 {
     if preempt != 0 {
         return 0;
     }
+    // TASK_INTERRUPTIBLE: how sk_stream_wait_memory sleeps (lock and allocation waits do not).
+    const TASK_INTERRUPTIBLE: u64 = 0x1;
     let prev_state: u64 = ctx.arg(3);
-    model::run(&ctx, || model::task_sleeps(prev_state as u32))
+    if prev_state & TASK_INTERRUPTIBLE == 0 {
+        return 0;
+    }
+    model::run(&ctx, model::block_begin)
 }
 
 /// `tcp_probe(sk, skb)`: each segment `tcp_rcv_established` receives, before processing.

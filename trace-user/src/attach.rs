@@ -1,8 +1,13 @@
 //! Attach backends: which hooks deliver the model's calls, and choosing one for this kernel.
+//! Every backend's programs call the same model in trace-ebpf; here each is a table of
+//! (program, hook), and one loop loads and attaches any of them.
 
 use std::path::Path;
 
-use aya::{Ebpf, programs::RawTracePoint};
+use aya::{
+    Btf, Ebpf,
+    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint},
+};
 
 use crate::{error::SetupError, preflight};
 
@@ -11,7 +16,7 @@ use crate::{error::SetupError, preflight};
 pub enum AttachMode {
     /// The best the kernel allows: fentry, then kprobe, then tracepoint.
     Auto,
-    /// fentry/fexit on tcp_sendmsg and sk_stream_wait_memory.
+    /// fentry/fexit on tcp_sendmsg, sk_stream_wait_memory and tcp_rcv_established.
     Fentry,
     /// kprobe/kretprobe on the same functions.
     Kprobe,
@@ -28,88 +33,276 @@ impl AttachMode {
             Self::Tracepoint => "tracepoint",
         }
     }
+
+    fn hooks(self) -> &'static [Hook] {
+        match self {
+            Self::Auto => &[],
+            Self::Fentry => FENTRY,
+            Self::Kprobe => KPROBE,
+            Self::Tracepoint => TRACEPOINT,
+        }
+    }
 }
 
-/// One program of a backend and the hook it attaches to.
+#[derive(Clone, Copy)]
+enum Kind {
+    RawTracepoint { category: &'static str },
+    FEntry,
+    FExit,
+    KProbe,
+}
+
+/// One program of a backend and the kernel function or tracepoint it attaches to.
 struct Hook {
     program: &'static str,
-    category: &'static str,
-    name: &'static str,
+    target: &'static str,
+    kind: Kind,
 }
 
-/// The tracepoint backend. Program names follow `<area>_<hook>`.
-const TRACEPOINT_HOOKS: &[Hook] = &[
+const fn hook(program: &'static str, target: &'static str, kind: Kind) -> Hook {
     Hook {
-        program: "send_tcp_sendmsg_locked",
-        category: "tcp",
-        name: "tcp_sendmsg_locked",
-    },
-    Hook {
-        program: "send_sock_send_length",
-        category: "sock",
-        name: "sock_send_length",
-    },
-    Hook {
-        program: "block_sched_switch",
-        category: "sched",
-        name: "sched_switch",
-    },
-    Hook {
-        program: "ack_tcp_probe",
-        category: "tcp",
-        name: "tcp_probe",
-    },
+        program,
+        target,
+        kind,
+    }
+}
+
+const FENTRY: &[Hook] = &[
+    hook("send_tcp_sendmsg_fentry", "tcp_sendmsg", Kind::FEntry),
+    hook("send_tcp_sendmsg_fexit", "tcp_sendmsg", Kind::FExit),
+    hook(
+        "block_sk_stream_wait_memory_fentry",
+        "sk_stream_wait_memory",
+        Kind::FEntry,
+    ),
+    hook(
+        "block_sk_stream_wait_memory_fexit",
+        "sk_stream_wait_memory",
+        Kind::FExit,
+    ),
+    hook(
+        "ack_tcp_rcv_established_fentry",
+        "tcp_rcv_established",
+        Kind::FEntry,
+    ),
 ];
 
-/// Why a function-hook backend cannot run here, or `None` when it could.
-fn function_hooks_refused(mode: AttachMode) -> String {
-    let kprobe_pmu = Path::new("/sys/bus/event_source/devices/kprobe").exists();
+/// kretprobes are KProbe programs too; aya knows which from the program's section.
+const KPROBE: &[Hook] = &[
+    hook("send_tcp_sendmsg_kprobe", "tcp_sendmsg", Kind::KProbe),
+    hook("send_tcp_sendmsg_kretprobe", "tcp_sendmsg", Kind::KProbe),
+    hook(
+        "block_sk_stream_wait_memory_kprobe",
+        "sk_stream_wait_memory",
+        Kind::KProbe,
+    ),
+    hook(
+        "block_sk_stream_wait_memory_kretprobe",
+        "sk_stream_wait_memory",
+        Kind::KProbe,
+    ),
+    hook(
+        "ack_tcp_rcv_established_kprobe",
+        "tcp_rcv_established",
+        Kind::KProbe,
+    ),
+];
+
+const TRACEPOINT: &[Hook] = &[
+    hook(
+        "send_tcp_sendmsg_locked",
+        "tcp_sendmsg_locked",
+        Kind::RawTracepoint { category: "tcp" },
+    ),
+    hook(
+        "send_sock_send_length",
+        "sock_send_length",
+        Kind::RawTracepoint { category: "sock" },
+    ),
+    hook(
+        "block_sched_switch",
+        "sched_switch",
+        Kind::RawTracepoint { category: "sched" },
+    ),
+    hook(
+        "ack_tcp_probe",
+        "tcp_probe",
+        Kind::RawTracepoint { category: "tcp" },
+    ),
+];
+
+/// Why `mode` cannot work here, found without loading anything.
+fn precheck(mode: AttachMode) -> Result<(), String> {
     match mode {
-        AttachMode::Kprobe if !kprobe_pmu => {
-            "the kernel has no kprobe PMU (CONFIG_KPROBES is off)".to_owned()
+        AttachMode::Kprobe if !Path::new("/sys/bus/event_source/devices/kprobe").exists() => {
+            Err("the kernel has no kprobe PMU (CONFIG_KPROBES is off)".to_owned())
         }
-        _ => format!("this sockbuf build has no {} backend yet", mode.name()),
+        _ => {
+            for h in mode.hooks() {
+                if let Kind::RawTracepoint { category } = h.kind
+                    && !preflight::has_tracepoint(category, h.target)
+                {
+                    return Err(format!(
+                        "the kernel has no tracepoint {category}/{}",
+                        h.target
+                    ));
+                }
+            }
+            Ok(())
+        }
     }
 }
 
-/// The backend to use for `requested`, and why each better one was passed over.
-pub fn choose(requested: AttachMode) -> Result<(AttachMode, Vec<String>), SetupError> {
-    let mut refused = Vec::new();
-    for mode in [AttachMode::Fentry, AttachMode::Kprobe] {
-        if requested == mode {
-            return Err(SetupError::AttachUnavailable {
-                mode: mode.name(),
-                why: function_hooks_refused(mode),
-            });
+/// The one line that matters of a load or attach failure.
+fn reason(h: &Hook, e: &ProgramError) -> String {
+    let what = match e {
+        ProgramError::LoadError { io_error, .. } => {
+            format!("the kernel refused to load it ({io_error})")
         }
-        if requested == AttachMode::Auto {
-            refused.push(format!("{}: {}", mode.name(), function_hooks_refused(mode)));
-        }
-    }
-    for h in TRACEPOINT_HOOKS {
-        if !preflight::has_tracepoint(h.category, h.name) {
-            return Err(SetupError::MissingTracepoint(
-                h.name,
-                "fentry or --attach kprobe",
-            ));
-        }
-    }
-    Ok((AttachMode::Tracepoint, refused))
+        ProgramError::SyscallError(s) => format!("{} failed ({})", s.call, s.io_error),
+        e => e.to_string(),
+    };
+    format!("{} on {}: {what}", h.program, h.target)
 }
 
-/// Loads and attaches the chosen backend's programs; the others are never loaded.
-pub fn attach(ebpf: &mut Ebpf, mode: AttachMode) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    debug_assert_eq!(mode, AttachMode::Tracepoint);
-    for h in TRACEPOINT_HOOKS {
-        let prog: &mut RawTracePoint = ebpf
-            .program_mut(h.program)
-            .with_context(|| format!("program {} missing from the eBPF object", h.program))?
-            .try_into()?;
-        prog.load()
-            .with_context(|| format!("loading {}", h.program))?;
-        prog.attach(h.name)
-            .with_context(|| format!("attaching {} to {}", h.program, h.name))?;
+/// Loads one program (the kernel's verifier checks it), and attaches it unless `verify_only`.
+fn load_and_attach(
+    ebpf: &mut Ebpf,
+    h: &Hook,
+    btf: Option<&Btf>,
+    verify_only: bool,
+) -> Result<(), String> {
+    let prog = ebpf
+        .program_mut(h.program)
+        .ok_or_else(|| format!("{} missing from the object", h.program))?;
+    let need_btf = || btf.ok_or(ProgramError::NotLoaded);
+    let r = match h.kind {
+        Kind::RawTracepoint { .. } => <&mut RawTracePoint>::try_from(prog).and_then(|p| {
+            p.load()?;
+            if !verify_only {
+                p.attach(h.target)?;
+            }
+            Ok(())
+        }),
+        Kind::FEntry => <&mut FEntry>::try_from(prog).and_then(|p| {
+            p.load(h.target, need_btf()?)?;
+            if !verify_only {
+                p.attach()?;
+            }
+            Ok(())
+        }),
+        Kind::FExit => <&mut FExit>::try_from(prog).and_then(|p| {
+            p.load(h.target, need_btf()?)?;
+            if !verify_only {
+                p.attach()?;
+            }
+            Ok(())
+        }),
+        Kind::KProbe => <&mut KProbe>::try_from(prog).and_then(|p| {
+            p.load()?;
+            if !verify_only {
+                p.attach(h.target, 0)?;
+            }
+            Ok(())
+        }),
+    };
+    r.map_err(|e| reason(h, &e))
+}
+
+/// Unloads (and so detaches) whatever of `mode` got loaded before a failure.
+fn unload(ebpf: &mut Ebpf, mode: AttachMode) {
+    for h in mode.hooks() {
+        if let Some(p) = ebpf.program_mut(h.program) {
+            let _ = match p {
+                aya::programs::Program::RawTracePoint(p) => p.unload(),
+                aya::programs::Program::FEntry(p) => p.unload(),
+                aya::programs::Program::FExit(p) => p.unload(),
+                aya::programs::Program::KProbe(p) => p.unload(),
+                _ => Ok(()),
+            };
+        }
+    }
+}
+
+fn try_mode(ebpf: &mut Ebpf, mode: AttachMode, btf: Option<&Btf>) -> Result<(), String> {
+    precheck(mode)?;
+    for h in mode.hooks() {
+        if let Err(e) = load_and_attach(ebpf, h, btf, false) {
+            unload(ebpf, mode);
+            return Err(e);
+        }
     }
     Ok(())
+}
+
+/// What this kernel makes of one backend, for `sockbuf check`.
+#[derive(Debug, serde::Serialize)]
+pub struct BackendCheck {
+    pub attach: &'static str,
+    /// The kernel's verifier accepted every program of the backend.
+    pub verified: bool,
+    /// And every program attached to its hook.
+    pub attached: bool,
+    /// Why not, when either is false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+/// Loads each backend's programs (verify), attaches them, and unloads them again.
+pub fn check_all(ebpf: &mut Ebpf) -> Vec<BackendCheck> {
+    let btf = Btf::from_sys_fs().ok();
+    [
+        AttachMode::Fentry,
+        AttachMode::Kprobe,
+        AttachMode::Tracepoint,
+    ]
+    .into_iter()
+    .map(|mode| {
+        let verified = mode
+            .hooks()
+            .iter()
+            .try_for_each(|h| load_and_attach(ebpf, h, btf.as_ref(), true));
+        unload(ebpf, mode);
+        let attached = verified
+            .clone()
+            .and_then(|()| try_mode(ebpf, mode, btf.as_ref()));
+        unload(ebpf, mode);
+        BackendCheck {
+            attach: mode.name(),
+            verified: verified.is_ok(),
+            attached: attached.is_ok(),
+            why: attached.err(),
+        }
+    })
+    .collect()
+}
+
+/// Attaches the requested backend, or with `auto` the best one that works, and says why each
+/// better one was passed over. The other backends' programs are never left loaded.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    requested: AttachMode,
+) -> Result<(AttachMode, Vec<String>), SetupError> {
+    let btf = Btf::from_sys_fs().ok();
+    if requested != AttachMode::Auto {
+        return match try_mode(ebpf, requested, btf.as_ref()) {
+            Ok(()) => Ok((requested, Vec::new())),
+            Err(why) => Err(SetupError::AttachUnavailable {
+                mode: requested.name(),
+                why,
+            }),
+        };
+    }
+    let mut refused = Vec::new();
+    for mode in [
+        AttachMode::Fentry,
+        AttachMode::Kprobe,
+        AttachMode::Tracepoint,
+    ] {
+        match try_mode(ebpf, mode, btf.as_ref()) {
+            Ok(()) => return Ok((mode, refused)),
+            Err(why) => refused.push(format!("{}: {why}", mode.name())),
+        }
+    }
+    Err(SetupError::NoBackend(refused.join("; ")))
 }

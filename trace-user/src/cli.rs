@@ -50,6 +50,14 @@ pub enum Command {
     ///   sockbuf fill --tcp-wmem "4096 16384 1048576"   # another tcp_wmem, host untouched
     #[command(verbatim_doc_comment)]
     Fill(FillArgs),
+
+    /// Say which attach backends work on this kernel: loads every program (the kernel's
+    /// verifier checks each), attaches it, and unloads it again.
+    Check {
+        /// One JSON object per backend.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How the fill experiment's client writes.

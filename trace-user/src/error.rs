@@ -12,10 +12,12 @@ pub enum SetupError {
         "tracefs is not mounted at /sys/kernel/tracing and mounting it failed ({0}): mount it with `mount -t tracefs tracefs /sys/kernel/tracing`"
     )]
     Tracefs(std::io::Error),
-    #[error("this kernel has no tracepoint {0}: use a kernel that has it, or --attach {1}")]
-    MissingTracepoint(&'static str, &'static str),
     #[error("--attach {mode} is not available on this kernel: {why}; use --attach auto")]
     AttachUnavailable { mode: &'static str, why: String },
+    #[error(
+        "no attach backend works on this kernel ({0}); sockbuf needs fentry, kprobes or the tracepoints"
+    )]
+    NoBackend(String),
     #[error("no process with pid {0}: check the pid (ps -e), or drop -p")]
     NoSuchPid(u32),
     #[error(

@@ -5,6 +5,7 @@
 pub mod acks;
 pub mod attach;
 pub mod btf;
+pub mod check;
 pub mod cli;
 pub mod error;
 pub mod fill;

@@ -34,6 +34,27 @@ pub struct KernelCounters {
     pub faults: u64,
 }
 
+/// The eBPF object with its globals set and its maps created; no program loaded yet.
+pub fn load_object(opts: &LoadOptions) -> anyhow::Result<Ebpf> {
+    let offsets = KernelBtf::from_sys()?.kernel_offsets()?;
+    // aya-log's level is a global too: off unless asked for, so the programs skip the work.
+    let log_level: u8 = if opts.kernel_log {
+        aya_log::Level::Trace as u8
+    } else {
+        0
+    };
+    EbpfLoader::new()
+        .override_global(globals::FILTER, &opts.filter, true)
+        .override_global(globals::KOFFSETS, &offsets, true)
+        .override_global(aya_log::LEVEL, &log_level, false)
+        .map_max_entries(maps::EVENTS, opts.ring_bytes)
+        .load(aya::include_bytes_aligned!(concat!(
+            env!("OUT_DIR"),
+            "/trace-ebpf"
+        )))
+        .context("loading the eBPF object")
+}
+
 /// The loaded, attached programs. Dropping it detaches everything.
 pub struct Tracer {
     ebpf: Ebpf,
@@ -48,24 +69,7 @@ impl Tracer {
     pub fn load(opts: &LoadOptions) -> anyhow::Result<Self> {
         preflight::check_privileges()?;
         let tracefs = TracefsMount::ensure()?;
-        let (mode, refused) = attach::choose(opts.attach)?;
-        let offsets = KernelBtf::from_sys()?.kernel_offsets()?;
-        // aya-log's level is a global too: off unless asked for, so the programs skip the work.
-        let log_level: u8 = if opts.kernel_log {
-            aya_log::Level::Trace as u8
-        } else {
-            0
-        };
-        let mut ebpf = EbpfLoader::new()
-            .override_global(globals::FILTER, &opts.filter, true)
-            .override_global(globals::KOFFSETS, &offsets, true)
-            .override_global(aya_log::LEVEL, &log_level, false)
-            .map_max_entries(maps::EVENTS, opts.ring_bytes)
-            .load(aya::include_bytes_aligned!(concat!(
-                env!("OUT_DIR"),
-                "/trace-ebpf"
-            )))
-            .context("loading the eBPF object")?;
+        let mut ebpf = load_object(opts)?;
         // Taken before the programs load: they refer to the log map by fd.
         let logger = match EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
@@ -74,7 +78,7 @@ impl Tracer {
                 None
             }
         };
-        attach::attach(&mut ebpf, mode)?;
+        let (mode, refused) = attach::attach(&mut ebpf, opts.attach)?;
         Ok(Self {
             ebpf,
             mode,

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use trace_user::{
+    check,
     cli::{Cli, Command},
     error::SetupError,
     fill, trace,
@@ -34,12 +35,22 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trace(args) => trace::run(args, cli.verbose).await.map(|()| true),
             Command::Fill(args) => fill::run(args, cli.verbose).await,
+            Command::Check { json } => check::run(json),
         }
     });
     match result {
         Ok(true) => ExitCode::SUCCESS,
         // A check failed; the report says which.
         Ok(false) => ExitCode::FAILURE,
+        // A closed pipe (`sockbuf trace | head`) is how a reader says it has enough.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             // One line, never a backtrace: the chain of contexts joined by ": ".
             eprintln!("sockbuf: error: {e:#}");

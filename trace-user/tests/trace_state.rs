@@ -311,20 +311,6 @@ fn comm_filter_selects_one_thread() {
 }
 
 #[test]
-fn auto_attach_picks_tracepoints_and_says_why() {
-    let trace = Trace::start(&["-p", &std::process::id().to_string()]);
-    assert_eq!(trace.start["attach"], "tracepoint");
-    let refused = trace.start["refused"].as_array().expect("refused list");
-    assert_eq!(
-        refused.len(),
-        2,
-        "fentry and kprobe were passed over: {refused:?}"
-    );
-    assert!(refused[1].as_str().unwrap().contains("kprobe"));
-    trace.stop();
-}
-
-#[test]
 fn summary_totals_and_histograms_per_socket() {
     let pid = std::process::id().to_string();
     let child = std::process::Command::new(SOCKBUF)

@@ -1,0 +1,89 @@
+//! The attach backends on this kernel: every program is loaded for real, so the kernel's
+//! verifier checks the fentry and kprobe programs even where they cannot attach.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn check() -> Vec<Value> {
+    let out = Command::new(SOCKBUF)
+        .args(["check", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn check_loads_every_backend_and_auto_takes_the_first_that_attaches() {
+    let backends = check();
+    let names: Vec<&str> = backends
+        .iter()
+        .map(|b| b["attach"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["fentry", "kprobe", "tracepoint"],
+        "in order of preference"
+    );
+    for b in &backends {
+        if b["attached"] != true {
+            assert!(
+                b["why"].as_str().is_some_and(|w| !w.is_empty()),
+                "a refusal says why: {b}"
+            );
+        }
+    }
+    // Where the kernel has the kprobe program type, the kprobe programs must pass its verifier,
+    // whether or not they can attach (this kernel has no kprobe PMU).
+    assert_eq!(backends[1]["verified"], true, "{}", backends[1]);
+    let first = backends
+        .iter()
+        .find(|b| b["attached"] == true)
+        .expect("some backend attaches");
+    let trace = Trace::start(&["-p", &std::process::id().to_string()]);
+    assert_eq!(trace.start["attach"], first["attach"]);
+    let refused = trace.start["refused"].as_array().unwrap();
+    let better = backends
+        .iter()
+        .take_while(|b| b["attached"] != true)
+        .count();
+    assert_eq!(
+        refused.len(),
+        better,
+        "auto names every better backend it passed over"
+    );
+    trace.stop();
+}
+
+#[test]
+fn explicit_backends_that_cannot_attach_exit_2_with_the_reason() {
+    for b in check() {
+        if b["attached"] == true {
+            continue;
+        }
+        let mode = b["attach"].as_str().unwrap();
+        let out = Command::new(SOCKBUF)
+            .args(["trace", "--attach", mode, "-d", "1s"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--attach {mode}: {stderr}");
+        assert!(
+            stderr.contains(b["why"].as_str().unwrap()),
+            "--attach {mode} gives check's reason: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1);
+    }
+}
