@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext},
 };
 
-use crate::{kernel, model};
+use crate::model;
 
 /// `tcp_sendmsg(sk, msg, size)`: a send call starts.
 #[fentry(function = "tcp_sendmsg")]
@@ -26,12 +26,7 @@ pub fn send_tcp_sendmsg_fexit(ctx: FExitContext) -> u32 {
 #[fentry(function = "sk_stream_wait_memory")]
 pub fn block_sk_stream_wait_memory_fentry(ctx: FEntryContext) -> u32 {
     let timeo_p: u64 = ctx.arg(1);
-    model::run(&ctx, || {
-        if kernel::read::<i64>(timeo_p, 0)? == 0 {
-            return Ok(());
-        }
-        model::block_begin()
-    })
+    model::run(&ctx, || model::wait_for_memory(timeo_p))
 }
 
 #[fexit(function = "sk_stream_wait_memory")]

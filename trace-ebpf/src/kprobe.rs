@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use crate::{kernel, model};
+use crate::model;
 
 #[kprobe]
 pub fn send_tcp_sendmsg_kprobe(ctx: ProbeContext) -> u32 {
@@ -27,12 +27,7 @@ pub fn block_sk_stream_wait_memory_kprobe(ctx: ProbeContext) -> u32 {
     let Some(timeo_p) = ctx.arg::<u64>(1) else {
         return 0;
     };
-    model::run(&ctx, || {
-        if kernel::read::<i64>(timeo_p, 0)? == 0 {
-            return Ok(());
-        }
-        model::block_begin()
-    })
+    model::run(&ctx, || model::wait_for_memory(timeo_p))
 }
 
 #[kretprobe]

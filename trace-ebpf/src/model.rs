@@ -167,6 +167,16 @@ fn emit_block(kind: EventKind, call: &Inflight, pid_tgid: u64, ino: u64, end_ns:
     });
 }
 
+/// `sk_stream_wait_memory(sk, timeo_p)` is entered: a blocking sender starts waiting for
+/// space; a non-blocking one (`*timeo_p == 0`) gets EAGAIN instead and does not wait.
+#[inline(always)]
+pub fn wait_for_memory(timeo_p: u64) -> Result<(), Fault> {
+    if kernel::read::<i64>(timeo_p, 0)? == 0 {
+        return Ok(());
+    }
+    block_begin()
+}
+
 /// The thread stops waiting for space (function backends: `sk_stream_wait_memory` returns).
 #[inline(always)]
 pub fn block_end() -> Result<(), Fault> {
