@@ -27,6 +27,8 @@ pub mod maps {
 pub mod globals {
     pub const FILTER: &str = "FILTER";
     pub const KOFFSETS: &str = "KOFFSETS";
+    /// u64: bytes in the ring buffer before the reader is woken (0: the kernel's default).
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
 }
 
 /// Capacity of [`maps::INFLIGHT`]: one entry per thread inside a send call.

@@ -45,8 +45,6 @@ pub struct SockTrack {
     /// Stream offset just past the last traced write; `u64::MAX` while a traced call is
     /// copying, because on loopback the ACK can come back before the call returns.
     pub write_end: u64,
-    /// Highest offset an ACK event was sent for.
-    pub acked: u64,
 }
 
 /// LRU so it stays bounded however many sockets come and go without a close being seen.

@@ -66,6 +66,16 @@ fn comm() -> [u8; COMM_LEN] {
     bpf_get_current_comm().unwrap_or([0; COMM_LEN])
 }
 
+/// Bytes waiting in the ring buffer before the reader is woken; set by the loader. Below it
+/// the reader is not woken per event (it drains on its own short timer), which saves a
+/// wake-up and a context switch per event at high rates.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 0;
+
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
 /// Reserves a `T` in the ring buffer and lets `fill` write it in place (no copy of the event
 /// on the 512-byte BPF stack), or counts it as lost when the buffer is full.
 #[inline(always)]
@@ -74,7 +84,15 @@ fn emit<T: 'static>(fill: impl FnOnce(&mut T)) {
         Some(mut entry) => {
             // SAFETY: every T here is plain integers; `fill` writes each field.
             fill(unsafe { &mut *entry.as_mut_ptr() });
-            entry.submit(0);
+            let threshold = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
+            let flags = if threshold == 0 {
+                0 // the kernel's default: wake when the reader had caught up
+            } else if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(flags);
         }
         None => {
             if let Some(n) = LOST.get_ptr_mut(LOST_EVENTS) {
@@ -262,22 +280,19 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
 /// Remembers where the socket's traced data ends, for the ACK path.
 #[inline(always)]
 fn track_write(sk: u64, ino: u64, write_end: u64) {
-    let acked = match unsafe { SOCKS.get(sk) } {
-        Some(t) if t.ino == ino => t.acked,
-        _ => 0,
-    };
     if write_end == 0 {
         return; // nothing was ever written: no ACK to wait for
     }
-    let _ = SOCKS.insert(
-        sk,
-        SockTrack {
-            ino,
-            write_end,
-            acked,
+    // In place when known: an LRU insert on every send call costs more than the rest.
+    match SOCKS.get_ptr_mut(sk) {
+        Some(t) => unsafe {
+            (*t).ino = ino;
+            (*t).write_end = write_end;
         },
-        0,
-    );
+        None => {
+            let _ = SOCKS.insert(sk, SockTrack { ino, write_end }, 0);
+        }
+    }
 }
 
 /// An incoming segment `skb` on an established socket `sk`, before TCP processes it.
@@ -307,7 +322,6 @@ pub fn ack(sk: u64, skb: u64) -> Result<(), Fault> {
         return Ok(());
     }
     let acked = bytes_acked + u64::from(advance);
-    track.acked = acked;
     emit(|e: &mut AckEvent| {
         e.hdr = header(EventKind::Ack, 0, ino, unsafe { bpf_ktime_get_ns() });
         e.prev_acked = bytes_acked;

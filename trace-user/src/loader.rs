@@ -34,6 +34,15 @@ pub struct KernelCounters {
     pub faults: u64,
 }
 
+/// Wake the reader when a sixteenth of the ring holds data (and otherwise on its drain timer):
+/// far from full, yet one wake-up per hundreds of events.
+fn wakeup_bytes(ring_bytes: u32) -> u64 {
+    u64::from(ring_bytes / 16)
+}
+
+/// How often the reader drains without being woken: the most an event waits at low rates.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The eBPF object with its globals set and its maps created; no program loaded yet.
 pub fn load_object(opts: &LoadOptions) -> anyhow::Result<Ebpf> {
     let offsets = KernelBtf::from_sys()?.kernel_offsets()?;
@@ -47,6 +56,7 @@ pub fn load_object(opts: &LoadOptions) -> anyhow::Result<Ebpf> {
         .override_global(globals::FILTER, &opts.filter, true)
         .override_global(globals::KOFFSETS, &offsets, true)
         .override_global(aya_log::LEVEL, &log_level, false)
+        .override_global(globals::WAKEUP_BYTES, &wakeup_bytes(opts.ring_bytes), true)
         .map_max_entries(maps::EVENTS, opts.ring_bytes)
         .load(aya::include_bytes_aligned!(concat!(
             env!("OUT_DIR"),

@@ -12,7 +12,7 @@ use tokio::io::{
 };
 use trace_common::user::Event;
 
-use crate::loader::{KernelCounters, LoadOptions, Tracer};
+use crate::loader::{DRAIN_INTERVAL, KernelCounters, LoadOptions, Tracer};
 
 /// Receives decoded events, a batch at a time.
 pub trait EventHandler {
@@ -69,8 +69,13 @@ impl Session {
         stop: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         tokio::pin!(stop);
+        // Below the wake-up threshold the kernel does not wake us; this bounds how long an
+        // event can wait at low rates.
+        let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
+        drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = drain_timer.tick() => drain(self.ring.get_mut(), &mut self.stats, handler),
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard.context("waiting on the ring buffer")?;
                     drain(guard.get_inner_mut(), &mut self.stats, handler);

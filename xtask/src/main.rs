@@ -1,5 +1,6 @@
 //! sockbuf's task runner: `cargo xtask <task>`. It orchestrates; cargo builds.
 
+mod bench;
 mod cmd;
 mod lint;
 mod run;
@@ -28,6 +29,8 @@ enum Task {
     Test(test::TestArgs),
     /// rustfmt check and clippy with warnings as errors.
     Lint,
+    /// Overhead of sockbuf beside an untraced run and bpftrace, side by side; --quick for CI.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Task::Run(args) => run::run(args),
         Task::Test(args) => test::run(args),
         Task::Lint => lint::run(),
+        Task::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
