@@ -51,6 +51,8 @@ pub enum Fault {
     Read(u32),
     /// The in-progress-call map is full.
     InflightFull,
+    /// The socket map refused an entry.
+    SocksFull,
 }
 
 /// Reads a `T` at `base + off`.

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use trace_common::{INFLIGHT_ENTRIES, SOCKS_ENTRIES, SendQueue};
+use trace_common::{INFLIGHT_ENTRIES, SOCKS_ENTRIES, SendQueue, SockAddrs};
 
 /// Carries events to userspace. Its size is set by the loader (`--ring-size`).
 #[map]
@@ -45,6 +45,8 @@ pub struct SockTrack {
     /// Stream offset just past the last traced write; `u64::MAX` while a traced call is
     /// copying, because on loopback the ACK can come back before the call returns.
     pub write_end: u64,
+    /// Addresses and ports, read once: they do not change while the socket lives.
+    pub addrs: SockAddrs,
 }
 
 /// LRU so it stays bounded however many sockets come and go without a close being seen.

@@ -43,6 +43,7 @@ pub fn run<C: EbpfContext>(ctx: &C, f: impl FnOnce() -> Result<(), Fault>) -> u3
                 Fault::InflightFull => {
                     warn!(ctx, "INFLIGHT map full: send calls untraced ({} so far)", n)
                 }
+                Fault::SocksFull => warn!(ctx, "SOCKS map refused an entry ({} so far)", n),
             }
         }
     }
@@ -122,7 +123,11 @@ pub fn send_begin(sk: u64, msg: u64) -> Result<(), Fault> {
     if !filter::sock_passes(&sock)? {
         return Ok(());
     }
-    track_write(sk, sock.ino()?, u64::MAX);
+    // While the call copies, every ACK counts (on loopback it can come back before the return).
+    match SOCKS.get_ptr_mut(sk) {
+        Some(t) => unsafe { (*t).write_end = u64::MAX },
+        None => unsafe { (*sock_track(&sock, sock.ino()?)?).write_end = u64::MAX },
+    }
     let call = Inflight {
         sk,
         msg,
@@ -258,10 +263,11 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
     let ino = sock.ino()?;
     let queue = sock.send_queue()?;
     let seq_end = queue.acked + u64::from(queue.send_q);
+    let track = unsafe { &mut *sock_track(&sock, ino)? };
     if ret > 0 || start_ns != 0 {
-        track_write(sk, ino, seq_end);
+        track.write_end = seq_end;
     }
-    let addrs = sock.addrs()?;
+    let addrs = track.addrs;
     emit(|e: &mut SendEvent| {
         e.hdr = header(EventKind::Send, pid_tgid, ino, now);
         e.comm = comm();
@@ -277,22 +283,24 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
     Ok(())
 }
 
-/// Remembers where the socket's traced data ends, for the ACK path.
+/// The socket's tracking entry, its addresses read once and cached: created when the socket
+/// is new to sockbuf, or when its `struct sock` now belongs to another socket (another inode).
 #[inline(always)]
-fn track_write(sk: u64, ino: u64, write_end: u64) {
-    if write_end == 0 {
-        return; // nothing was ever written: no ACK to wait for
+fn sock_track(sock: &Sock, ino: u64) -> Result<*mut SockTrack, Fault> {
+    if let Some(t) = SOCKS.get_ptr_mut(sock.ptr)
+        && unsafe { (*t).ino } == ino
+    {
+        return Ok(t);
     }
-    // In place when known: an LRU insert on every send call costs more than the rest.
-    match SOCKS.get_ptr_mut(sk) {
-        Some(t) => unsafe {
-            (*t).ino = ino;
-            (*t).write_end = write_end;
-        },
-        None => {
-            let _ = SOCKS.insert(sk, SockTrack { ino, write_end }, 0);
-        }
-    }
+    let track = SockTrack {
+        ino,
+        write_end: 0,
+        addrs: sock.addrs()?,
+    };
+    SOCKS
+        .insert(sock.ptr, track, 0)
+        .map_err(|_| Fault::SocksFull)?;
+    SOCKS.get_ptr_mut(sock.ptr).ok_or(Fault::SocksFull)
 }
 
 /// An incoming segment `skb` on an established socket `sk`, before TCP processes it.
@@ -304,7 +312,7 @@ pub fn ack(sk: u64, skb: u64) -> Result<(), Fault> {
     let track = unsafe { &mut *track };
     let sock = Sock::new(sk);
     let bytes_acked = sock.bytes_acked()?;
-    if track.write_end <= bytes_acked {
+    if track.write_end <= bytes_acked || track.write_end == 0 {
         return Ok(()); // nothing traced is waiting for an ACK
     }
     let Some(ack_seq) = kernel::skb_ack_seq(skb)? else {
