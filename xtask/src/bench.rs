@@ -83,6 +83,37 @@ struct Run {
     rss_kib: u64,
     /// The workload's own CPU time (its syscalls, and the probes that run inside them).
     workload_cpu_ms: f64,
+    /// Time the kernel spent in the tracer's BPF programs (kernel.bpf_stats_enabled).
+    bpf_ns: u64,
+}
+
+/// Turns on the kernel's per-program run-time accounting for the bench, and restores the
+/// previous setting when dropped.
+struct BpfStats {
+    before: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> anyhow::Result<Self> {
+        let before = fs::read_to_string(BPF_STATS)?.trim().to_owned();
+        fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(Self { before })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, &self.before);
+    }
+}
+
+/// (id, run_time_ns) of every loaded BPF program, from bpftool.
+fn bpf_run_times() -> Vec<(u64, u64)> {
+    let out = cmd::output(Command::new("bpftool").args(["prog", "show", "--json"]));
+    let progs: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
+    progs.iter().filter_map(|p| Some((p["id"].as_u64()?, p["run_time_ns"].as_u64().unwrap_or(0)))).collect()
 }
 
 fn bins() -> anyhow::Result<(PathBuf, PathBuf)> {
@@ -157,7 +188,10 @@ fn run_once(
     workload: &Path,
     out: &Path,
 ) -> anyhow::Result<Run> {
+    let before: Vec<u64> = bpf_run_times().into_iter().map(|(id, _)| id).collect();
     let tracer = start_tracer(config, sockbuf, out)?;
+    // Programs this tracer loaded, and their run time before the workload starts.
+    let at_start: Vec<(u64, u64)> = bpf_run_times().into_iter().filter(|(id, _)| !before.contains(id)).collect();
     // The tracer's CPU from here on: its start-up (BTF parsing, loading) is not overhead.
     let cpu_at_start = tracer.as_ref().map_or(0.0, |c| usage(c.id()).0);
     let w = Command::new(workload)
@@ -185,6 +219,10 @@ fn run_once(
         cpu_ms: 0.0,
         rss_kib: 0,
         workload_cpu_ms: wj["cpu_ns"].as_f64().unwrap_or(0.0) / 1e6,
+        bpf_ns: bpf_run_times()
+            .into_iter()
+            .filter_map(|(id, t)| at_start.iter().find(|(i, _)| *i == id).map(|(_, t0)| t - t0))
+            .sum(),
     };
     if let Some(mut child) = tracer {
         // Let the last events and ACKs arrive before stopping.
@@ -247,14 +285,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn ensure_bpftrace() -> anyhow::Result<()> {
-    if cmd::succeeds(Command::new("bpftrace").arg("--version")) {
+/// bpftrace (the comparison) and bpftool (per-program run times), from Debian.
+fn ensure_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = ["bpftrace", "bpftool"]
+        .into_iter()
+        .filter(|t| !cmd::succeeds(Command::new(t).arg("--version")))
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing Debian's bpftrace (the benchmark's comparison)");
+    eprintln!("xtask: installing Debian's {} for the benchmark", missing.join(" and "));
     cmd::run(
         Command::new("apt-get")
-            .args(["install", "-y", "-qq", "bpftrace"])
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
@@ -271,7 +315,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         a.writes = a.writes.min(20_000);
         vec![Config::Untraced, Config::SockbufStream]
     } else {
-        ensure_bpftrace()?;
+        ensure_tools()?;
         vec![
             Config::Untraced,
             Config::SockbufStream,
@@ -281,6 +325,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         ]
     };
     let (sockbuf, workload) = bins()?;
+    let _stats = if a.quick { None } else { Some(BpfStats::enable()?) };
     let out_dir = PathBuf::from("target/bench");
     fs::create_dir_all(&out_dir)?;
     let out = out_dir.join("tracer.out");
@@ -329,8 +374,8 @@ fn report(configs: &[Config], runs: &[Run], a: &BenchArgs) -> String {
     let cpu_base = median(of(Config::Untraced).map(cpu_per_write).collect());
     let mut t = format!(
         "{} rounds of {} writes of {} B on {} connection(s); medians.\n\n\
-         | configuration | ns/write | vs untraced | added | CPU ns/write (workload + tracer) | CPU vs untraced | events/s | events | lost | tracer CPU ms (during the run) | tracer peak RSS MiB |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+         | configuration | ns/write | vs untraced | added | CPU ns/write (workload + tracer) | CPU vs untraced | events/s | events | lost | tracer CPU ms (during the run) | tracer peak RSS MiB | BPF ns/write (in the kernel) |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         a.rounds,
         a.writes * a.conns as u64,
         a.size,
@@ -353,7 +398,7 @@ fn report(configs: &[Config], runs: &[Run], a: &BenchArgs) -> String {
                 .collect(),
         );
         t.push_str(&format!(
-            "| {} | {ns:.0} | {:.2}× | {:+.1} % | {cpu:.0} | {:.2}× | {} | {} | {} | {:.0} | {:.1} |\n",
+            "| {} | {ns:.0} | {:.2}× | {:+.1} % | {cpu:.0} | {:.2}× | {} | {} | {} | {:.0} | {:.1} | {:.0} |\n",
             c.name(),
             ns / base,
             (ns / base - 1.0) * 100.0,
@@ -363,6 +408,7 @@ fn report(configs: &[Config], runs: &[Run], a: &BenchArgs) -> String {
             opt(|r| r.lost),
             median(of(c).map(|r| r.cpu_ms).collect()),
             median(of(c).map(|r| r.rss_kib as f64).collect()) / 1024.0,
+            median(of(c).map(|r| r.bpf_ns as f64 / r.writes as f64).collect()),
         ));
     }
     t
