@@ -123,11 +123,6 @@ pub fn send_begin(sk: u64, msg: u64) -> Result<(), Fault> {
     if !filter::sock_passes(&sock)? {
         return Ok(());
     }
-    // While the call copies, every ACK counts (on loopback it can come back before the return).
-    match SOCKS.get_ptr_mut(sk) {
-        Some(t) => unsafe { (*t).write_end = u64::MAX },
-        None => unsafe { (*sock_track(&sock, sock.ino()?)?).write_end = u64::MAX },
-    }
     let call = Inflight {
         sk,
         msg,
@@ -141,7 +136,11 @@ pub fn send_begin(sk: u64, msg: u64) -> Result<(), Fault> {
     };
     INFLIGHT
         .insert(tid, call, 0)
-        .map_err(|_| Fault::InflightFull)
+        .map_err(|_| Fault::InflightFull)?;
+    // While the call copies, every ACK counts (on loopback it can come back before the
+    // return). The inode check in sock_track catches a struct sock reused by a new socket.
+    unsafe { (*sock_track(&sock, sock.ino()?)?).write_end = u64::MAX };
+    Ok(())
 }
 
 /// The thread starts waiting for send-buffer space inside its traced send call (the backend
@@ -250,7 +249,12 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
             r
         }
         // The call failed before the copy loop (or is not TCP): filter it here.
-        _ => {
+        other => {
+            // A thread is in one sendmsg at a time: an entry for another socket was left by
+            // a path without a matching return (kTLS, KCM); drop it so it cannot leak.
+            if other.is_some() {
+                let _ = INFLIGHT.remove(tid);
+            }
             if !filter::task_passes((pid_tgid >> 32) as u32)
                 || !sock.is_tcp()?
                 || !filter::sock_passes(&sock)?

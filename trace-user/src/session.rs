@@ -78,8 +78,9 @@ impl Session {
                 _ = drain_timer.tick() => drain(self.ring.get_mut(), &mut self.stats, handler),
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard.context("waiting on the ring buffer")?;
-                    drain(guard.get_inner_mut(), &mut self.stats, handler);
+                    // Cleared before draining, so a wake-up during the drain is not lost.
                     guard.clear_ready();
+                    drain(guard.get_inner_mut(), &mut self.stats, handler);
                 }
                 guard = readable_log(&mut self.logger) => {
                     let mut guard = guard.context("waiting on the eBPF log")?;

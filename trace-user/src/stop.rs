@@ -6,11 +6,13 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// Resolves on SIGINT, SIGTERM, after `duration`, or when `other` resolves.
 pub async fn stop_on(duration: Option<Duration>, other: impl Future<Output = ()>) {
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            log::warn!("cannot watch SIGTERM: {e}");
-            return std::future::pending().await;
+    let mut term = signal(SignalKind::terminate())
+        .inspect_err(|e| log::warn!("cannot watch SIGTERM: {e}"))
+        .ok();
+    let sigterm = async {
+        match &mut term {
+            Some(t) => drop(t.recv().await),
+            None => std::future::pending().await,
         }
     };
     let timeout = async {
@@ -21,7 +23,7 @@ pub async fn stop_on(duration: Option<Duration>, other: impl Future<Output = ()>
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        () = sigterm => {}
         () = timeout => {}
         () = other => {}
     }

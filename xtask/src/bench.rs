@@ -113,7 +113,10 @@ impl Drop for BpfStats {
 fn bpf_run_times() -> Vec<(u64, u64)> {
     let out = cmd::output(Command::new("bpftool").args(["prog", "show", "--json"]));
     let progs: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
-    progs.iter().filter_map(|p| Some((p["id"].as_u64()?, p["run_time_ns"].as_u64().unwrap_or(0)))).collect()
+    progs
+        .iter()
+        .filter_map(|p| Some((p["id"].as_u64()?, p["run_time_ns"].as_u64().unwrap_or(0))))
+        .collect()
 }
 
 fn bins() -> anyhow::Result<(PathBuf, PathBuf)> {
@@ -191,7 +194,10 @@ fn run_once(
     let before: Vec<u64> = bpf_run_times().into_iter().map(|(id, _)| id).collect();
     let tracer = start_tracer(config, sockbuf, out)?;
     // Programs this tracer loaded, and their run time before the workload starts.
-    let at_start: Vec<(u64, u64)> = bpf_run_times().into_iter().filter(|(id, _)| !before.contains(id)).collect();
+    let at_start: Vec<(u64, u64)> = bpf_run_times()
+        .into_iter()
+        .filter(|(id, _)| !before.contains(id))
+        .collect();
     // The tracer's CPU from here on: its start-up (BTF parsing, loading) is not overhead.
     let cpu_at_start = tracer.as_ref().map_or(0.0, |c| usage(c.id()).0);
     let w = Command::new(workload)
@@ -221,7 +227,12 @@ fn run_once(
         workload_cpu_ms: wj["cpu_ns"].as_f64().unwrap_or(0.0) / 1e6,
         bpf_ns: bpf_run_times()
             .into_iter()
-            .filter_map(|(id, t)| at_start.iter().find(|(i, _)| *i == id).map(|(_, t0)| t - t0))
+            .filter_map(|(id, t)| {
+                at_start
+                    .iter()
+                    .find(|(i, _)| *i == id)
+                    .map(|(_, t0)| t - t0)
+            })
             .sum(),
     };
     if let Some(mut child) = tracer {
@@ -294,7 +305,10 @@ fn ensure_tools() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing Debian's {} for the benchmark", missing.join(" and "));
+    eprintln!(
+        "xtask: installing Debian's {} for the benchmark",
+        missing.join(" and ")
+    );
     cmd::run(
         Command::new("apt-get")
             .args(["install", "-y", "-qq"])
@@ -325,7 +339,11 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         ]
     };
     let (sockbuf, workload) = bins()?;
-    let _stats = if a.quick { None } else { Some(BpfStats::enable()?) };
+    let _stats = if a.quick {
+        None
+    } else {
+        Some(BpfStats::enable()?)
+    };
     let out_dir = PathBuf::from("target/bench");
     fs::create_dir_all(&out_dir)?;
     let out = out_dir.join("tracer.out");
