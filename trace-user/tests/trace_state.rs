@@ -310,6 +310,15 @@ fn comm_filter_selects_one_thread() {
     );
 }
 
+/// Sum of a JSON histogram's counts.
+fn hist_total(hist: &serde_json::Value) -> u64 {
+    hist.as_array()
+        .expect("histogram rows")
+        .iter()
+        .map(|r| u(&r["count"]))
+        .sum()
+}
+
 #[test]
 fn summary_totals_and_histograms_per_socket() {
     let pid = std::process::id().to_string();
@@ -363,13 +372,11 @@ fn summary_totals_and_histograms_per_socket() {
         "write_all may split a write: {sock}"
     );
     assert_eq!(u(&sock["copied_bytes"]), 77_100);
-    let hist_total: u64 = sock["copy_bytes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| u(&r["count"]))
-        .sum();
-    assert_eq!(hist_total, calls, "every call lands in the bytes histogram");
+    assert_eq!(
+        hist_total(&sock["copy_bytes"]),
+        calls,
+        "every call lands in the bytes histogram"
+    );
     let row_100 = sock["copy_bytes"]
         .as_array()
         .unwrap()
@@ -382,13 +389,11 @@ fn summary_totals_and_histograms_per_socket() {
         "the 100-byte write is in [64, 127]"
     );
     assert_eq!(u(&sock["acked_writes"]), calls, "every write was acked");
-    let ack_total: u64 = sock["ack_us"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| u(&r["count"]))
-        .sum();
-    assert_eq!(ack_total, calls);
+    assert_eq!(
+        hist_total(&sock["ack_us"]),
+        calls,
+        "every acked write lands in the ACK histogram"
+    );
     assert_eq!(lines.last().unwrap()["kind"], "end");
 }
 
