@@ -171,7 +171,7 @@ pub struct FilterArgs {
 #[derive(Debug, Args, Clone)]
 pub struct TracerArgs {
     /// Attach backend: auto picks fentry, then kprobe, then tracepoint, and says why.
-    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto, env = "SOCKBUF_ATTACH")]
     pub attach: AttachMode,
 
     /// Ring buffer size in bytes: a power of two, at least 4096.
