@@ -21,6 +21,12 @@ pub mod maps {
     pub const INFLIGHT: &str = "INFLIGHT";
     /// Per-socket tracking state, keyed by `struct sock` address (LRU, bounded).
     pub const SOCKS: &str = "SOCKS";
+    /// `MSG_*` flags of the current send syscall, keyed by thread id (tracepoint mode, where
+    /// no UDP hook sees the `msghdr`).
+    pub const SYSFLAGS: &str = "SYSFLAGS";
+    /// UDP send and receive calls in progress, keyed by thread id (kprobe mode: the return
+    /// probe has no arguments).
+    pub const CALLS: &str = "CALLS";
 }
 
 /// Names of the read-only globals the loader sets before load.
@@ -49,6 +55,22 @@ pub enum EventKind {
     /// A sender fell asleep inside a send call on a full send buffer: [`BlockEvent`] with
     /// `end_ns == 0`; the `Block` event follows when it runs again.
     BlockStart = 4,
+    /// One receive call: [`RecvEvent`].
+    Recv = 5,
+    /// A TCP socket changed state: [`SockEvent`] with `old_state`/`new_state`.
+    State = 6,
+    /// The socket sent a RST: [`SockEvent`] with `reason`.
+    RstOut = 7,
+    /// The socket received a RST: [`SockEvent`].
+    RstIn = 8,
+    /// A segment carrying the socket's FIN left: [`SockEvent`] with `seq`.
+    FinOut = 9,
+    /// The peer's FIN arrived: [`SockEvent`] with `seq`.
+    FinIn = 10,
+    /// One send call on a UDP socket: [`UdpEvent`].
+    UdpSend = 11,
+    /// A UDP datagram left the socket for the device: [`UdpEvent`], `ret` its payload bytes.
+    UdpOut = 12,
 }
 
 impl EventKind {
@@ -58,6 +80,14 @@ impl EventKind {
             2 => Some(Self::Block),
             3 => Some(Self::Ack),
             4 => Some(Self::BlockStart),
+            5 => Some(Self::Recv),
+            6 => Some(Self::State),
+            7 => Some(Self::RstOut),
+            8 => Some(Self::RstIn),
+            9 => Some(Self::FinOut),
+            10 => Some(Self::FinIn),
+            11 => Some(Self::UdpSend),
+            12 => Some(Self::UdpOut),
             _ => None,
         }
     }
@@ -175,6 +205,90 @@ pub struct AckEvent {
     pub acked: u64,
 }
 
+/// A socket's receive side at one moment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct RecvQueue {
+    /// `sk_rcvbuf`: the receive buffer's limit in bytes of memory (SO_RCVBUF).
+    pub rcvbuf: u32,
+    /// `sk_rmem_alloc`: memory charged to the receive queue, skb overhead included.
+    pub rmem_alloc: u32,
+    /// TCP: `rcv_nxt - copied_seq`, bytes received and not yet read (Recv-Q, SIOCINQ).
+    pub recv_q: u32,
+    pub _pad: u32,
+    /// TCP: `bytes_received`, every byte the peer sent that arrived in order.
+    pub received: u64,
+}
+
+/// One receive call (any protocol sockbuf traces: TCP or UDP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct RecvEvent {
+    pub hdr: Header,
+    pub comm: [u8; COMM_LEN],
+    pub addrs: SockAddrs,
+    /// Bytes copied out of the receive buffer, or `-errno`.
+    pub ret: i64,
+    /// The call's `MSG_*` flags (`MSG_PEEK`, `MSG_DONTWAIT`…), where the hook sees them.
+    pub msg_flags: u32,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: u32,
+    /// The receive queue after the copy.
+    pub queue: RecvQueue,
+}
+
+/// A TCP connection's lifecycle: a state change, a RST or a FIN. Which fields mean something
+/// depends on `hdr.kind` (see each field).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct SockEvent {
+    pub hdr: Header,
+    /// The task running when it happened: the caller for `close()`/`connect()`, whichever
+    /// task was interrupted for changes driven by an arriving packet (as bcc's tcpstates).
+    pub comm: [u8; COMM_LEN],
+    pub addrs: SockAddrs,
+    /// `State`: the `TCP_*` state before; 0 for other kinds.
+    pub old_state: u32,
+    /// `State`: the state after; other kinds: the socket's state at the event.
+    pub new_state: u32,
+    /// `RstOut`: the kernel's `sk_rst_reason` (`u32::MAX` where the kernel does not say).
+    pub reason: u32,
+    pub _pad: u32,
+    /// `FinOut`: the FIN's stream offset, numbered as send events' `seq_end` (it follows the
+    /// write whose `seq_end` it equals). `FinIn`: data bytes received before the FIN.
+    pub seq: u64,
+    pub send: SendQueue,
+    pub recv: RecvQueue,
+}
+
+/// One UDP send call (`UdpSend`) or one datagram leaving (`UdpOut`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct UdpEvent {
+    pub hdr: Header,
+    pub comm: [u8; COMM_LEN],
+    pub addrs: SockAddrs,
+    /// `UdpSend`: bytes accepted or `-errno`; `UdpOut`: the datagram's payload bytes.
+    pub ret: i64,
+    /// `UdpSend`: the call's `MSG_*` flags (`MSG_MORE` = 0x8000).
+    pub msg_flags: u32,
+    /// `sk_sndbuf`.
+    pub sndbuf: u32,
+    /// `sk_wmem_alloc` (less the socket's own reference, as SIOCOUTQ): memory of this
+    /// socket's datagrams not yet freed after transmission.
+    pub wmem_alloc: u32,
+    /// Payload bytes corked (held by `MSG_MORE` or `UDP_CORK`) after the call:
+    /// `udp_sock.len` less the UDP header.
+    pub corked: u32,
+    /// Non-zero while a corked datagram is pending (`udp_sock.pending`).
+    pub pending: u32,
+    pub _pad: u32,
+}
+
 /// Filters, set by the loader before load; an event that fails one never reaches the ring buffer.
 /// Zero means "no filter" for every field.
 #[repr(C)]
@@ -226,6 +340,24 @@ pub struct KernelOffsets {
     pub skb_cb: u32,
     pub tcb_ack_seq: u32,
     pub tcb_tcp_flags: u32,
+    pub tcb_end_seq: u32,
+    pub sk_state: u32,
+    // receive side
+    pub sk_rcvbuf: u32,
+    pub sk_rmem_alloc: u32,
+    pub sk_wmem_alloc: u32,
+    pub tp_rcv_nxt: u32,
+    pub tp_copied_seq: u32,
+    pub tp_bytes_received: u32,
+    // struct udp_sock
+    pub up_pending: u32,
+    pub up_len: u32,
+    // struct sk_buff, for segments leaving
+    pub skb_sk: u32,
+    pub skb_head: u32,
+    pub skb_transport_header: u32,
+    /// 1 when the `tcp_send_reset` tracepoint passes a reason (third argument).
+    pub rst_has_reason: u32,
 }
 
 const _: () = {
@@ -236,5 +368,9 @@ const _: () = {
     assert!(core::mem::size_of::<BlockEvent>() == 104);
     assert!(core::mem::size_of::<AckEvent>() == 48);
     assert!(core::mem::size_of::<Filter>() == 32);
-    assert!(core::mem::size_of::<KernelOffsets>() == 92);
+    assert!(core::mem::size_of::<RecvQueue>() == 24);
+    assert!(core::mem::size_of::<RecvEvent>() == 128);
+    assert!(core::mem::size_of::<SockEvent>() == 168);
+    assert!(core::mem::size_of::<UdpEvent>() == 120);
+    assert!(core::mem::size_of::<KernelOffsets>() == 148);
 };

@@ -3,7 +3,10 @@
 
 use core::mem::size_of;
 
-use crate::{AckEvent, BlockEvent, EventKind, Filter, Header, KernelOffsets, SendEvent};
+use crate::{
+    AckEvent, BlockEvent, EventKind, Filter, Header, KernelOffsets, RecvEvent, SendEvent,
+    SockEvent, UdpEvent,
+};
 
 // SAFETY: all of these are `#[repr(C)]`, made of integers only, and valid for any bit pattern.
 unsafe impl aya::Pod for Filter {}
@@ -11,6 +14,9 @@ unsafe impl aya::Pod for KernelOffsets {}
 unsafe impl aya::Pod for SendEvent {}
 unsafe impl aya::Pod for BlockEvent {}
 unsafe impl aya::Pod for AckEvent {}
+unsafe impl aya::Pod for RecvEvent {}
+unsafe impl aya::Pod for SockEvent {}
+unsafe impl aya::Pod for UdpEvent {}
 
 /// One decoded ring-buffer record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +26,11 @@ pub enum Event {
     Ack(AckEvent),
     /// A sender fell asleep; `end_ns` is 0.
     BlockStart(BlockEvent),
+    Recv(RecvEvent),
+    /// State change, RST or FIN: `hdr.kind` says which.
+    Sock(SockEvent),
+    /// UDP send call or datagram out: `hdr.kind` says which.
+    Udp(UdpEvent),
 }
 
 /// A record that does not match any known event layout.
@@ -61,6 +72,15 @@ impl Event {
             Some(EventKind::Block) => read(bytes, hdr.kind).map(Event::Block),
             Some(EventKind::Ack) => read(bytes, hdr.kind).map(Event::Ack),
             Some(EventKind::BlockStart) => read(bytes, hdr.kind).map(Event::BlockStart),
+            Some(EventKind::Recv) => read(bytes, hdr.kind).map(Event::Recv),
+            Some(
+                EventKind::State
+                | EventKind::RstOut
+                | EventKind::RstIn
+                | EventKind::FinOut
+                | EventKind::FinIn,
+            ) => read(bytes, hdr.kind).map(Event::Sock),
+            Some(EventKind::UdpSend | EventKind::UdpOut) => read(bytes, hdr.kind).map(Event::Udp),
             None => Err(DecodeError::UnknownKind(hdr.kind)),
         }
     }
@@ -70,6 +90,9 @@ impl Event {
             Event::Send(e) => &e.hdr,
             Event::Block(e) | Event::BlockStart(e) => &e.hdr,
             Event::Ack(e) => &e.hdr,
+            Event::Recv(e) => &e.hdr,
+            Event::Sock(e) => &e.hdr,
+            Event::Udp(e) => &e.hdr,
         }
     }
 }
@@ -83,7 +106,7 @@ pub fn as_bytes<T: aya::Pod>(v: &T) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{SEND_F_REQUESTED, SendQueue, SockAddrs};
+    use crate::{RecvQueue, SEND_F_REQUESTED, SendQueue, SockAddrs};
 
     fn header(kind: EventKind) -> Header {
         Header {
@@ -145,6 +168,62 @@ mod tests {
             acked: 20,
         };
         assert_eq!(Event::parse(as_bytes(&ack)), Ok(Event::Ack(ack)));
+    }
+
+    #[test]
+    fn receive_lifecycle_and_udp_round_trip() {
+        let recv = RecvEvent {
+            hdr: header(EventKind::Recv),
+            comm: [b'r'; 16],
+            addrs: SockAddrs::default(),
+            ret: 4096,
+            msg_flags: 0x40,
+            protocol: 6,
+            queue: RecvQueue {
+                rcvbuf: 131_072,
+                rmem_alloc: 8_192,
+                recv_q: 100,
+                _pad: 0,
+                received: 1 << 33,
+            },
+        };
+        assert_eq!(Event::parse(as_bytes(&recv)), Ok(Event::Recv(recv)));
+        for kind in [
+            EventKind::State,
+            EventKind::RstOut,
+            EventKind::RstIn,
+            EventKind::FinOut,
+            EventKind::FinIn,
+        ] {
+            let ev = SockEvent {
+                hdr: header(kind),
+                comm: [b's'; 16],
+                addrs: SockAddrs::default(),
+                old_state: 1,
+                new_state: 4,
+                reason: 11,
+                _pad: 0,
+                seq: 4_000_000,
+                send: SendQueue::default(),
+                recv: RecvQueue::default(),
+            };
+            assert_eq!(Event::parse(as_bytes(&ev)), Ok(Event::Sock(ev)));
+        }
+        for kind in [EventKind::UdpSend, EventKind::UdpOut] {
+            let ev = UdpEvent {
+                hdr: header(kind),
+                comm: [b'u'; 16],
+                addrs: SockAddrs::default(),
+                ret: 1000,
+                msg_flags: 0x8000,
+                sndbuf: 212_992,
+                wmem_alloc: 2_304,
+                corked: 3_000,
+                pending: 2,
+                _pad: 0,
+            };
+            assert_eq!(Event::parse(as_bytes(&ev)), Ok(Event::Udp(ev)));
+        }
     }
 
     #[test]

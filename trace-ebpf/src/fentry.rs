@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext},
 };
 
-use crate::model;
+use crate::{kernel, model, recv, udp};
 
 /// `tcp_sendmsg(sk, msg, size)`: a send call starts.
 #[fentry(function = "tcp_sendmsg")]
@@ -38,4 +38,47 @@ pub fn block_sk_stream_wait_memory_fexit(ctx: FExitContext) -> u32 {
 #[fentry(function = "tcp_rcv_established")]
 pub fn ack_tcp_rcv_established_fentry(ctx: FEntryContext) -> u32 {
     model::run(&ctx, || model::ack(ctx.arg(0), ctx.arg(1)))
+}
+
+/// `udp_sendmsg(sk, msg, len)` and its IPv6 twin return: one UDP send call.
+#[fexit(function = "udp_sendmsg")]
+pub fn udp_udp_sendmsg_fexit(ctx: FExitContext) -> u32 {
+    udp_send_fexit(&ctx)
+}
+
+#[fexit(function = "udpv6_sendmsg")]
+pub fn udp_udpv6_sendmsg_fexit(ctx: FExitContext) -> u32 {
+    udp_send_fexit(&ctx)
+}
+
+#[inline(always)]
+fn udp_send_fexit(ctx: &FExitContext) -> u32 {
+    let (sk, msg): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    let ret: i32 = ctx.arg(3);
+    model::run(ctx, || {
+        udp::send_done(sk, kernel::msg_flags(msg)?, i64::from(ret))
+    })
+}
+
+/// `tcp_recvmsg(sk, msg, len, flags, addr_len)` and the UDP ones return: one receive call.
+#[fexit(function = "tcp_recvmsg")]
+pub fn recv_tcp_recvmsg_fexit(ctx: FExitContext) -> u32 {
+    recv_fexit(&ctx)
+}
+
+#[fexit(function = "udp_recvmsg")]
+pub fn recv_udp_recvmsg_fexit(ctx: FExitContext) -> u32 {
+    recv_fexit(&ctx)
+}
+
+#[fexit(function = "udpv6_recvmsg")]
+pub fn recv_udpv6_recvmsg_fexit(ctx: FExitContext) -> u32 {
+    recv_fexit(&ctx)
+}
+
+#[inline(always)]
+fn recv_fexit(ctx: &FExitContext) -> u32 {
+    let (sk, flags): (u64, i32) = (ctx.arg(0), ctx.arg(3));
+    let ret: i32 = ctx.arg(5);
+    model::run(ctx, || recv::recv_end(sk, i64::from(ret), flags as u32))
 }

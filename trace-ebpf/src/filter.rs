@@ -42,3 +42,11 @@ pub fn sock_passes(sk: &Sock) -> Result<bool, Fault> {
     let port = FILTER.load().port;
     Ok(port == 0 || sk.lport()? == port || sk.rport()? == port)
 }
+
+/// No task-level filter is set: events that arrive in softirq context, where the current
+/// task is whichever one was interrupted, may start tracking a socket only then.
+#[inline(always)]
+pub fn no_task_filter() -> bool {
+    let f = FILTER.load();
+    f.pid == 0 && f.cgroup == 0 && f.comm[0] == 0
+}

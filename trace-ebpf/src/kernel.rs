@@ -1,7 +1,7 @@
 //! Reads of kernel structs at offsets the loader found in the running kernel's BTF.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use trace_common::{KernelOffsets, SendQueue, SockAddrs};
+use trace_common::{KernelOffsets, RecvQueue, SendQueue, SockAddrs};
 
 /// Set by the loader before load. Read field by field with volatile reads (see [`off!`]): a
 /// plain read would be folded to the zeros below, and copying the whole struct costs stack.
@@ -30,6 +30,20 @@ static KOFFSETS: KernelOffsets = KernelOffsets {
     skb_cb: 0,
     tcb_ack_seq: 0,
     tcb_tcp_flags: 0,
+    tcb_end_seq: 0,
+    sk_state: 0,
+    sk_rcvbuf: 0,
+    sk_rmem_alloc: 0,
+    sk_wmem_alloc: 0,
+    tp_rcv_nxt: 0,
+    tp_copied_seq: 0,
+    tp_bytes_received: 0,
+    up_pending: 0,
+    up_len: 0,
+    skb_sk: 0,
+    skb_head: 0,
+    skb_transport_header: 0,
+    rst_has_reason: 0,
 };
 
 /// The offset of one kernel field, as the loader set it.
@@ -41,8 +55,10 @@ macro_rules! off {
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_UDP: u16 = 17;
 const SOCK_STREAM: u16 = 1;
+const SOCK_DGRAM: u16 = 2;
 
 /// Why a program gave up on an event; logged through aya-log by the program's wrapper.
 #[derive(Clone, Copy)]
@@ -78,14 +94,71 @@ impl Sock {
         read(self.ptr, off!(sk_family))
     }
 
-    /// IPv4 or IPv6 TCP stream socket: the only kind the send path traces.
+    /// `IPPROTO_TCP` for an IPv4/IPv6 TCP stream socket, `IPPROTO_UDP` for a UDP datagram
+    /// socket, 0 for anything else (sockbuf traces only these two).
     #[inline(always)]
-    pub fn is_tcp(&self) -> Result<bool, Fault> {
+    pub fn protocol(&self) -> Result<u16, Fault> {
         let family = self.family()?;
-        Ok((family == AF_INET || family == AF_INET6)
-            && read::<u16>(self.ptr, off!(sk_protocol))? == IPPROTO_TCP
-            && read::<u16>(self.ptr, off!(sk_type))? == SOCK_STREAM)
+        if family != AF_INET && family != AF_INET6 {
+            return Ok(0);
+        }
+        let proto: u16 = read(self.ptr, off!(sk_protocol))?;
+        let kind: u16 = read(self.ptr, off!(sk_type))?;
+        Ok(match (proto, kind) {
+            (IPPROTO_TCP, SOCK_STREAM) | (IPPROTO_UDP, SOCK_DGRAM) => proto,
+            _ => 0,
+        })
     }
+
+    /// `sk_state`, from `sock_common`: safe to read on time-wait and request sockets too.
+    #[inline(always)]
+    pub fn state(&self) -> Result<u8, Fault> {
+        read(self.ptr, off!(sk_state))
+    }
+
+    #[inline(always)]
+    pub fn sndbuf(&self) -> Result<u32, Fault> {
+        read(self.ptr, off!(sk_sndbuf))
+    }
+
+    /// `sk_wmem_alloc` less the reference the socket holds on itself: what SIOCOUTQ
+    /// reports for UDP (`sk_wmem_alloc_get`).
+    #[inline(always)]
+    pub fn wmem_alloc(&self) -> Result<u32, Fault> {
+        read::<u32>(self.ptr, off!(sk_wmem_alloc)).map(|w| w.saturating_sub(1))
+    }
+
+    /// UDP corking: `udp_sock.pending`, and the payload bytes held for one datagram
+    /// (`udp_sock.len` counts the 8-byte UDP header too).
+    #[inline(always)]
+    pub fn udp_cork(&self) -> Result<(u32, u32), Fault> {
+        let pending: u32 = read(self.ptr, off!(up_pending))?;
+        let len: u16 = read(self.ptr, off!(up_len))?;
+        Ok((pending, u32::from(len).saturating_sub(8)))
+    }
+
+    /// The receive side now; the sequence figures only for TCP.
+    #[inline(always)]
+    pub fn recv_queue(&self, tcp: bool) -> Result<RecvQueue, Fault> {
+        let mut q = RecvQueue {
+            rcvbuf: read(self.ptr, off!(sk_rcvbuf))?,
+            rmem_alloc: read(self.ptr, off!(sk_rmem_alloc))?,
+            ..Default::default()
+        };
+        if tcp {
+            let rcv_nxt: u32 = read(self.ptr, off!(tp_rcv_nxt))?;
+            let copied: u32 = read(self.ptr, off!(tp_copied_seq))?;
+            q.recv_q = rcv_nxt.wrapping_sub(copied);
+            q.received = read(self.ptr, off!(tp_bytes_received))?;
+        }
+        Ok(q)
+    }
+
+    #[inline(always)]
+    pub fn rcv_nxt(&self) -> Result<u32, Fault> {
+        read(self.ptr, off!(tp_rcv_nxt))
+    }
+
 
     #[inline(always)]
     pub fn lport(&self) -> Result<u16, Fault> {
@@ -150,7 +223,7 @@ impl Sock {
         let snd_una = self.snd_una()?;
         let snd_nxt = self.snd_nxt()?;
         Ok(SendQueue {
-            sndbuf: read(self.ptr, off!(sk_sndbuf))?,
+            sndbuf: self.sndbuf()?,
             wmem_queued: read(self.ptr, off!(sk_wmem_queued))?,
             send_q: write_seq.wrapping_sub(snd_una),
             unsent: write_seq.wrapping_sub(snd_nxt),
@@ -183,4 +256,49 @@ pub fn skb_ack_seq(skb: u64) -> Result<Option<u32>, Fault> {
         return Ok(None);
     }
     read(skb, off!(skb_cb) + off!(tcb_ack_seq)).map(Some)
+}
+
+const TCPHDR_FIN: u8 = 0x01;
+
+/// An incoming segment's FIN, from `TCP_SKB_CB(skb)`: `Some(end_seq - 1)`, the FIN's own
+/// sequence number, when the flag is set.
+#[inline(always)]
+pub fn skb_fin_seq(skb: u64) -> Result<Option<u32>, Fault> {
+    if read::<u8>(skb, off!(skb_cb) + off!(tcb_tcp_flags))? & TCPHDR_FIN == 0 {
+        return Ok(None);
+    }
+    read::<u32>(skb, off!(skb_cb) + off!(tcb_end_seq)).map(|end| Some(end.wrapping_sub(1)))
+}
+
+/// The socket an outgoing `skb` belongs to (0 for none).
+#[inline(always)]
+pub fn skb_sock(skb: u64) -> Result<u64, Fault> {
+    read(skb, off!(skb_sk))
+}
+
+/// The start of an outgoing `skb`'s transport header.
+#[inline(always)]
+pub fn skb_transport(skb: u64) -> Result<u64, Fault> {
+    let head: u64 = read(skb, off!(skb_head))?;
+    let th: u16 = read(skb, off!(skb_transport_header))?;
+    Ok(head + u64::from(th))
+}
+
+/// Whether an outgoing TCP header has FIN set (byte 13 holds the flags).
+#[inline(always)]
+pub fn tcph_fin(th: u64) -> Result<bool, Fault> {
+    Ok(read::<u8>(th, 13)? & TCPHDR_FIN != 0)
+}
+
+/// An outgoing UDP datagram's payload length, from its header's length field.
+#[inline(always)]
+pub fn udph_payload(th: u64) -> Result<u32, Fault> {
+    let len: u16 = read(th, 4)?;
+    Ok(u32::from(u16::from_be(len)).saturating_sub(8))
+}
+
+/// Whether the `tcp_send_reset` tracepoint passes a reason as its third argument.
+#[inline(always)]
+pub fn rst_has_reason() -> bool {
+    off!(rst_has_reason) != 0
 }

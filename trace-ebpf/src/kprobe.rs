@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use crate::model;
+use crate::{model, recv, udp};
 
 #[kprobe]
 pub fn send_tcp_sendmsg_kprobe(ctx: ProbeContext) -> u32 {
@@ -41,4 +41,45 @@ pub fn ack_tcp_rcv_established_kprobe(ctx: ProbeContext) -> u32 {
         return 0;
     };
     model::run(&ctx, || model::ack(sk, skb))
+}
+
+#[kprobe]
+pub fn udp_udp_sendmsg_kprobe(ctx: ProbeContext) -> u32 {
+    udp_send_kprobe(&ctx)
+}
+
+#[kprobe]
+pub fn udp_udpv6_sendmsg_kprobe(ctx: ProbeContext) -> u32 {
+    udp_send_kprobe(&ctx)
+}
+
+#[inline(always)]
+fn udp_send_kprobe(ctx: &ProbeContext) -> u32 {
+    let (Some(sk), Some(msg)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return 0;
+    };
+    model::run(ctx, || udp::send_enter(sk, msg))
+}
+
+/// One return probe for both UDP send functions.
+#[kretprobe]
+pub fn udp_sendmsg_kretprobe(ctx: RetProbeContext) -> u32 {
+    let ret: i32 = ctx.ret();
+    model::run(&ctx, || udp::send_return(i64::from(ret)))
+}
+
+/// `tcp_recvmsg`, `udp_recvmsg`, `udpv6_recvmsg` (sk, msg, len, flags, addr_len): one entry
+/// program and one return program, each attached to all three.
+#[kprobe]
+pub fn recv_recvmsg_kprobe(ctx: ProbeContext) -> u32 {
+    let (Some(sk), Some(flags)) = (ctx.arg::<u64>(0), ctx.arg::<i32>(3)) else {
+        return 0;
+    };
+    model::run(&ctx, || recv::recv_enter(sk, flags as u32))
+}
+
+#[kretprobe]
+pub fn recv_recvmsg_kretprobe(ctx: RetProbeContext) -> u32 {
+    let ret: i32 = ctx.ret();
+    model::run(&ctx, || recv::recv_return(i64::from(ret)))
 }

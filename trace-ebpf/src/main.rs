@@ -9,9 +9,12 @@ mod fentry;
 mod filter;
 mod kernel;
 mod kprobe;
+mod life;
 mod maps;
 mod model;
+mod recv;
 mod tracepoint;
+mod udp;
 
 #[cfg(not(test))]
 #[panic_handler]

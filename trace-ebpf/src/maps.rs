@@ -47,8 +47,49 @@ pub struct SockTrack {
     pub write_end: u64,
     /// Addresses and ports, read once: they do not change while the socket lives.
     pub addrs: SockAddrs,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u32,
+    pub _pad: u32,
 }
 
 /// LRU so it stays bounded however many sockets come and go without a close being seen.
 #[map]
 pub static SOCKS: LruHashMap<u64, SockTrack> = LruHashMap::with_max_entries(SOCKS_ENTRIES, 0);
+
+/// A call whose return hook cannot see its arguments, or the flags of the send syscall in
+/// progress (tracepoint mode: `sk` is 0 there).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Call {
+    pub sk: u64,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Keyed by thread id. LRU: a syscall that fails before reaching the socket leaves its
+/// entry behind, and the thread's next call overwrites it.
+#[map]
+pub static SYSFLAGS: LruHashMap<u32, Call> = LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+
+/// UDP send and receive calls in progress (kprobe mode), keyed by thread id.
+#[map]
+pub static CALLS: LruHashMap<u32, Call> = LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+
+/// Remembers the current thread's call on `sk` for its return probe.
+#[inline(always)]
+pub fn put_call(sk: u64, flags: u32) -> Result<(), crate::kernel::Fault> {
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    let call = Call { sk, flags, _pad: 0 };
+    CALLS
+        .insert(tid, call, 0)
+        .map_err(|_| crate::kernel::Fault::InflightFull)
+}
+
+/// The current thread's call remembered by [`put_call`], taken out of the map.
+#[inline(always)]
+pub fn take_call() -> Option<Call> {
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    let call = unsafe { CALLS.get(tid) }.copied()?;
+    let _ = CALLS.remove(tid);
+    Some(call)
+}

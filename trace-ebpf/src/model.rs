@@ -19,8 +19,11 @@ use trace_common::{
 
 use crate::{
     filter,
-    kernel::{self, Fault, Sock},
-    maps::{EVENTS, INFLIGHT, Inflight, LOST, LOST_EVENTS, READ_ERRORS, SOCKS, SockTrack},
+    kernel::{self, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
+    life, udp,
+    maps::{
+        EVENTS, INFLIGHT, Inflight, LOST, LOST_EVENTS, READ_ERRORS, SOCKS, SYSFLAGS, SockTrack,
+    },
 };
 
 /// Runs a model function and turns a fault into a rate-limited aya-log warning
@@ -51,7 +54,7 @@ pub fn run<C: EbpfContext>(ctx: &C, f: impl FnOnce() -> Result<(), Fault>) -> u3
 }
 
 #[inline(always)]
-fn header(kind: EventKind, pid_tgid: u64, sock_id: u64, now: u64) -> Header {
+pub fn header(kind: EventKind, pid_tgid: u64, sock_id: u64, now: u64) -> Header {
     Header {
         kind: kind as u32,
         cpu: unsafe { bpf_get_smp_processor_id() },
@@ -63,7 +66,7 @@ fn header(kind: EventKind, pid_tgid: u64, sock_id: u64, now: u64) -> Header {
 }
 
 #[inline(always)]
-fn comm() -> [u8; COMM_LEN] {
+pub fn comm() -> [u8; COMM_LEN] {
     bpf_get_current_comm().unwrap_or([0; COMM_LEN])
 }
 
@@ -80,7 +83,7 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// Reserves a `T` in the ring buffer and lets `fill` write it in place (no copy of the event
 /// on the 512-byte BPF stack), or counts it as lost when the buffer is full.
 #[inline(always)]
-fn emit<T: 'static>(fill: impl FnOnce(&mut T)) {
+pub fn emit<T: 'static>(fill: impl FnOnce(&mut T)) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             // SAFETY: every T here is plain integers; `fill` writes each field.
@@ -139,7 +142,7 @@ pub fn send_begin(sk: u64, msg: u64) -> Result<(), Fault> {
         .map_err(|_| Fault::InflightFull)?;
     // While the call copies, every ACK counts (on loopback it can come back before the
     // return). The inode check in sock_track catches a struct sock reused by a new socket.
-    unsafe { (*sock_track(&sock, sock.ino()?)?).write_end = u64::MAX };
+    unsafe { (*sock_track(&sock, sock.ino()?, IPPROTO_TCP)?).write_end = u64::MAX };
     Ok(())
 }
 
@@ -255,19 +258,26 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
             if other.is_some() {
                 let _ = INFLIGHT.remove(tid);
             }
-            if !filter::task_passes((pid_tgid >> 32) as u32)
-                || !sock.is_tcp()?
-                || !filter::sock_passes(&sock)?
-            {
+            if !filter::task_passes((pid_tgid >> 32) as u32) {
+                return Ok(());
+            }
+            match sock.protocol()? {
+                IPPROTO_TCP => {}
+                IPPROTO_UDP => return udp::send_end(&sock, pid_tgid, ret, udp::syscall_flags()),
+                _ => return Ok(()),
+            }
+            if !filter::sock_passes(&sock)? {
                 return Ok(());
             }
             (0, 0, 0, 0)
         }
     };
+    // Flags a send syscall left for UDP (tracepoint mode) must not outlive the call.
+    let _ = SYSFLAGS.remove(tid);
     let ino = sock.ino()?;
     let queue = sock.send_queue()?;
     let seq_end = queue.acked + u64::from(queue.send_q);
-    let track = unsafe { &mut *sock_track(&sock, ino)? };
+    let track = unsafe { &mut *sock_track(&sock, ino, IPPROTO_TCP)? };
     if ret > 0 || start_ns != 0 {
         track.write_end = seq_end;
     }
@@ -288,11 +298,12 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
 }
 
 /// The socket's tracking entry, its addresses read once and cached: created when the socket
-/// is new to sockbuf, or when its `struct sock` now belongs to another socket (another inode).
+/// is new to sockbuf, or when its `struct sock` now belongs to another socket (another inode;
+/// 0 means the socket lost its file on `close()` but is still the same connection).
 #[inline(always)]
-fn sock_track(sock: &Sock, ino: u64) -> Result<*mut SockTrack, Fault> {
+pub fn sock_track(sock: &Sock, ino: u64, proto: u16) -> Result<*mut SockTrack, Fault> {
     if let Some(t) = SOCKS.get_ptr_mut(sock.ptr)
-        && unsafe { (*t).ino } == ino
+        && (ino == 0 || unsafe { (*t).ino } == ino)
     {
         return Ok(t);
     }
@@ -300,6 +311,8 @@ fn sock_track(sock: &Sock, ino: u64) -> Result<*mut SockTrack, Fault> {
         ino,
         write_end: 0,
         addrs: sock.addrs()?,
+        proto: u32::from(proto),
+        _pad: 0,
     };
     SOCKS
         .insert(sock.ptr, track, 0)
@@ -311,10 +324,11 @@ fn sock_track(sock: &Sock, ino: u64) -> Result<*mut SockTrack, Fault> {
 #[inline(always)]
 pub fn ack(sk: u64, skb: u64) -> Result<(), Fault> {
     let Some(track) = SOCKS.get_ptr_mut(sk) else {
-        return Ok(());
+        return life::untracked_fin(sk, skb);
     };
     let track = unsafe { &mut *track };
     let sock = Sock::new(sk);
+    life::fin_in(&sock, track, skb)?;
     let bytes_acked = sock.bytes_acked()?;
     if track.write_end <= bytes_acked || track.write_end == 0 {
         return Ok(()); // nothing traced is waiting for an ACK
@@ -329,10 +343,11 @@ pub fn ack(sk: u64, skb: u64) -> Result<(), Fault> {
         return Ok(());
     }
     let ino = sock.ino()?;
-    if ino != track.ino {
+    if ino != track.ino && ino != 0 {
         let _ = SOCKS.remove(sk); // the struct sock was reused by another socket
         return Ok(());
     }
+    let ino = track.ino;
     let acked = bytes_acked + u64::from(advance);
     emit(|e: &mut AckEvent| {
         e.hdr = header(EventKind::Ack, 0, ino, unsafe { bpf_ktime_get_ns() });

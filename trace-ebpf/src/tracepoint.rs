@@ -1,9 +1,12 @@
 //! Tracepoint backend: raw tracepoints, which this kernel has even without kprobes or fentry.
 //! Each program only pulls its hook's arguments and calls the model.
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 
-use crate::model;
+use crate::{kernel, life, model, recv, udp};
 
 /// `tcp_sendmsg_locked(sk, msg, skb, size_goal)`: each pass of the TCP copy loop.
 #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
@@ -38,4 +41,74 @@ pub fn block_sched_switch(ctx: RawTracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "tcp_probe")]
 pub fn ack_tcp_probe(ctx: RawTracePointContext) -> u32 {
     model::run(&ctx, || model::ack(ctx.arg(0), ctx.arg(1)))
+}
+
+/// `sock_recv_length(sk, ret, flags)`: every recvmsg's return, any protocol.
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn recv_sock_recv_length(ctx: RawTracePointContext) -> u32 {
+    let ret: u64 = ctx.arg(1);
+    let flags: u64 = ctx.arg(2);
+    model::run(&ctx, || {
+        recv::recv_end(ctx.arg(0), i64::from(ret as i32), flags as u32)
+    })
+}
+
+/// Syscall entries that carry send flags: `sendto(fd, buf, len, flags, …)`,
+/// `sendmsg(fd, msg, flags)`, `sendmmsg(fd, vec, vlen, flags)`. Classic tracepoints: the
+/// arguments are 8-byte slots after the common header and the syscall number.
+const SYSCALL_ARGS: usize = 16;
+
+#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
+pub fn udp_sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    syscall_flags(&ctx, 3)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
+pub fn udp_sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    syscall_flags(&ctx, 2)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmmsg")]
+pub fn udp_sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
+    syscall_flags(&ctx, 3)
+}
+
+#[inline(always)]
+fn syscall_flags(ctx: &TracePointContext, arg: usize) -> u32 {
+    let Ok(flags) = (unsafe { ctx.read_at::<u64>(SYSCALL_ARGS + 8 * arg) }) else {
+        return 0;
+    };
+    model::run(ctx, || udp::syscall_enter(flags as u32))
+}
+
+// Lifecycle hooks: tracepoints every supported kernel has, attached in every mode.
+
+/// `inet_sock_set_state(sk, oldstate, newstate)`.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn life_inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
+    let (old, new): (u64, u64) = (ctx.arg(1), ctx.arg(2));
+    model::run(&ctx, || life::state(ctx.arg(0), old as u32, new as u32))
+}
+
+/// `tcp_send_reset(sk, skb[, reason])`: the reason argument exists from Linux 6.10.
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn life_tcp_send_reset(ctx: RawTracePointContext) -> u32 {
+    let reason: u64 = if kernel::rst_has_reason() {
+        ctx.arg(2)
+    } else {
+        0
+    };
+    model::run(&ctx, || life::rst_out(ctx.arg(0), reason as u32))
+}
+
+/// `tcp_receive_reset(sk)`.
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn life_tcp_receive_reset(ctx: RawTracePointContext) -> u32 {
+    model::run(&ctx, || life::rst_in(ctx.arg(0)))
+}
+
+/// `net_dev_queue(skb)`: a packet is handed to a device (a FIN leaving, a UDP datagram).
+#[raw_tracepoint(tracepoint = "net_dev_queue")]
+pub fn life_net_dev_queue(ctx: RawTracePointContext) -> u32 {
+    model::run(&ctx, || life::xmit(ctx.arg(0)))
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use aya::{
     Btf, Ebpf,
-    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint},
+    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
 
 use crate::{error::SetupError, preflight};
@@ -16,11 +16,13 @@ use crate::{error::SetupError, preflight};
 pub enum AttachMode {
     /// The best the kernel allows: fentry, then kprobe, then tracepoint.
     Auto,
-    /// fentry/fexit on tcp_sendmsg, sk_stream_wait_memory and tcp_rcv_established.
+    /// fentry/fexit on tcp_sendmsg, sk_stream_wait_memory, tcp_rcv_established, and the
+    /// UDP send and TCP/UDP receive functions.
     Fentry,
     /// kprobe/kretprobe on the same functions.
     Kprobe,
-    /// Raw tracepoints: sock_send_length, tcp_sendmsg_locked, tcp_probe, sched_switch.
+    /// Tracepoints: tcp_sendmsg_locked, sock_send_length, sock_recv_length, tcp_probe,
+    /// sched_switch, and the send syscalls' entries (for UDP's flags).
     Tracepoint,
 }
 
@@ -34,19 +36,24 @@ impl AttachMode {
         }
     }
 
-    fn hooks(self) -> &'static [Hook] {
-        match self {
+    /// The backend's own hooks, then the lifecycle hooks every backend shares.
+    fn hooks(self) -> impl Iterator<Item = &'static Hook> {
+        let own: &[Hook] = match self {
             Self::Auto => &[],
             Self::Fentry => FENTRY,
             Self::Kprobe => KPROBE,
             Self::Tracepoint => TRACEPOINT,
-        }
+        };
+        let shared: &[Hook] = if own.is_empty() { &[] } else { LIFECYCLE };
+        own.iter().chain(shared)
     }
 }
 
 #[derive(Clone, Copy)]
 enum Kind {
     RawTracepoint { category: &'static str },
+    /// A classic (perf) tracepoint: syscall entries have no raw tracepoint of their own.
+    Tracepoint { category: &'static str },
     FEntry,
     FExit,
     KProbe,
@@ -85,6 +92,11 @@ const FENTRY: &[Hook] = &[
         "tcp_rcv_established",
         Kind::FEntry,
     ),
+    hook("udp_udp_sendmsg_fexit", "udp_sendmsg", Kind::FExit),
+    hook("udp_udpv6_sendmsg_fexit", "udpv6_sendmsg", Kind::FExit),
+    hook("recv_tcp_recvmsg_fexit", "tcp_recvmsg", Kind::FExit),
+    hook("recv_udp_recvmsg_fexit", "udp_recvmsg", Kind::FExit),
+    hook("recv_udpv6_recvmsg_fexit", "udpv6_recvmsg", Kind::FExit),
 ];
 
 /// kretprobes are KProbe programs too; aya knows which from the program's section.
@@ -106,6 +118,16 @@ const KPROBE: &[Hook] = &[
         "tcp_rcv_established",
         Kind::KProbe,
     ),
+    hook("udp_udp_sendmsg_kprobe", "udp_sendmsg", Kind::KProbe),
+    hook("udp_udpv6_sendmsg_kprobe", "udpv6_sendmsg", Kind::KProbe),
+    hook("udp_sendmsg_kretprobe", "udp_sendmsg", Kind::KProbe),
+    hook("udp_sendmsg_kretprobe", "udpv6_sendmsg", Kind::KProbe),
+    hook("recv_recvmsg_kprobe", "tcp_recvmsg", Kind::KProbe),
+    hook("recv_recvmsg_kprobe", "udp_recvmsg", Kind::KProbe),
+    hook("recv_recvmsg_kprobe", "udpv6_recvmsg", Kind::KProbe),
+    hook("recv_recvmsg_kretprobe", "tcp_recvmsg", Kind::KProbe),
+    hook("recv_recvmsg_kretprobe", "udp_recvmsg", Kind::KProbe),
+    hook("recv_recvmsg_kretprobe", "udpv6_recvmsg", Kind::KProbe),
 ];
 
 const TRACEPOINT: &[Hook] = &[
@@ -129,6 +151,56 @@ const TRACEPOINT: &[Hook] = &[
         "tcp_probe",
         Kind::RawTracepoint { category: "tcp" },
     ),
+    hook(
+        "recv_sock_recv_length",
+        "sock_recv_length",
+        Kind::RawTracepoint { category: "sock" },
+    ),
+    hook(
+        "udp_sys_enter_sendto",
+        "sys_enter_sendto",
+        Kind::Tracepoint {
+            category: "syscalls",
+        },
+    ),
+    hook(
+        "udp_sys_enter_sendmsg",
+        "sys_enter_sendmsg",
+        Kind::Tracepoint {
+            category: "syscalls",
+        },
+    ),
+    hook(
+        "udp_sys_enter_sendmmsg",
+        "sys_enter_sendmmsg",
+        Kind::Tracepoint {
+            category: "syscalls",
+        },
+    ),
+];
+
+/// Lifecycle hooks, attached with every backend: tracepoints all supported kernels have.
+const LIFECYCLE: &[Hook] = &[
+    hook(
+        "life_inet_sock_set_state",
+        "inet_sock_set_state",
+        Kind::RawTracepoint { category: "sock" },
+    ),
+    hook(
+        "life_tcp_send_reset",
+        "tcp_send_reset",
+        Kind::RawTracepoint { category: "tcp" },
+    ),
+    hook(
+        "life_tcp_receive_reset",
+        "tcp_receive_reset",
+        Kind::RawTracepoint { category: "tcp" },
+    ),
+    hook(
+        "life_net_dev_queue",
+        "net_dev_queue",
+        Kind::RawTracepoint { category: "net" },
+    ),
 ];
 
 /// Why `mode` cannot work here, found without loading anything.
@@ -139,7 +211,7 @@ fn precheck(mode: AttachMode) -> Result<(), String> {
         }
         _ => {
             for h in mode.hooks() {
-                if let Kind::RawTracepoint { category } = h.kind
+                if let Kind::RawTracepoint { category } | Kind::Tracepoint { category } = h.kind
                     && !preflight::has_tracepoint(category, h.target)
                 {
                     return Err(format!(
@@ -184,6 +256,13 @@ fn load_and_attach(
             }
             Ok(())
         }),
+        Kind::Tracepoint { category } => <&mut TracePoint>::try_from(prog).and_then(|p| {
+            p.load()?;
+            if !verify_only {
+                p.attach(category, h.target)?;
+            }
+            Ok(())
+        }),
         Kind::FEntry => <&mut FEntry>::try_from(prog).and_then(|p| {
             p.load(h.target, need_btf()?)?;
             if !verify_only {
@@ -199,7 +278,10 @@ fn load_and_attach(
             Ok(())
         }),
         Kind::KProbe => <&mut KProbe>::try_from(prog).and_then(|p| {
-            p.load()?;
+            // One kprobe program may be listed for several functions: load it once.
+            if p.fd().is_err() {
+                p.load()?;
+            }
             if !verify_only {
                 p.attach(h.target, 0)?;
             }
@@ -218,6 +300,7 @@ fn unload(ebpf: &mut Ebpf, mode: AttachMode) {
                 aya::programs::Program::FEntry(p) => p.unload(),
                 aya::programs::Program::FExit(p) => p.unload(),
                 aya::programs::Program::KProbe(p) => p.unload(),
+                aya::programs::Program::TracePoint(p) => p.unload(),
                 _ => Ok(()),
             };
         }
@@ -260,7 +343,6 @@ pub fn check_all(ebpf: &mut Ebpf) -> Vec<BackendCheck> {
     .map(|mode| {
         let verified = mode
             .hooks()
-            .iter()
             .try_for_each(|h| load_and_attach(ebpf, h, btf.as_ref(), true));
         unload(ebpf, mode);
         let attached = verified

@@ -22,6 +22,8 @@ pub enum BtfError {
     NoStruct(&'static str),
     #[error("this kernel's struct {0} has no field {1}: sockbuf cannot trace on this kernel")]
     NoField(&'static str, &'static str),
+    #[error("this kernel's BTF has no tracepoint {0}: sockbuf cannot trace on this kernel")]
+    NoTracepoint(&'static str),
     #[error("struct {0} field {1} is {2} bytes on this kernel, sockbuf expects {3}")]
     FieldSize(&'static str, &'static str, usize, usize),
 }
@@ -179,7 +181,64 @@ impl KernelBtf {
             skb_cb: self.offset("sk_buff", "cb", 48)?,
             tcb_ack_seq: self.offset("tcp_skb_cb", "ack_seq", 4)?,
             tcb_tcp_flags: self.offset_any_size("tcp_skb_cb", "tcp_flags", &[1, 2])?,
+            tcb_end_seq: self.offset("tcp_skb_cb", "end_seq", 4)?,
+            sk_state: self.offset("sock", "__sk_common.skc_state", 1)?,
+            sk_rcvbuf: self.offset("sock", "sk_rcvbuf", 4)?,
+            sk_rmem_alloc: self.offset("sock", "sk_backlog.rmem_alloc", 4)?,
+            sk_wmem_alloc: self.offset("sock", "sk_wmem_alloc", 4)?,
+            tp_rcv_nxt: self.offset("tcp_sock", "rcv_nxt", 4)?,
+            tp_copied_seq: self.offset("tcp_sock", "copied_seq", 4)?,
+            tp_bytes_received: self.offset("tcp_sock", "bytes_received", 8)?,
+            up_pending: self.offset("udp_sock", "pending", 4)?,
+            // __u16 on recent kernels, int on older ones: the low half is read either way.
+            up_len: self.offset_any_size("udp_sock", "len", &[2, 4])?,
+            skb_sk: self.offset("sk_buff", "sk", 8)?,
+            skb_head: self.offset("sk_buff", "head", 8)?,
+            skb_transport_header: self.offset("sk_buff", "transport_header", 2)?,
+            rst_has_reason: u32::from(self.tracepoint_args("tcp_send_reset")? >= 3),
         })
+    }
+
+    /// The members of `enum name` with `prefix` removed, by value (empty when the kernel
+    /// has no such enum).
+    pub fn enum_names(&self, name: &str, prefix: &str) -> Vec<(u32, String)> {
+        let Ok(types) = self.btf.resolve_types_by_name(name) else {
+            return Vec::new();
+        };
+        let Some(e) = types.into_iter().find_map(|t| match t {
+            Type::Enum(e) => Some(e),
+            _ => None,
+        }) else {
+            return Vec::new();
+        };
+        e.members
+            .iter()
+            .filter_map(|m| {
+                let n = self.btf.resolve_name(m).ok()?;
+                Some((m.val(), n.trim_start_matches(prefix).to_owned()))
+            })
+            .collect()
+    }
+
+    /// How many arguments the raw tracepoint `name` passes: its `btf_trace_<name>` typedef
+    /// is a pointer to a function whose first parameter is the tracepoint's private data.
+    fn tracepoint_args(&self, name: &'static str) -> Result<usize, BtfError> {
+        let typedef = format!("btf_trace_{name}");
+        let missing = || BtfError::NoTracepoint(name);
+        let t = self
+            .btf
+            .resolve_types_by_name(&typedef)
+            .map_err(|_| missing())?
+            .into_iter()
+            .next()
+            .ok_or_else(missing)?;
+        let Some(Type::Ptr(p)) = self.strip(t) else {
+            return Err(missing());
+        };
+        match self.btf.resolve_chained_type(&p).map_err(|_| missing())? {
+            Type::FuncProto(f) => Ok(f.parameters.len().saturating_sub(1)),
+            _ => Err(missing()),
+        }
     }
 
     fn struct_size(&self, name: &'static str) -> Result<usize, BtfError> {

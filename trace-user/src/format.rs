@@ -1,8 +1,10 @@
 //! Naming of kernel values for people: errno names, MSG_* flags, addresses.
 
 use std::{
+    collections::HashMap,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::OnceLock,
 };
 
 use nix::errno::Errno;
@@ -27,13 +29,17 @@ impl fmt::Display for ErrName {
     }
 }
 
-/// The `MSG_*` flags a send call can carry, as the kernel numbers them.
+/// The `MSG_*` flags a send or receive call can carry, as the kernel numbers them.
 const MSG_FLAGS: &[(u32, &str)] = &[
     (0x1, "MSG_OOB"),
+    (0x2, "MSG_PEEK"),
     (0x4, "MSG_DONTROUTE"),
+    (0x20, "MSG_TRUNC"),
     (0x40, "MSG_DONTWAIT"),
     (0x80, "MSG_EOR"),
+    (0x100, "MSG_WAITALL"),
     (0x800, "MSG_CONFIRM"),
+    (0x2000, "MSG_ERRQUEUE"),
     (0x4000, "MSG_NOSIGNAL"),
     (0x8000, "MSG_MORE"),
     (0x0400_0000, "MSG_ZEROCOPY"),
@@ -86,6 +92,53 @@ pub fn family_name(a: &SockAddrs) -> &'static str {
     if a.family == AF_INET6 { "ipv6" } else { "ipv4" }
 }
 
+/// `TCP_*` states by number, as `include/net/tcp_states.h` (and `ss`) name them.
+const TCP_STATES: [&str; 13] = [
+    "UNKNOWN",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "CLOSING",
+    "NEW_SYN_RECV",
+];
+
+pub fn tcp_state(state: u32) -> &'static str {
+    TCP_STATES.get(state as usize).copied().unwrap_or("UNKNOWN")
+}
+
+/// `enum sk_rst_reason` (6.10 and later): why the kernel sent a RST, named from the running
+/// kernel's BTF because kernels insert new reasons in the middle. `u32::MAX`: the kernel's
+/// tracepoint does not pass a reason.
+pub fn rst_reason(reason: u32) -> &'static str {
+    static NAMES: OnceLock<HashMap<u32, String>> = OnceLock::new();
+    if reason == u32::MAX {
+        return "UNKNOWN";
+    }
+    let names = NAMES.get_or_init(|| {
+        crate::btf::KernelBtf::from_sys()
+            .map(|b| b.enum_names("sk_rst_reason", "SK_RST_REASON_"))
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
+    });
+    names.get(&reason).map_or("OTHER", String::as_str)
+}
+
+pub fn protocol_name(proto: u32) -> &'static str {
+    match proto {
+        6 => "tcp",
+        17 => "udp",
+        _ => "other",
+    }
+}
+
 /// A task's comm up to its NUL.
 pub fn comm_str(comm: &[u8; COMM_LEN]) -> &str {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
@@ -125,5 +178,9 @@ mod tests {
         assert_eq!(MsgFlags(0x40 | 0x8000).to_string(), "DONTWAIT|MORE");
         assert_eq!(Nanos(1_500_000).to_string(), "1.50ms");
         assert_eq!(comm_str(b"abc\0\0\0\0\0\0\0\0\0\0\0\0\0"), "abc");
+        assert_eq!(tcp_state(4), "FIN_WAIT1");
+        assert_eq!(tcp_state(99), "UNKNOWN");
+        assert_eq!(rst_reason(11), "TCP_ABORT_ON_CLOSE");
+        assert_eq!(rst_reason(u32::MAX), "UNKNOWN");
     }
 }

@@ -65,9 +65,9 @@ impl EventHandler for Summary {
             acks,
             totals,
         } = self;
+        totals.records_by_kind.count(ev);
         match ev {
             Event::Send(e) => {
-                totals.records_by_kind.send += 1;
                 totals.sends += 1;
                 let s = socks
                     .entry(e.hdr.sock_id)
@@ -90,9 +90,8 @@ impl EventHandler for Summary {
                     }
                 });
             }
-            Event::BlockStart(_) => totals.records_by_kind.block_start += 1,
+            Event::BlockStart(_) | Event::Recv(_) | Event::Sock(_) | Event::Udp(_) => {}
             Event::Block(e) => {
-                totals.records_by_kind.block += 1;
                 totals.blocks += 1;
                 if let Some(s) = socks.get_mut(&e.hdr.sock_id) {
                     let ns = e.end_ns.saturating_sub(e.start_ns);
@@ -102,7 +101,6 @@ impl EventHandler for Summary {
                 }
             }
             Event::Ack(e) => {
-                totals.records_by_kind.ack += 1;
                 acks.on_ack(e, |w| {
                     totals.acks += 1;
                     if let Some(s) = socks.get_mut(&w.sock_id) {

@@ -58,9 +58,9 @@ impl EventHandler for Printer {
             out, acks, totals, ..
         } = self;
         let mut res = Ok(());
+        totals.records_by_kind.count(ev);
         match ev {
             Event::Send(e) => {
-                totals.records_by_kind.send += 1;
                 totals.sends += 1;
                 res = out.send(e);
                 acks.on_send(e, |w| {
@@ -71,14 +71,13 @@ impl EventHandler for Printer {
                 });
             }
             Event::Block(e) => {
-                totals.records_by_kind.block += 1;
                 totals.blocks += 1;
                 res = out.block(e);
             }
-            Event::BlockStart(e) => {
-                totals.records_by_kind.block_start += 1;
-                res = out.block(e);
-            }
+            Event::BlockStart(e) => res = out.block(e),
+            Event::Recv(e) => res = out.recv(e),
+            Event::Sock(e) => res = out.sock(e),
+            Event::Udp(e) => res = out.udp(e),
             Event::Ack(e) => {
                 log::trace!(
                     "ack sock {} {}..{} at {}",
@@ -87,7 +86,6 @@ impl EventHandler for Printer {
                     e.acked,
                     e.hdr.ts_ns
                 );
-                totals.records_by_kind.ack += 1;
                 acks.on_ack(e, |w| {
                     totals.acks += 1;
                     if res.is_ok() {

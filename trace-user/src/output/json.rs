@@ -4,9 +4,12 @@
 use std::{io::Write, net::IpAddr};
 
 use serde::{Serialize, Serializer};
-use trace_common::{BlockEvent, EventKind, SEND_F_BLOCKED, SEND_F_REQUESTED, SendEvent};
+use trace_common::{
+    BlockEvent, EventKind, RecvEvent, SEND_F_BLOCKED, SEND_F_REQUESTED, SendEvent, SockEvent,
+    UdpEvent,
+};
 
-use super::{Output, SockNames, Totals};
+use super::{Output, SockNames, Totals, json_sock};
 use crate::{
     acks::AckedWrite,
     format::{self, ErrName},
@@ -31,11 +34,11 @@ impl JsonOutput {
     }
 }
 
-fn ser_err<S: Serializer>(ret: &i64, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn ser_err<S: Serializer>(ret: &i64, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&ErrName(*ret))
 }
 
-fn ser_flags<S: Serializer>(flags: &u32, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn ser_flags<S: Serializer>(flags: &u32, s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(format::msg_flag_names(*flags))
 }
 
@@ -142,7 +145,7 @@ impl Output for JsonOutput {
     }
 
     fn send(&mut self, e: &SendEvent) -> std::io::Result<()> {
-        self.names.learn(e);
+        self.names.learn(e.hdr.sock_id, &e.addrs);
         let copied = e.ret.max(0) as u64;
         self.line(&SendJson {
             kind: "send",
@@ -220,6 +223,20 @@ impl Output for JsonOutput {
             write_ns: w.write_ns,
             acked_ns: w.acked_ns(),
         })
+    }
+
+    fn recv(&mut self, e: &RecvEvent) -> std::io::Result<()> {
+        self.names.learn(e.hdr.sock_id, &e.addrs);
+        self.line(&json_sock::recv(e))
+    }
+
+    fn sock(&mut self, e: &SockEvent) -> std::io::Result<()> {
+        self.names.learn(e.hdr.sock_id, &e.addrs);
+        self.line(&json_sock::sock(e))
+    }
+
+    fn udp(&mut self, e: &UdpEvent) -> std::io::Result<()> {
+        self.line(&json_sock::udp(e))
     }
 
     fn end(&mut self, t: &Totals) -> std::io::Result<()> {

@@ -2,13 +2,17 @@
 //! stdout and format without allocating per event; the session flushes after each batch.
 
 mod json;
+mod json_sock;
 mod text;
+mod text_sock;
 
 use std::{collections::HashMap, io::Write};
 
 pub use json::JsonOutput;
 pub use text::TextOutput;
-use trace_common::{BlockEvent, SendEvent, SockAddrs};
+use trace_common::{
+    BlockEvent, EventKind, RecvEvent, SendEvent, SockAddrs, SockEvent, UdpEvent, user::Event,
+};
 
 use crate::acks::AckedWrite;
 
@@ -37,15 +41,46 @@ pub struct RecordsByKind {
     pub block_start: u64,
     pub block: u64,
     pub ack: u64,
+    pub recv: u64,
+    pub state: u64,
+    pub rst_out: u64,
+    pub rst_in: u64,
+    pub fin_out: u64,
+    pub fin_in: u64,
+    pub udp_send: u64,
+    pub udp_out: u64,
 }
 
-/// Socket addresses seen in send events, so block and ACK lines can name the connection.
+impl RecordsByKind {
+    /// Counts one record under its kind.
+    pub fn count(&mut self, ev: &Event) {
+        let n = match EventKind::from_u32(ev.header().kind) {
+            Some(EventKind::Send) => &mut self.send,
+            Some(EventKind::BlockStart) => &mut self.block_start,
+            Some(EventKind::Block) => &mut self.block,
+            Some(EventKind::Ack) => &mut self.ack,
+            Some(EventKind::Recv) => &mut self.recv,
+            Some(EventKind::State) => &mut self.state,
+            Some(EventKind::RstOut) => &mut self.rst_out,
+            Some(EventKind::RstIn) => &mut self.rst_in,
+            Some(EventKind::FinOut) => &mut self.fin_out,
+            Some(EventKind::FinIn) => &mut self.fin_in,
+            Some(EventKind::UdpSend) => &mut self.udp_send,
+            Some(EventKind::UdpOut) => &mut self.udp_out,
+            None => return,
+        };
+        *n += 1;
+    }
+}
+
+/// Socket addresses seen in events that carry them, so block and ACK lines can name the
+/// connection.
 #[derive(Default)]
 pub struct SockNames(HashMap<u64, SockAddrs>);
 
 impl SockNames {
-    pub fn learn(&mut self, e: &SendEvent) {
-        self.0.entry(e.hdr.sock_id).or_insert(e.addrs);
+    pub fn learn(&mut self, sock_id: u64, addrs: &SockAddrs) {
+        self.0.entry(sock_id).or_insert(*addrs);
     }
 
     pub fn get(&self, sock_id: u64) -> Option<&SockAddrs> {
@@ -60,6 +95,11 @@ pub trait Output {
     /// A sender fell asleep (`kind` BlockStart) or woke (`kind` Block).
     fn block(&mut self, e: &BlockEvent) -> std::io::Result<()>;
     fn ack(&mut self, w: &AckedWrite) -> std::io::Result<()>;
+    fn recv(&mut self, e: &RecvEvent) -> std::io::Result<()>;
+    /// A state change, RST or FIN (`hdr.kind` says which).
+    fn sock(&mut self, e: &SockEvent) -> std::io::Result<()>;
+    /// A UDP send call or datagram out (`hdr.kind` says which).
+    fn udp(&mut self, e: &UdpEvent) -> std::io::Result<()>;
     fn end(&mut self, t: &Totals) -> std::io::Result<()>;
     fn flush(&mut self) -> std::io::Result<()>;
 }

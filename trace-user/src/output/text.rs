@@ -2,9 +2,11 @@
 
 use std::io::Write;
 
-use trace_common::{BlockEvent, EventKind, SEND_F_REQUESTED, SendEvent, SockAddrs};
+use trace_common::{
+    BlockEvent, EventKind, RecvEvent, SEND_F_REQUESTED, SendEvent, SockAddrs, SockEvent, UdpEvent,
+};
 
-use super::{Output, SockNames, Totals};
+use super::{Output, SockNames, Totals, text_sock};
 use crate::{
     acks::AckedWrite,
     format::{self, ErrName, MsgFlags, Nanos},
@@ -77,7 +79,7 @@ impl Output for TextOutput {
     }
 
     fn send(&mut self, e: &SendEvent) -> std::io::Result<()> {
-        self.names.learn(e);
+        self.names.learn(e.hdr.sock_id, &e.addrs);
         let t = self.secs(e.hdr.ts_ns);
         write!(
             self.out,
@@ -171,6 +173,23 @@ impl Output for TextOutput {
             Nanos(w.acked_ns()),
             self.conn(w.sock_id),
         )
+    }
+
+    fn recv(&mut self, e: &RecvEvent) -> std::io::Result<()> {
+        self.names.learn(e.hdr.sock_id, &e.addrs);
+        let (secs, conn) = (self.secs(e.hdr.ts_ns), self.conn(e.hdr.sock_id));
+        text_sock::recv(&mut self.out, secs, e, &conn)
+    }
+
+    fn sock(&mut self, e: &SockEvent) -> std::io::Result<()> {
+        self.names.learn(e.hdr.sock_id, &e.addrs);
+        let (secs, conn) = (self.secs(e.hdr.ts_ns), self.conn(e.hdr.sock_id));
+        text_sock::sock(&mut self.out, secs, e, &conn)
+    }
+
+    fn udp(&mut self, e: &UdpEvent) -> std::io::Result<()> {
+        let secs = self.secs(e.hdr.ts_ns);
+        text_sock::udp(&mut self.out, secs, e)
     }
 
     fn end(&mut self, t: &Totals) -> std::io::Result<()> {

@@ -1,0 +1,208 @@
+//! A TCP connection's lifecycle: state changes, RSTs sent and received, FINs leaving and
+//! arriving. Shared by every backend: the hooks are tracepoints every supported kernel has.
+//!
+//! Which sockets: those already tracked (a traced send or receive, or an earlier lifecycle
+//! event), and new ones when the event runs in the task that caused it (`close()`,
+//! `connect()`) and that task passes the filters. Events driven by an arriving packet run in
+//! whatever task was interrupted, so they start tracking a socket only when no task filter is
+//! set.
+
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use trace_common::{COMM_LEN, EventKind, SockEvent};
+
+use crate::{
+    filter,
+    kernel::{self, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
+    maps::{SOCKS, SockTrack},
+    model::{comm, emit, header, sock_track},
+};
+
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_CLOSE: u32 = 7;
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
+
+/// Where an event comes from, which decides how an untracked socket may be taken up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Context {
+    /// The task that caused it (a syscall): task filters apply.
+    Task,
+    /// An arriving packet (softirq): the current task means nothing.
+    Packet,
+}
+
+/// The tracking entry of a TCP socket an event concerns, or `None` when it is not traced.
+#[inline(always)]
+fn tracked(sock: &Sock, ctx: Context) -> Result<Option<(*mut SockTrack, u64)>, Fault> {
+    let ino = sock.ino()?;
+    if let Some(t) = SOCKS.get_ptr_mut(sock.ptr) {
+        let known = unsafe { (*t).ino };
+        if ino == 0 || ino == known {
+            return Ok(Some((t, known)));
+        }
+    }
+    let may_start = match ctx {
+        Context::Task => filter::task_passes((bpf_get_current_pid_tgid() >> 32) as u32),
+        Context::Packet => filter::no_task_filter(),
+    };
+    if !may_start || sock.protocol()? != IPPROTO_TCP || !filter::sock_passes(sock)? {
+        return Ok(None);
+    }
+    Ok(Some((sock_track(sock, ino, IPPROTO_TCP)?, ino)))
+}
+
+/// Emits a lifecycle event with both queues as they are now.
+#[inline(always)]
+fn emit_sock(
+    kind: EventKind,
+    sock: &Sock,
+    track: &SockTrack,
+    ino: u64,
+    ctx: Context,
+    fill: impl FnOnce(&mut SockEvent),
+) -> Result<(), Fault> {
+    let send = sock.send_queue()?;
+    let recv = sock.recv_queue(true)?;
+    let state = u32::from(sock.state()?);
+    // In softirq the current task is whichever was interrupted: name none.
+    let (pid_tgid, comm) = match ctx {
+        Context::Task => (bpf_get_current_pid_tgid(), comm()),
+        Context::Packet => (0, [0; COMM_LEN]),
+    };
+    let addrs = track.addrs;
+    emit(|e: &mut SockEvent| {
+        e.hdr = header(kind, pid_tgid, ino, unsafe { bpf_ktime_get_ns() });
+        e.comm = comm;
+        e.addrs = addrs;
+        e.old_state = 0;
+        e.new_state = state;
+        e.reason = 0;
+        e._pad = 0;
+        e.seq = 0;
+        e.send = send;
+        e.recv = recv;
+        fill(e);
+    });
+    Ok(())
+}
+
+/// `inet_sock_set_state(sk, old, new)`. Runs in the task for `connect()`/`close()`, in
+/// softirq for changes an arriving segment causes; the tracepoint does not say which, so the
+/// task-filter rule (see the module) decides by the state it moves to.
+#[inline(always)]
+pub fn state(sk: u64, old: u32, new: u32) -> Result<(), Fault> {
+    let sock = Sock::new(sk);
+    // SYN_SENT (connect), FIN_WAIT1 and LAST_ACK (close), CLOSE from CLOSE_WAIT/ESTABLISHED
+    // (close with unread data) are a syscall's; the rest follow a packet or a timer.
+    let ctx = match (old, new) {
+        (_, 2 | 4 | 9 | 10) | (1 | 8 | 10, TCP_CLOSE) => Context::Task,
+        _ => Context::Packet,
+    };
+    let Some((track, ino)) = tracked(&sock, ctx)? else {
+        return Ok(());
+    };
+    if new == TCP_ESTABLISHED {
+        // connect() enters SYN_SENT before it picks the local port: cache the final ones.
+        unsafe { (*track).addrs = sock.addrs()? };
+    }
+    emit_sock(EventKind::State, &sock, unsafe { &*track }, ino, ctx, |e| {
+        e.old_state = old;
+        e.new_state = new;
+    })?;
+    if new == TCP_CLOSE {
+        // The end of the connection: a later struct sock at this address is another socket.
+        let _ = SOCKS.remove(sk);
+    }
+    Ok(())
+}
+
+/// `tcp_send_reset(sk, skb[, reason])`: a RST leaves. `sk` is NULL for a reply to a segment
+/// no socket owns, and may be a time-wait or request socket, which have no send queue.
+#[inline(always)]
+pub fn rst_out(sk: u64, reason: u32) -> Result<(), Fault> {
+    if sk == 0 {
+        return Ok(());
+    }
+    let sock = Sock::new(sk);
+    let st = sock.state()?;
+    if st == TCP_TIME_WAIT || st == TCP_NEW_SYN_RECV {
+        return Ok(());
+    }
+    // An active reset (close with unread data, abort) runs in the closing task.
+    let Some((track, ino)) = tracked(&sock, Context::Task)? else {
+        return Ok(());
+    };
+    let reason = if kernel::rst_has_reason() {
+        reason
+    } else {
+        u32::MAX
+    };
+    emit_sock(EventKind::RstOut, &sock, unsafe { &*track }, ino, Context::Task, |e| {
+        e.reason = reason;
+    })
+}
+
+/// `tcp_receive_reset(sk)`: the peer reset the connection.
+#[inline(always)]
+pub fn rst_in(sk: u64) -> Result<(), Fault> {
+    let sock = Sock::new(sk);
+    let Some((track, ino)) = tracked(&sock, Context::Packet)? else {
+        return Ok(());
+    };
+    emit_sock(EventKind::RstIn, &sock, unsafe { &*track }, ino, Context::Packet, |_| {})
+}
+
+/// A segment arriving on a tracked socket: says so when it carries the peer's FIN.
+#[inline(always)]
+pub fn fin_in(sock: &Sock, track: &SockTrack, skb: u64) -> Result<(), Fault> {
+    let Some(fin_seq) = kernel::skb_fin_seq(skb)? else {
+        return Ok(());
+    };
+    // Data bytes before the FIN: all received so far, plus what lies between rcv_nxt and it.
+    let recv = sock.recv_queue(true)?;
+    let seq = recv.received + u64::from(fin_seq.wrapping_sub(sock.rcv_nxt()?));
+    let ino = track.ino;
+    emit_sock(EventKind::FinIn, sock, track, ino, Context::Packet, |e| e.seq = seq)
+}
+
+/// A segment on a socket sockbuf does not track yet: only a FIN may start tracking it.
+#[inline(always)]
+pub fn untracked_fin(sk: u64, skb: u64) -> Result<(), Fault> {
+    if kernel::skb_fin_seq(skb)?.is_none() {
+        return Ok(());
+    }
+    let sock = Sock::new(sk);
+    let Some((track, _)) = tracked(&sock, Context::Packet)? else {
+        return Ok(());
+    };
+    fin_in(&sock, unsafe { &*track }, skb)
+}
+
+/// `net_dev_queue(skb)`: a packet goes to a device. For a tracked TCP socket, says when its
+/// FIN leaves; for a UDP socket, each datagram (the moment a corked one is pushed).
+#[inline(always)]
+pub fn xmit(skb: u64) -> Result<(), Fault> {
+    let sk = kernel::skb_sock(skb)?;
+    if sk == 0 {
+        return Ok(());
+    }
+    let Some(track) = SOCKS.get_ptr_mut(sk) else {
+        return crate::udp::untracked_out(sk, skb);
+    };
+    let track = unsafe { &*track };
+    let th = kernel::skb_transport(skb)?;
+    match track.proto as u16 {
+        IPPROTO_UDP => crate::udp::out(&Sock::new(sk), track, th),
+        IPPROTO_TCP if kernel::tcph_fin(th)? => {
+            let sock = Sock::new(sk);
+            // The FIN takes the sequence number after the last data byte (write_seq - 1
+            // once tcp_send_fin has queued it): in send events' numbering, the seq_end of
+            // the last write.
+            let q = sock.send_queue()?;
+            let seq = q.acked + u64::from(q.send_q.wrapping_sub(1));
+            let ino = track.ino;
+            emit_sock(EventKind::FinOut, &sock, track, ino, Context::Packet, |e| e.seq = seq)
+        }
+        _ => Ok(()),
+    }
+}

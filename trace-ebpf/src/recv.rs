@@ -1,0 +1,56 @@
+//! Receive calls: bytes copied out of the receive buffer and the queue left behind.
+
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use trace_common::{EventKind, RecvEvent};
+
+use crate::{
+    filter,
+    kernel::{Fault, IPPROTO_TCP, Sock},
+    maps::{put_call, take_call},
+    model::{comm, emit, header, sock_track},
+};
+
+/// A receive call on `sk` returned `ret` (bytes copied or `-errno`).
+#[inline(always)]
+pub fn recv_end(sk: u64, ret: i64, msg_flags: u32) -> Result<(), Fault> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !filter::task_passes((pid_tgid >> 32) as u32) {
+        return Ok(());
+    }
+    let sock = Sock::new(sk);
+    let proto = sock.protocol()?;
+    if proto == 0 || !filter::sock_passes(&sock)? {
+        return Ok(());
+    }
+    let track = unsafe { &*sock_track(&sock, sock.ino()?, proto)? };
+    let queue = sock.recv_queue(proto == IPPROTO_TCP)?;
+    let (addrs, ino) = (track.addrs, track.ino);
+    emit(|e: &mut RecvEvent| {
+        e.hdr = header(EventKind::Recv, pid_tgid, ino, unsafe { bpf_ktime_get_ns() });
+        e.comm = comm();
+        e.addrs = addrs;
+        e.ret = ret;
+        e.msg_flags = msg_flags;
+        e.protocol = u32::from(proto);
+        e.queue = queue;
+    });
+    Ok(())
+}
+
+/// kprobe backend: a receive call starts; its return probe finds the socket here.
+#[inline(always)]
+pub fn recv_enter(sk: u64, msg_flags: u32) -> Result<(), Fault> {
+    if !filter::task_passes((bpf_get_current_pid_tgid() >> 32) as u32) {
+        return Ok(());
+    }
+    put_call(sk, msg_flags)
+}
+
+/// kprobe backend: the receive call returns.
+#[inline(always)]
+pub fn recv_return(ret: i64) -> Result<(), Fault> {
+    match take_call() {
+        Some(call) => recv_end(call.sk, ret, call.flags),
+        None => Ok(()),
+    }
+}

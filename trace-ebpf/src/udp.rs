@@ -1,0 +1,159 @@
+//! UDP: send calls (bytes, flags, corked bytes after the call) and each datagram leaving,
+//! which shows when a datagram corked by `MSG_MORE` is finally pushed.
+
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use trace_common::{EventKind, UdpEvent};
+
+use crate::{
+    filter,
+    kernel::{self, Fault, IPPROTO_UDP, Sock},
+    maps::{Call, SYSFLAGS, SockTrack, put_call, take_call},
+    model::{comm, emit, header, sock_track},
+};
+
+/// Emits a UDP event: `ret` is the call's result (`UdpSend`) or the datagram's payload
+/// (`UdpOut`); the cork and memory figures are read now.
+#[inline(always)]
+fn emit_udp(
+    kind: EventKind,
+    sock: &Sock,
+    track: &SockTrack,
+    pid_tgid: u64,
+    ret: i64,
+    msg_flags: u32,
+) -> Result<(), Fault> {
+    let (pending, corked) = sock.udp_cork()?;
+    let sndbuf = sock.sndbuf()?;
+    let wmem_alloc = sock.wmem_alloc()?;
+    let (addrs, ino) = (track.addrs, track.ino);
+    emit(|e: &mut UdpEvent| {
+        e.hdr = header(kind, pid_tgid, ino, unsafe { bpf_ktime_get_ns() });
+        e.comm = comm();
+        e.addrs = addrs;
+        e.ret = ret;
+        e.msg_flags = msg_flags;
+        e.sndbuf = sndbuf;
+        e.wmem_alloc = wmem_alloc;
+        e.corked = corked;
+        e.pending = pending;
+        e._pad = 0;
+    });
+    Ok(())
+}
+
+/// A send call on UDP socket `sock` returned `ret`; the task already passed the filters.
+#[inline(always)]
+pub fn send_end(sock: &Sock, pid_tgid: u64, ret: i64, msg_flags: u32) -> Result<(), Fault> {
+    if !filter::sock_passes(sock)? {
+        return Ok(());
+    }
+    let track = sock_track(sock, sock.ino()?, IPPROTO_UDP)?;
+    emit_udp(
+        EventKind::UdpSend,
+        sock,
+        unsafe { &*track },
+        pid_tgid,
+        ret,
+        msg_flags,
+    )
+}
+
+/// Function backends: `udp_sendmsg`/`udpv6_sendmsg` returned `ret`.
+#[inline(always)]
+pub fn send_done(sk: u64, msg_flags: u32, ret: i64) -> Result<(), Fault> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !filter::task_passes((pid_tgid >> 32) as u32) {
+        return Ok(());
+    }
+    let sock = Sock::new(sk);
+    if sock.protocol()? != IPPROTO_UDP {
+        return Ok(());
+    }
+    send_end(&sock, pid_tgid, ret, msg_flags)
+}
+
+/// kprobe backend: a UDP send call starts; its return probe finds the socket here.
+#[inline(always)]
+pub fn send_enter(sk: u64, msg: u64) -> Result<(), Fault> {
+    if !filter::task_passes((bpf_get_current_pid_tgid() >> 32) as u32) {
+        return Ok(());
+    }
+    put_call(sk, kernel::msg_flags(msg)?)
+}
+
+/// kprobe backend: the UDP send call returns.
+#[inline(always)]
+pub fn send_return(ret: i64) -> Result<(), Fault> {
+    match take_call() {
+        Some(call) => send_done(call.sk, call.flags, ret),
+        None => Ok(()),
+    }
+}
+
+/// Tracepoint backend: a send syscall with `flags` starts (`sendto`, `sendmsg`, `sendmmsg`);
+/// `sock_send_length` at its end has no flags of its own.
+#[inline(always)]
+pub fn syscall_enter(flags: u32) -> Result<(), Fault> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if flags == 0 || !filter::task_passes((pid_tgid >> 32) as u32) {
+        return Ok(());
+    }
+    let call = Call {
+        sk: 0,
+        flags,
+        _pad: 0,
+    };
+    SYSFLAGS
+        .insert(pid_tgid as u32, call, 0)
+        .map_err(|_| Fault::InflightFull)
+}
+
+/// The flags [`syscall_enter`] saw for this thread's send call, taken out of the map.
+#[inline(always)]
+pub fn syscall_flags() -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    match unsafe { SYSFLAGS.get(tid) } {
+        Some(c) => {
+            let flags = c.flags;
+            let _ = SYSFLAGS.remove(tid);
+            flags
+        }
+        None => 0,
+    }
+}
+
+/// A datagram of tracked UDP socket `sock` goes to the device; `th` is its UDP header.
+#[inline(always)]
+pub fn out(sock: &Sock, track: &SockTrack, th: u64) -> Result<(), Fault> {
+    let payload = kernel::udph_payload(th)?;
+    // In the sender's context: UDP transmits inside the send call.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    emit_udp(
+        EventKind::UdpOut,
+        sock,
+        track,
+        pid_tgid,
+        i64::from(payload),
+        0,
+    )
+}
+
+/// A packet of a socket sockbuf does not track: a UDP socket's first datagram leaves inside
+/// its first send call, before that call's return could start tracking it.
+#[inline(always)]
+pub fn untracked_out(sk: u64, skb: u64) -> Result<(), Fault> {
+    if !filter::task_passes((bpf_get_current_pid_tgid() >> 32) as u32) {
+        return Ok(());
+    }
+    let sock = Sock::new(sk);
+    // A UDP socket is CLOSE or ESTABLISHED (connected); anything else may be a request or
+    // time-wait socket, which has no protocol field to read.
+    if !matches!(sock.state()?, 1 | 7)
+        || sock.protocol()? != IPPROTO_UDP
+        || !filter::sock_passes(&sock)?
+    {
+        return Ok(());
+    }
+    let track = sock_track(&sock, sock.ino()?, IPPROTO_UDP)?;
+    out(&sock, unsafe { &*track }, kernel::skb_transport(skb)?)
+}

@@ -1,0 +1,175 @@
+//! JSON objects of receive calls, connection lifecycle (state, RST, FIN) and UDP events.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+use trace_common::{EventKind, Header, RecvEvent, SockAddrs, SockEvent, UdpEvent};
+
+use super::json::{ser_err, ser_flags};
+use crate::format;
+
+/// Fields every event with a socket carries.
+#[derive(Serialize)]
+pub struct Common<'a> {
+    kind: &'static str,
+    ts_ns: u64,
+    cpu: u32,
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    sock_id: u64,
+    family: &'static str,
+    saddr: IpAddr,
+    lport: u16,
+    daddr: IpAddr,
+    rport: u16,
+}
+
+impl<'a> Common<'a> {
+    fn new(kind: &'static str, hdr: &Header, comm: &'a [u8; 16], a: &SockAddrs) -> Self {
+        Self {
+            kind,
+            ts_ns: hdr.ts_ns,
+            cpu: hdr.cpu,
+            pid: hdr.pid,
+            tid: hdr.tid,
+            comm: format::comm_str(comm),
+            sock_id: hdr.sock_id,
+            family: format::family_name(a),
+            saddr: format::local_ip(a),
+            lport: a.lport,
+            daddr: format::remote_ip(a),
+            rport: a.rport,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct RecvJson<'a> {
+    #[serde(flatten)]
+    common: Common<'a>,
+    protocol: &'static str,
+    copied: u64,
+    #[serde(serialize_with = "ser_err", skip_serializing_if = "is_not_err")]
+    error: i64,
+    ret: i64,
+    #[serde(serialize_with = "ser_flags")]
+    msg_flags: u32,
+    rcvbuf: u32,
+    rmem_alloc: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recv_q: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    received: Option<u64>,
+}
+
+fn is_not_err(ret: &i64) -> bool {
+    *ret >= 0
+}
+
+pub fn recv(e: &RecvEvent) -> RecvJson<'_> {
+    let tcp = e.protocol == 6;
+    RecvJson {
+        common: Common::new("recv", &e.hdr, &e.comm, &e.addrs),
+        protocol: format::protocol_name(e.protocol),
+        copied: e.ret.max(0) as u64,
+        error: e.ret,
+        ret: e.ret,
+        msg_flags: e.msg_flags,
+        rcvbuf: e.queue.rcvbuf,
+        rmem_alloc: e.queue.rmem_alloc,
+        recv_q: tcp.then_some(e.queue.recv_q),
+        received: tcp.then_some(e.queue.received),
+    }
+}
+
+#[derive(Serialize)]
+pub struct SockJson<'a> {
+    #[serde(flatten)]
+    common: Common<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_state: Option<&'static str>,
+    /// The state after the change (`state`), or the socket's state (RST and FIN events).
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    sndbuf: u32,
+    wmem_queued: u32,
+    send_q: u32,
+    unsent: u32,
+    in_flight: u32,
+    acked: u64,
+    rcvbuf: u32,
+    rmem_alloc: u32,
+    recv_q: u32,
+    received: u64,
+}
+
+pub fn sock(e: &SockEvent) -> SockJson<'_> {
+    let kind = EventKind::from_u32(e.hdr.kind);
+    let name = match kind {
+        Some(EventKind::State) => "state",
+        Some(EventKind::RstOut) => "rst_out",
+        Some(EventKind::RstIn) => "rst_in",
+        Some(EventKind::FinOut) => "fin_out",
+        _ => "fin_in",
+    };
+    let fin = matches!(kind, Some(EventKind::FinOut | EventKind::FinIn));
+    SockJson {
+        common: Common::new(name, &e.hdr, &e.comm, &e.addrs),
+        old_state: (kind == Some(EventKind::State)).then(|| format::tcp_state(e.old_state)),
+        state: format::tcp_state(e.new_state),
+        reason: (kind == Some(EventKind::RstOut)).then(|| format::rst_reason(e.reason)),
+        seq: fin.then_some(e.seq),
+        sndbuf: e.send.sndbuf,
+        wmem_queued: e.send.wmem_queued,
+        send_q: e.send.send_q,
+        unsent: e.send.unsent,
+        in_flight: e.send.in_flight,
+        acked: e.send.acked,
+        rcvbuf: e.recv.rcvbuf,
+        rmem_alloc: e.recv.rmem_alloc,
+        recv_q: e.recv.recv_q,
+        received: e.recv.received,
+    }
+}
+
+#[derive(Serialize)]
+pub struct UdpJson<'a> {
+    #[serde(flatten)]
+    common: Common<'a>,
+    /// `udp_send`: bytes accepted; `udp_out`: the datagram's payload.
+    bytes: u64,
+    #[serde(serialize_with = "ser_err", skip_serializing_if = "is_not_err")]
+    error: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ret: Option<i64>,
+    #[serde(serialize_with = "ser_flags")]
+    msg_flags: u32,
+    sndbuf: u32,
+    wmem_alloc: u32,
+    corked: u32,
+    pending: bool,
+}
+
+pub fn udp(e: &UdpEvent) -> UdpJson<'_> {
+    let send = e.hdr.kind == EventKind::UdpSend as u32;
+    UdpJson {
+        common: Common::new(
+            if send { "udp_send" } else { "udp_out" },
+            &e.hdr,
+            &e.comm,
+            &e.addrs,
+        ),
+        bytes: e.ret.max(0) as u64,
+        error: e.ret,
+        ret: send.then_some(e.ret),
+        msg_flags: e.msg_flags,
+        sndbuf: e.sndbuf,
+        wmem_alloc: e.wmem_alloc,
+        corked: e.corked,
+        pending: e.pending != 0,
+    }
+}
