@@ -358,6 +358,8 @@ pub struct KernelOffsets {
     pub skb_transport_header: u32,
     /// 1 when the `tcp_send_reset` tracepoint passes a reason (third argument).
     pub rst_has_reason: u32,
+    /// struct inet_sock
+    pub inet_sport: u32,
 }
 
 const _: () = {
@@ -372,5 +374,5 @@ const _: () = {
     assert!(core::mem::size_of::<RecvEvent>() == 128);
     assert!(core::mem::size_of::<SockEvent>() == 168);
     assert!(core::mem::size_of::<UdpEvent>() == 120);
-    assert!(core::mem::size_of::<KernelOffsets>() == 148);
+    assert!(core::mem::size_of::<KernelOffsets>() == 152);
 };

@@ -44,6 +44,7 @@ static KOFFSETS: KernelOffsets = KernelOffsets {
     skb_head: 0,
     skb_transport_header: 0,
     rst_has_reason: 0,
+    inet_sport: 0,
 };
 
 /// The offset of one kernel field, as the loader set it.
@@ -160,9 +161,14 @@ impl Sock {
     }
 
 
+    /// Local port. `skc_num` is zeroed when a closing socket gives its port back, before
+    /// the CLOSE state change is traced; `inet_sport`, the port its segments carry, stays.
     #[inline(always)]
     pub fn lport(&self) -> Result<u16, Fault> {
-        read(self.ptr, off!(sk_num))
+        match read::<u16>(self.ptr, off!(sk_num))? {
+            0 => read(self.ptr, off!(inet_sport)).map(u16::from_be),
+            p => Ok(p),
+        }
     }
 
     #[inline(always)]

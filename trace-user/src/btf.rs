@@ -195,6 +195,7 @@ impl KernelBtf {
             skb_sk: self.offset("sk_buff", "sk", 8)?,
             skb_head: self.offset("sk_buff", "head", 8)?,
             skb_transport_header: self.offset("sk_buff", "transport_header", 2)?,
+            inet_sport: self.offset("inet_sock", "inet_sport", 2)?,
             rst_has_reason: u32::from(self.tracepoint_args("tcp_send_reset")? >= 3),
         })
     }

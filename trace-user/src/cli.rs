@@ -104,6 +104,12 @@ pub struct FillArgs {
     #[arg(long, value_name = "\"MIN DEF MAX\"", value_parser = parse_triple)]
     pub tcp_rmem: Option<[u64; 3]>,
 
+    /// After the fill (non-blocking mode): close-unread (the server closes without reading:
+    /// RST, the client gets ECONNRESET) or close-unsent (the client closes with a full send
+    /// queue: every byte still arrives, then the FIN).
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub then: Option<crate::fill::Then>,
+
     /// Blocking mode: how long the server waits, once the writer is asleep, before it reads.
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     pub read_after: Duration,

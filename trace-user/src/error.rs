@@ -26,6 +26,8 @@ pub enum SetupError {
     BadCgroup { path: String, why: String },
     #[error("sockbuf needs the `{0}` command: apt-get install {1}")]
     MissingTool(&'static str, &'static str),
+    #[error("{0}")]
+    BadArgs(&'static str),
     #[error("--comm {0:?} is longer than the kernel's 15-byte comm: give the first 15 bytes")]
     CommTooLong(String),
 }

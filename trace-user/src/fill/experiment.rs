@@ -19,6 +19,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::{
     netns::{self, NetNs, TcpSysctls},
     sock,
+    then::{self, Then, ThenMeasured},
 };
 use crate::{cli::FillMode, format::monotonic_ns};
 
@@ -39,6 +40,7 @@ pub struct Plan {
     pub tcp_rmem: Option<[u64; 3]>,
     pub read_after: Duration,
     pub hold: Option<Duration>,
+    pub then: Option<Then>,
 }
 
 /// What happened when a sample was taken.
@@ -79,6 +81,7 @@ pub struct WriterState {
 pub struct Measured {
     pub sysctls: TcpSysctls,
     pub client_ino: u64,
+    pub server_ino: u64,
     pub sndbuf: u64,
     pub rcvbuf: u64,
     /// Bytes the kernel held for the client when measured (blocking: including the part of
@@ -101,6 +104,8 @@ pub struct Measured {
     pub server_read_bytes: u64,
     pub start_ns: u64,
     pub samples: Vec<Sample>,
+    /// What `--then` measured around the close.
+    pub then: Option<ThenMeasured>,
 }
 
 /// Runs the experiment: binds, reports the port on `port_tx`, waits for `go` (the tracer is
@@ -149,10 +154,28 @@ pub fn run(
     client.connect(&local)?;
     let (server, _) = listener.accept()?;
     m.client_ino = sock::ino(&client)?;
+    m.server_ino = sock::ino(&server)?;
     m.start_ns = monotonic_ns();
 
     match plan.mode {
-        FillMode::Nonblocking => fill_nonblocking(&plan, &client, &server, &mut m)?,
+        FillMode::Nonblocking => {
+            fill_nonblocking(&plan, &client, &server, &mut m)?;
+            match plan.then {
+                Some(Then::CloseUnread) => {
+                    let t = then::close_unread(&client, server)?;
+                    // The calls after the close are the client's too, for the trace checks.
+                    m.write_calls += t.write_calls;
+                    m.eagain_count += t.eagains;
+                    m.then = Some(t);
+                    return Ok((m, Held::new(vec![listener, client])));
+                }
+                Some(Then::CloseUnsent) => {
+                    m.then = Some(then::close_unsent(client, &server)?);
+                    return Ok((m, Held::new(vec![listener, server])));
+                }
+                None => {}
+            }
+        }
         FillMode::Blocking => fill_blocking(
             &plan,
             client.try_clone()?,
@@ -162,17 +185,18 @@ pub fn run(
             &writer,
         )?,
     }
-    Ok((
-        m,
-        Held {
-            _sockets: vec![listener, client, server],
-        },
-    ))
+    Ok((m, Held::new(vec![listener, client, server])))
 }
 
 /// The experiment's sockets, kept open after the report for `--hold`.
 pub struct Held {
     _sockets: Vec<Socket>,
+}
+
+impl Held {
+    fn new(sockets: Vec<Socket>) -> Self {
+        Self { _sockets: sockets }
+    }
 }
 
 fn sample(client: &Socket, server: &Socket, kind: SampleKind) -> io::Result<Sample> {

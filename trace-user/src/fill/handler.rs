@@ -21,6 +21,12 @@ pub struct Traced {
     pub blocks: Vec<(u64, u64)>,
     /// (time, sk_sndbuf) at each send: sndbuf grows as the kernel autotunes it.
     pub sndbuf: Vec<(u64, u64)>,
+    /// Stream offset after the client's last write that copied bytes.
+    pub seq_end: u64,
+    /// (time, ret) of the client's failed sends other than EAGAIN.
+    pub client_errors: Vec<(u64, i64)>,
+    /// State changes, RSTs and FINs of the experiment's sockets.
+    pub life: Vec<trace_common::SockEvent>,
 }
 
 pub struct FillHandler {
@@ -71,6 +77,11 @@ impl EventHandler for FillHandler {
                 t.sends += 1;
                 t.copied_bytes += e.ret.max(0) as u64;
                 t.eagains += u64::from(e.ret == -i64::from(libc::EAGAIN));
+                if e.ret > 0 {
+                    t.seq_end = e.seq_end;
+                } else if e.ret < 0 && e.ret != -i64::from(libc::EAGAIN) {
+                    t.client_errors.push((e.hdr.ts_ns, e.ret));
+                }
                 if t.sndbuf
                     .last()
                     .is_none_or(|&(_, v)| v != u64::from(e.queue.sndbuf))
@@ -90,6 +101,7 @@ impl EventHandler for FillHandler {
                 *self.writer.asleep.lock().expect("lock") = None;
                 self.traced.blocks.push((e.start_ns, e.end_ns));
             }
+            Event::Sock(e) => self.traced.life.push(*e),
             _ => {}
         }
         self.printer.on_event(ev);

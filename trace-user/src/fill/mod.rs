@@ -6,6 +6,7 @@ mod netns;
 pub mod plot;
 mod report;
 mod sock;
+mod then;
 
 use std::{
     io::Write,
@@ -23,8 +24,10 @@ use self::{
     netns::NetNs,
     report::FillReport,
 };
+pub use self::then::Then;
 use crate::{
-    cli::FillArgs,
+    cli::{FillArgs, FillMode},
+    error::SetupError,
     format::monotonic_ns,
     loader::LoadOptions,
     output, preflight,
@@ -35,6 +38,12 @@ use crate::{
 
 /// Runs the experiment; `Ok(false)` when a check failed.
 pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
+    if args.then.is_some() && args.mode != FillMode::Nonblocking {
+        return Err(SetupError::BadArgs(
+            "--then needs --mode nonblocking: drop --mode blocking",
+        )
+        .into());
+    }
     preflight::check_privileges()?;
     let ns = Arc::new(NetNs::create()?);
     let plan = Plan {
@@ -48,6 +57,7 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
         tcp_rmem: args.tcp_rmem,
         read_after: args.read_after,
         hold: args.hold,
+        then: args.then,
     };
 
     let (port_tx, port_rx) = mpsc::channel();
@@ -132,7 +142,7 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
         ..
     } = handler;
 
-    let report = FillReport::new(
+    let mut report = FillReport::new(
         &measured,
         &traced,
         args.mode,
@@ -141,6 +151,16 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
         args.ipv6,
         ns.name.clone(),
     );
+    if let (Some(then), Some(m)) = (args.then, &measured.then) {
+        report.add_then(then::ThenReport::new(
+            then,
+            m,
+            &traced,
+            measured.client_ino,
+            measured.server_ino,
+            measured.accepted_bytes,
+        ));
+    }
     if let Some(path) = &args.plot {
         plot::write_svg(path, &measured, &traced)?;
         log::info!("wrote {}", path.display());

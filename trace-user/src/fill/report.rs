@@ -5,7 +5,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use super::{experiment::Measured, handler::Traced};
+use super::{experiment::Measured, handler::Traced, then::ThenReport};
 use crate::cli::FillMode;
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -56,6 +56,8 @@ pub struct FillReport {
     pub server_wait_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_read_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub then: Option<ThenReport>,
     #[serde(serialize_with = "checks_as_map")]
     pub checks: Vec<Check>,
 }
@@ -64,7 +66,7 @@ fn checks_as_map<S: serde::Serializer>(checks: &[Check], s: S) -> Result<S::Ok, 
     s.collect_map(checks.iter().map(|c| (c.name, c.pass)))
 }
 
-fn check(name: &'static str, what: &'static str, left: u64, right: u64) -> Check {
+pub(super) fn check(name: &'static str, what: &'static str, left: u64, right: u64) -> Check {
     Check {
         name,
         what,
@@ -159,8 +161,15 @@ impl FillReport {
             blocked_ns,
             server_wait_ns: (mode == FillMode::Blocking).then_some(m.server_wait_ns),
             server_read_bytes: (mode == FillMode::Blocking).then_some(m.server_read_bytes),
+            then: None,
             checks,
         }
+    }
+
+    /// Adds the close experiment: its fields, and its checks to the report's.
+    pub fn add_then(&mut self, then: ThenReport) {
+        self.checks.extend(then.checks.iter().copied());
+        self.then = Some(then);
     }
 
     pub fn passed(&self) -> bool {
@@ -224,6 +233,11 @@ impl FillReport {
                 b as f64 / 1e6,
                 w as f64 / 1e6
             )?;
+        }
+        if let Some(t) = &r.then {
+            for line in &t.story {
+                writeln!(out, "  then       {line}")?;
+            }
         }
         writeln!(out, "  checks")?;
         for c in &r.checks {

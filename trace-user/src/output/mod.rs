@@ -79,8 +79,9 @@ impl RecordsByKind {
 pub struct SockNames(HashMap<u64, SockAddrs>);
 
 impl SockNames {
+    /// The latest addresses win: a connecting socket has no local port at first.
     pub fn learn(&mut self, sock_id: u64, addrs: &SockAddrs) {
-        self.0.entry(sock_id).or_insert(*addrs);
+        self.0.insert(sock_id, *addrs);
     }
 
     pub fn get(&self, sock_id: u64) -> Option<&SockAddrs> {
