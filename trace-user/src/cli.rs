@@ -25,7 +25,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Stream TCP send calls, blocks and ACKs as they happen.
+    /// Stream send and receive calls, blocks, ACKs, state changes, RSTs and FINs (TCP), and
+    /// UDP sends and datagrams, as they happen.
     ///
     /// Examples:
     ///   sockbuf trace -p 1234            # one process, aligned text
@@ -48,8 +49,24 @@ pub enum Command {
     ///   sockbuf fill --interval 200ms                  # the article's pace
     ///   sockbuf fill --mode blocking --plot fill.svg   # sleep on a full buffer, then drain
     ///   sockbuf fill --tcp-wmem "4096 16384 1048576"   # another tcp_wmem, host untouched
+    ///   sockbuf fill --then close-unread               # close with unread data: RST
+    ///   sockbuf fill --then close-unsent               # close with a full send queue: FIN last
     #[command(verbatim_doc_comment)]
     Fill(FillArgs),
+
+    /// Run the UDP buffer experiment and trace it: datagrams from a connected UDP socket,
+    /// with or without MSG_MORE, to a receiver that reads them afterwards.
+    ///
+    /// Runs in a fresh network namespace on loopback. With --msg-more every send but the
+    /// last carries MSG_MORE: the kernel corks the bytes in the send queue and sends one
+    /// datagram of their sum on the last send. Exit code 1 if a check fails.
+    ///
+    /// Examples:
+    ///   sockbuf udp                          # 4 datagrams of 1000 B
+    ///   sockbuf udp --msg-more               # one datagram of 4000 B, corked until the last send
+    ///   sockbuf udp --count 10 --size 100 --json
+    #[command(verbatim_doc_comment)]
+    Udp(UdpArgs),
 
     /// Say which attach backends work on this kernel: loads every program (the kernel's
     /// verifier checks each), attaches it, and unloads it again.
@@ -126,6 +143,31 @@ pub struct FillArgs {
     /// Write a timeline (send and receive queues, sndbuf, writes, EAGAINs, the block) as SVG.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tracer: TracerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UdpArgs {
+    /// Send calls.
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub count: u32,
+
+    /// Bytes per send call.
+    #[arg(long, value_name = "BYTES", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=65_507))]
+    pub size: u32,
+
+    /// Every send but the last with MSG_MORE: one datagram of count × size bytes (at most
+    /// 65507).
+    #[arg(long)]
+    pub msg_more: bool,
+
+    /// Events as NDJSON, and the report as the last line (`"kind":"udp_report"`).
+    #[arg(long)]
+    pub json: bool,
 
     #[command(flatten)]
     pub tracer: TracerArgs,

@@ -16,12 +16,13 @@ use std::{
 use anyhow::{Context as _, bail};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{
+use super::then::{self, Then, ThenMeasured};
+use crate::{
+    cli::FillMode,
+    format::monotonic_ns,
     netns::{self, NetNs, TcpSysctls},
-    sock,
-    then::{self, Then, ThenMeasured},
+    sockio as sock,
 };
-use crate::{cli::FillMode, format::monotonic_ns};
 
 /// How long an EAGAIN must persist (the delayed ACKs have come back by then) to end the fill.
 const RETRY_AFTER: Duration = Duration::from_millis(250);

@@ -2,38 +2,30 @@
 
 mod experiment;
 mod handler;
-mod netns;
 pub mod plot;
 mod report;
-mod sock;
 mod then;
 
 use std::{
-    io::Write,
     sync::{Arc, mpsc},
     thread,
 };
 
 use anyhow::Context as _;
 use tokio::sync::Notify;
-use trace_common::Filter;
 
 use self::{
     experiment::{Plan, WriterState},
     handler::FillHandler,
-    netns::NetNs,
     report::FillReport,
 };
 pub use self::then::Then;
 use crate::{
     cli::{FillArgs, FillMode},
     error::SetupError,
-    format::monotonic_ns,
-    loader::LoadOptions,
-    output, preflight,
-    session::Session,
-    stop,
-    trace::{self, Printer},
+    lab::{self, Lab},
+    netns::NetNs,
+    preflight,
 };
 
 /// Runs the experiment; `Ok(false)` when a check failed.
@@ -95,47 +87,19 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
     };
 
     // Only this process's sockets on the experiment's port: the client and its peer.
-    let filter = Filter {
-        pid: std::process::id(),
-        port,
-        ..Filter::default()
-    };
-    let opts = LoadOptions {
-        filter,
-        attach: args.tracer.attach,
-        ring_bytes: args.tracer.ring_size,
-        kernel_log: verbose > 0,
-    };
-    let mut session = Session::start(&opts)?;
-    let t0 = monotonic_ns();
-    let stdout: Box<dyn Write> = Box::new(std::io::BufWriter::with_capacity(
-        1 << 16,
-        std::io::stdout(),
-    ));
-    let mut printer = Printer::new(output::new_output(args.json, stdout, t0, true));
-    printer
-        .out
-        .start(session.tracer().mode.name(), &session.tracer().refused)?;
+    let (mut lab, printer) = Lab::start(port, &args.tracer, verbose, args.json)?;
     let mut handler = FillHandler::new(printer, asleep_tx, writer, args.json);
     go_tx
         .send(())
         .context("the experiment stopped before connecting")?;
 
     let broken = handler.printer.broken.clone();
-    let finished = async {
-        tokio::select! {
-            () = done.notified() => {}
-            () = broken.notified() => {}
-        }
-    };
-    session
-        .run(&mut handler, stop::stop_on(None, finished))
-        .await?;
+    lab.run(&mut handler, &done, &broken).await?;
     let measured = match result_rx.try_recv() {
         Ok(r) => r?,
         Err(_) => anyhow::bail!("interrupted before the experiment finished"),
     };
-    trace::finish(&session, &mut handler.printer, t0)?;
+    lab.finish(&mut handler.printer)?;
     let FillHandler {
         mut printer,
         traced,
@@ -166,15 +130,7 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
         log::info!("wrote {}", path.display());
     }
     printer.out.flush()?;
-    let mut stdout = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer(&mut stdout, &report)?;
-        writeln!(stdout)?;
-    } else {
-        report.write_text(&mut stdout)?;
-    }
-    stdout.flush()?;
-    drop(stdout);
+    lab::print_report(&report, args.json, |out| report.write_text(out))?;
     // The experiment may still hold its sockets open (--hold).
     let _ = tokio::task::spawn_blocking(move || experiment.join()).await;
     Ok(report.passed())

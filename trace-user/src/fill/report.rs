@@ -6,20 +6,10 @@ use std::io::Write;
 use serde::Serialize;
 
 use super::{experiment::Measured, handler::Traced, then::ThenReport};
-use crate::cli::FillMode;
-
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct Check {
-    pub name: &'static str,
-    pub pass: bool,
-    /// What was compared, for people.
-    #[serde(skip)]
-    pub what: &'static str,
-    #[serde(skip)]
-    pub left: u64,
-    #[serde(skip)]
-    pub right: u64,
-}
+use crate::{
+    cli::FillMode,
+    lab::{self, Check, check, checks_as_map},
+};
 
 /// The report; serialized as the `fill_report` JSON object (fields in the README).
 #[derive(Clone, Debug, Serialize)]
@@ -60,20 +50,6 @@ pub struct FillReport {
     pub then: Option<ThenReport>,
     #[serde(serialize_with = "checks_as_map")]
     pub checks: Vec<Check>,
-}
-
-fn checks_as_map<S: serde::Serializer>(checks: &[Check], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_map(checks.iter().map(|c| (c.name, c.pass)))
-}
-
-pub(super) fn check(name: &'static str, what: &'static str, left: u64, right: u64) -> Check {
-    Check {
-        name,
-        what,
-        left,
-        right,
-        pass: left == right,
-    }
 }
 
 impl FillReport {
@@ -176,7 +152,7 @@ impl FillReport {
         self.checks.iter().all(|c| c.pass)
     }
 
-    pub fn write_text(&self, out: &mut impl Write) -> std::io::Result<()> {
+    pub fn write_text(&self, out: &mut dyn Write) -> std::io::Result<()> {
         let r = self;
         let j = |v: [u64; 3]| format!("{} {} {}", v[0], v[1], v[2]);
         let mode = match r.mode {
@@ -239,11 +215,6 @@ impl FillReport {
                 writeln!(out, "  then       {line}")?;
             }
         }
-        writeln!(out, "  checks")?;
-        for c in &r.checks {
-            let verdict = if c.pass { "pass" } else { "FAIL" };
-            writeln!(out, "    {verdict}  {} ({} vs {})", c.what, c.left, c.right)?;
-        }
-        Ok(())
+        lab::write_checks(out, &r.checks)
     }
 }

@@ -14,12 +14,12 @@ use serde::Serialize;
 use socket2::Socket;
 use trace_common::{EventKind, SockEvent};
 
-use super::{
-    handler::Traced,
-    report::{Check, check},
-    sock,
+use super::handler::Traced;
+use crate::{
+    format::{self, monotonic_ns},
+    lab::{Check, check},
+    sockio as sock,
 };
-use crate::format::{self, monotonic_ns};
 
 /// How long the client keeps trying to write after the server's close (RST) or the server
 /// keeps reading after the client's close (FIN).

@@ -193,12 +193,17 @@ impl Output for TextOutput {
     }
 
     fn end(&mut self, t: &Totals) -> std::io::Result<()> {
+        let k = &t.records_by_kind;
+        let life = k.state + k.rst_out + k.rst_in + k.fin_out + k.fin_in;
         writeln!(
             self.out,
-            "sockbuf: {} sends, {} blocks, {} acked writes in {:.2}s; {} records read, {} lost, {} faults",
+            "sockbuf: {} sends, {} blocks, {} acked writes, {} receives, {} lifecycle, {} UDP sends in {:.2}s; {} records read, {} lost, {} faults",
             t.sends,
             t.blocks,
             t.acks,
+            k.recv,
+            life,
+            k.udp_send,
             t.duration_ns as f64 / 1e9,
             t.records,
             t.lost,

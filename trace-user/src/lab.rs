@@ -1,0 +1,137 @@
+//! What the experiments (`fill`, `udp`) share: a session traced on the experiment's own
+//! sockets while the experiment runs on its thread, and its report at the end.
+
+use std::io::Write;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use trace_common::Filter;
+
+use crate::{
+    cli::TracerArgs,
+    format::monotonic_ns,
+    loader::LoadOptions,
+    output,
+    session::{EventHandler, Session},
+    stop,
+    trace::{self, Printer},
+};
+
+/// A session filtered to this process's sockets on `port`, with its event printer started.
+pub struct Lab {
+    pub session: Session,
+    pub t0: u64,
+}
+
+impl Lab {
+    pub fn start(
+        port: u16,
+        tracer: &TracerArgs,
+        verbose: u8,
+        json: bool,
+    ) -> anyhow::Result<(Self, Printer)> {
+        let filter = Filter {
+            pid: std::process::id(),
+            port,
+            ..Filter::default()
+        };
+        let opts = LoadOptions {
+            filter,
+            attach: tracer.attach,
+            ring_bytes: tracer.ring_size,
+            kernel_log: verbose > 0,
+        };
+        let session = Session::start(&opts)?;
+        let t0 = monotonic_ns();
+        let stdout: Box<dyn Write> = Box::new(std::io::BufWriter::with_capacity(
+            1 << 16,
+            std::io::stdout(),
+        ));
+        let mut printer = Printer::new(output::new_output(json, stdout, t0, true));
+        printer
+            .out
+            .start(session.tracer().mode.name(), &session.tracer().refused)?;
+        Ok((Self { session, t0 }, printer))
+    }
+
+    /// Streams events into `handler` until the experiment says it is `done` (or the output
+    /// breaks).
+    pub async fn run(
+        &mut self,
+        handler: &mut impl EventHandler,
+        done: &Notify,
+        broken: &Notify,
+    ) -> anyhow::Result<()> {
+        let finished = async {
+            tokio::select! {
+                () = done.notified() => {}
+                () = broken.notified() => {}
+            }
+        };
+        self.session
+            .run(handler, stop::stop_on(None, finished))
+            .await
+    }
+
+    /// The end line of the trace.
+    pub fn finish(&self, printer: &mut Printer) -> anyhow::Result<()> {
+        trace::finish(&self.session, printer, self.t0)
+    }
+}
+
+/// One check of an experiment against the trace; the report's JSON has `name: pass`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub pass: bool,
+    /// What was compared, for people.
+    #[serde(skip)]
+    pub what: &'static str,
+    #[serde(skip)]
+    pub left: u64,
+    #[serde(skip)]
+    pub right: u64,
+}
+
+/// A check that two numbers are equal.
+pub fn check(name: &'static str, what: &'static str, left: u64, right: u64) -> Check {
+    Check {
+        name,
+        what,
+        left,
+        right,
+        pass: left == right,
+    }
+}
+
+/// Serializes checks as `{"name": pass, …}`.
+pub fn checks_as_map<S: serde::Serializer>(checks: &[Check], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(checks.iter().map(|c| (c.name, c.pass)))
+}
+
+/// The checks section of a text report.
+pub fn write_checks(out: &mut dyn Write, checks: &[Check]) -> std::io::Result<()> {
+    writeln!(out, "  checks")?;
+    for c in checks {
+        let verdict = if c.pass { "pass" } else { "FAIL" };
+        writeln!(out, "    {verdict}  {} ({} vs {})", c.what, c.left, c.right)?;
+    }
+    Ok(())
+}
+
+/// Prints an experiment's report: one JSON object, or its text form.
+pub fn print_report<R: Serialize>(
+    report: &R,
+    json: bool,
+    text: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut stdout, report)?;
+        writeln!(stdout)?;
+    } else {
+        text(&mut stdout)?;
+    }
+    stdout.flush()?;
+    Ok(())
+}
