@@ -214,10 +214,12 @@ pub struct RecvQueue {
     pub rcvbuf: u32,
     /// `sk_rmem_alloc`: memory charged to the receive queue, skb overhead included.
     pub rmem_alloc: u32,
-    /// TCP: `rcv_nxt - copied_seq`, bytes received and not yet read (Recv-Q, SIOCINQ).
+    /// TCP: `rcv_nxt - copied_seq`, bytes received and not yet read (Recv-Q). Like the
+    /// sequence space, and unlike SIOCINQ, it counts an arrived FIN as one byte until read.
     pub recv_q: u32,
     pub _pad: u32,
-    /// TCP: `bytes_received`, every byte the peer sent that arrived in order.
+    /// TCP: `bytes_received` (TCP_INFO's `tcpi_bytes_received`), every byte the peer sent
+    /// that arrived in order; one more once its FIN arrived.
     pub received: u64,
 }
 

@@ -3,10 +3,7 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-};
+use std::process::Command;
 
 use common::*;
 use serde_json::Value;
@@ -22,55 +19,26 @@ struct Fill {
 /// Runs `sockbuf fill --json ARGS`; with `hold`, runs `ss -tmi` in its namespace once the
 /// report is out.
 fn fill(args: &[&str], hold: bool) -> Fill {
-    let mut cmd = Command::new(SOCKBUF);
-    cmd.args(["fill", "--json"]).args(args);
+    let mut args = args.to_vec();
     if hold {
-        cmd.args(["--hold", "1s"]);
+        args.extend(["--hold", "1s"]);
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sockbuf fill");
-    let netns = format!("sockbuf-{}", child.id());
-    let mut events = Vec::new();
     let mut ss = None;
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        let v: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        if v["kind"] == "fill_report" && hold {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &netns, "ss", "-tmi"])
-                .output()
-                .expect("ss");
-            assert!(
-                out.status.success(),
-                "ss failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            ss = Some(String::from_utf8(out.stdout).unwrap());
+    let (events, report) = experiment("fill", "fill_report", &args, |netns| {
+        if !hold {
+            return;
         }
-        events.push(v);
-    }
-    let status = child.wait().unwrap();
-    let report = events.pop().expect("output");
-    assert_eq!(
-        report["kind"], "fill_report",
-        "the report is the last line: {report}"
-    );
-    assert!(
-        status.success(),
-        "sockbuf fill exited with {status}: {report}"
-    );
-    for (name, pass) in report["checks"].as_object().expect("checks") {
-        assert_eq!(pass, true, "check {name} failed: {report}");
-    }
-    let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&listed.stdout).contains(&netns),
-        "namespace {netns} left behind"
-    );
+        let out = Command::new("ip")
+            .args(["netns", "exec", netns, "ss", "-tmi"])
+            .output()
+            .expect("ss");
+        assert!(
+            out.status.success(),
+            "ss failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ss = Some(String::from_utf8(out.stdout).unwrap());
+    });
     Fill { events, report, ss }
 }
 

@@ -241,3 +241,52 @@ pub fn u(v: &Value) -> u64 {
     v.as_u64()
         .unwrap_or_else(|| panic!("not an unsigned number: {v}"))
 }
+
+/// Runs an experiment, `sockbuf SUB --json ARGS`, as a user would: every line is JSON, the
+/// last is the `report_kind` report, every check in it passed, the exit code is 0 and its
+/// network namespace is gone. `on_report` runs while the experiment is still up (with
+/// `--hold`), given the namespace's name. Returns the events and the report.
+pub fn experiment(
+    sub: &str,
+    report_kind: &str,
+    args: &[&str],
+    mut on_report: impl FnMut(&str),
+) -> (Vec<Value>, Value) {
+    let mut child = Command::new(SOCKBUF)
+        .args([sub, "--json"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn sockbuf {sub}: {e}"));
+    let netns = format!("sockbuf-{}", child.id());
+    let mut events = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let v: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["kind"] == report_kind {
+            on_report(&netns);
+        }
+        events.push(v);
+    }
+    let status = child.wait().unwrap();
+    let report = events.pop().expect("output");
+    assert_eq!(
+        report["kind"], report_kind,
+        "the report is the last line: {report}"
+    );
+    assert!(
+        status.success(),
+        "sockbuf {sub} exited with {status}: {report}"
+    );
+    for (name, pass) in report["checks"].as_object().expect("checks") {
+        assert_eq!(pass, true, "check {name} failed: {report}");
+    }
+    let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&listed.stdout).contains(&netns),
+        "namespace {netns} left behind"
+    );
+    (events, report)
+}
