@@ -160,7 +160,6 @@ impl Sock {
         read(self.ptr, off!(tp_rcv_nxt))
     }
 
-
     /// Local port. `skc_num` is zeroed when a closing socket gives its port back, before
     /// the CLOSE state change is traced; `inet_sport`, the port its segments carry, stays.
     #[inline(always)]

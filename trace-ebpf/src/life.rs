@@ -137,9 +137,16 @@ pub fn rst_out(sk: u64, reason: u32) -> Result<(), Fault> {
     } else {
         u32::MAX
     };
-    emit_sock(EventKind::RstOut, &sock, unsafe { &*track }, ino, Context::Task, |e| {
-        e.reason = reason;
-    })
+    emit_sock(
+        EventKind::RstOut,
+        &sock,
+        unsafe { &*track },
+        ino,
+        Context::Task,
+        |e| {
+            e.reason = reason;
+        },
+    )
 }
 
 /// `tcp_receive_reset(sk)`: the peer reset the connection.
@@ -149,7 +156,14 @@ pub fn rst_in(sk: u64) -> Result<(), Fault> {
     let Some((track, ino)) = tracked(&sock, Context::Packet)? else {
         return Ok(());
     };
-    emit_sock(EventKind::RstIn, &sock, unsafe { &*track }, ino, Context::Packet, |_| {})
+    emit_sock(
+        EventKind::RstIn,
+        &sock,
+        unsafe { &*track },
+        ino,
+        Context::Packet,
+        |_| {},
+    )
 }
 
 /// A segment arriving on a tracked socket: says so when it carries the peer's FIN.
@@ -162,7 +176,9 @@ pub fn fin_in(sock: &Sock, track: &SockTrack, skb: u64) -> Result<(), Fault> {
     let recv = sock.recv_queue(true)?;
     let seq = recv.received + u64::from(fin_seq.wrapping_sub(sock.rcv_nxt()?));
     let ino = track.ino;
-    emit_sock(EventKind::FinIn, sock, track, ino, Context::Packet, |e| e.seq = seq)
+    emit_sock(EventKind::FinIn, sock, track, ino, Context::Packet, |e| {
+        e.seq = seq
+    })
 }
 
 /// A segment on a socket sockbuf does not track yet: only a FIN may start tracking it.
@@ -201,7 +217,9 @@ pub fn xmit(skb: u64) -> Result<(), Fault> {
             let q = sock.send_queue()?;
             let seq = q.acked + u64::from(q.send_q.wrapping_sub(1));
             let ino = track.ino;
-            emit_sock(EventKind::FinOut, &sock, track, ino, Context::Packet, |e| e.seq = seq)
+            emit_sock(EventKind::FinOut, &sock, track, ino, Context::Packet, |e| {
+                e.seq = seq
+            })
         }
         _ => Ok(()),
     }

@@ -20,10 +20,11 @@ use trace_common::{
 use crate::{
     filter,
     kernel::{self, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
-    life, udp,
+    life,
     maps::{
         EVENTS, INFLIGHT, Inflight, LOST, LOST_EVENTS, READ_ERRORS, SOCKS, SYSFLAGS, SockTrack,
     },
+    udp,
 };
 
 /// Runs a model function and turns a fault into a rate-limited aya-log warning

@@ -26,7 +26,9 @@ pub fn recv_end(sk: u64, ret: i64, msg_flags: u32) -> Result<(), Fault> {
     let queue = sock.recv_queue(proto == IPPROTO_TCP)?;
     let (addrs, ino) = (track.addrs, track.ino);
     emit(|e: &mut RecvEvent| {
-        e.hdr = header(EventKind::Recv, pid_tgid, ino, unsafe { bpf_ktime_get_ns() });
+        e.hdr = header(EventKind::Recv, pid_tgid, ino, unsafe {
+            bpf_ktime_get_ns()
+        });
         e.comm = comm();
         e.addrs = addrs;
         e.ret = ret;

@@ -51,9 +51,13 @@ impl AttachMode {
 
 #[derive(Clone, Copy)]
 enum Kind {
-    RawTracepoint { category: &'static str },
+    RawTracepoint {
+        category: &'static str,
+    },
     /// A classic (perf) tracepoint: syscall entries have no raw tracepoint of their own.
-    Tracepoint { category: &'static str },
+    Tracepoint {
+        category: &'static str,
+    },
     FEntry,
     FExit,
     KProbe,

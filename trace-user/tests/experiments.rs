@@ -14,7 +14,10 @@ fn kind<'a>(events: &'a [Value], k: &str) -> Vec<&'a Value> {
 /// The kernel passes a RST reason to its tracepoint from 6.10 on.
 fn kernel_names_rst_reasons() -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut v = release.trim().split(['.', '-']).map(|x| x.parse::<u32>().unwrap_or(0));
+    let mut v = release
+        .trim()
+        .split(['.', '-'])
+        .map(|x| x.parse::<u32>().unwrap_or(0));
     (v.next().unwrap(), v.next().unwrap()) >= (6, 10)
 }
 
@@ -32,7 +35,11 @@ fn close_with_unread_data_drops_it_and_resets() {
         .filter(|e| u(&e["sock_id"]) != client)
         .collect();
     assert_eq!(closed.len(), 1, "the server's close: {closed:?}");
-    assert_eq!(u(&closed[0]["recv_q"]), unread, "bytes thrown away at close");
+    assert_eq!(
+        u(&closed[0]["recv_q"]),
+        unread,
+        "bytes thrown away at close"
+    );
     let server = u(&closed[0]["sock_id"]);
     let rst_out = kind(&events, "rst_out");
     assert_eq!(rst_out.len(), 1, "{rst_out:?}");
@@ -59,7 +66,11 @@ fn close_with_unsent_data_delivers_everything_then_fin() {
     let accepted = u(&r["accepted_bytes"]);
     let copied: u64 = kind(&events, "send").iter().map(|e| u(&e["copied"])).sum();
     assert_eq!(copied, accepted, "traced copies == the client's count");
-    assert_eq!(u(&r["then"]["server_read_bytes"]), accepted, "every byte arrived");
+    assert_eq!(
+        u(&r["then"]["server_read_bytes"]),
+        accepted,
+        "every byte arrived"
+    );
     let queued = u(&r["then"]["queued_at_close_bytes"]);
     assert!(queued > 0, "closed with a queue: {r}");
     let closing: Vec<_> = kind(&events, "state")
@@ -70,7 +81,10 @@ fn close_with_unsent_data_delivers_everything_then_fin() {
     assert_eq!(u(&closing[0]["send_q"]), queued, "SIOCOUTQ at close");
     let fin_out = kind(&events, "fin_out");
     let client = u(&closing[0]["sock_id"]);
-    let client_fin: Vec<_> = fin_out.iter().filter(|e| u(&e["sock_id"]) == client).collect();
+    let client_fin: Vec<_> = fin_out
+        .iter()
+        .filter(|e| u(&e["sock_id"]) == client)
+        .collect();
     assert_eq!(client_fin.len(), 1, "one FIN from the client: {fin_out:?}");
     let last_send = kind(&events, "send")
         .into_iter()
@@ -98,7 +112,12 @@ fn close_with_unsent_data_delivers_everything_then_fin() {
 
 #[test]
 fn udp_datagrams_leave_one_per_send() {
-    let (events, r) = experiment("udp", "udp_report", &["--count", "5", "--size", "700"], |_| {});
+    let (events, r) = experiment(
+        "udp",
+        "udp_report",
+        &["--count", "5", "--size", "700"],
+        |_| {},
+    );
     let got: Vec<u64> = r["received_datagrams"]
         .as_array()
         .unwrap()
@@ -106,11 +125,18 @@ fn udp_datagrams_leave_one_per_send() {
         .map(u)
         .collect();
     assert_eq!(got, [700; 5], "the receiver's own count");
-    let out: Vec<u64> = kind(&events, "udp_out").iter().map(|e| u(&e["bytes"])).collect();
+    let out: Vec<u64> = kind(&events, "udp_out")
+        .iter()
+        .map(|e| u(&e["bytes"]))
+        .collect();
     assert_eq!(out, got);
     let sends = kind(&events, "udp_send");
     assert_eq!(sends.len(), 5);
-    assert!(sends.iter().all(|e| u(&e["corked"]) == 0 && e["pending"] == false));
+    assert!(
+        sends
+            .iter()
+            .all(|e| u(&e["corked"]) == 0 && e["pending"] == false)
+    );
     let recvs = kind(&events, "recv");
     let read: u64 = recvs.iter().map(|e| u(&e["copied"])).sum();
     assert_eq!(read, 3500);
@@ -148,11 +174,17 @@ fn udp_msg_more_corks_until_the_last_send() {
 #[test]
 fn experiment_arguments_are_checked() {
     for (args, says) in [
-        (&["fill", "--mode", "blocking", "--then", "close-unread"][..], "--mode nonblocking"),
+        (
+            &["fill", "--mode", "blocking", "--then", "close-unread"][..],
+            "--mode nonblocking",
+        ),
         (&["udp", "--msg-more", "--size", "60000"][..], "65507"),
         (&["udp", "--count", "0"][..], "--count"),
     ] {
-        let out = std::process::Command::new(SOCKBUF).args(args).output().unwrap();
+        let out = std::process::Command::new(SOCKBUF)
+            .args(args)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(says), "{args:?}: {err}");

@@ -63,7 +63,10 @@ fn receive_calls_add_up_to_the_bytes_sent() {
     for (sock, app) in [(ino(&server), &server_reads), (ino(&client), &back)] {
         let traced = recvs(&out, sock);
         let copied: Vec<u64> = traced.iter().map(|r| r.0).collect();
-        assert_eq!(&copied, app, "socket {sock}: one event per read, same bytes");
+        assert_eq!(
+            &copied, app,
+            "socket {sock}: one event per read, same bytes"
+        );
         assert_eq!(copied.iter().sum::<u64>(), total as u64);
         // After each read the kernel's own bookkeeping agrees with what was read so far:
         // bytes received - receive queue == bytes read. The FIN takes one sequence number:
@@ -79,7 +82,10 @@ fn receive_calls_add_up_to_the_bytes_sent() {
             } else {
                 consumed == read || consumed == read + 1
             };
-            assert!(ok, "socket {sock}: read {read}, received {received}, recv_q {recv_q}");
+            assert!(
+                ok,
+                "socket {sock}: read {read}, received {received}, recv_q {recv_q}"
+            );
         }
     }
 }
@@ -89,12 +95,18 @@ fn close_with_unread_data_shows_the_drop_and_the_reset() {
     let trace = Trace::start(&["-p", &std::process::id().to_string()]);
     let (mut client, server) = tcp_pair();
     client.write_all(&[1u8; 3000]).unwrap();
-    wait_until(Duration::from_secs(5), "data at the server", || inq(&server) == 3000);
+    wait_until(Duration::from_secs(5), "data at the server", || {
+        inq(&server) == 3000
+    });
     let (c, s) = (ino(&client), ino(&server));
     drop(server);
     let err = loop {
         match client.write(&[2u8; 10]) {
-            Ok(_) => thread::sleep(Duration::from_millis(10)),
+            // Before the reset arrives the write would still be accepted.
+            Ok(n) => {
+                assert_eq!(n, 10);
+                thread::sleep(Duration::from_millis(10));
+            }
             Err(e) => break e,
         }
     };
@@ -162,7 +174,12 @@ fn udp_sendto_with_msg_more_is_corked_then_pushed() {
     assert_eq!(corked, [300, 500, 0]);
     let more: Vec<bool> = sends
         .iter()
-        .map(|e| e["msg_flags"].as_array().unwrap().contains(&"MSG_MORE".into()))
+        .map(|e| {
+            e["msg_flags"]
+                .as_array()
+                .unwrap()
+                .contains(&"MSG_MORE".into())
+        })
         .collect();
     assert_eq!(more, [true, true, false]);
     let outs = events(&out, "udp_out", ino(&tx));

@@ -14,12 +14,12 @@ use std::{
 use anyhow::Context as _;
 use tokio::sync::Notify;
 
+pub use self::then::Then;
 use self::{
     experiment::{Plan, WriterState},
     handler::FillHandler,
     report::FillReport,
 };
-pub use self::then::Then;
 use crate::{
     cli::{FillArgs, FillMode},
     error::SetupError,
@@ -31,10 +31,9 @@ use crate::{
 /// Runs the experiment; `Ok(false)` when a check failed.
 pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
     if args.then.is_some() && args.mode != FillMode::Nonblocking {
-        return Err(SetupError::BadArgs(
-            "--then needs --mode nonblocking: drop --mode blocking",
-        )
-        .into());
+        return Err(
+            SetupError::BadArgs("--then needs --mode nonblocking: drop --mode blocking").into(),
+        );
     }
     preflight::check_privileges()?;
     let ns = Arc::new(NetNs::create()?);

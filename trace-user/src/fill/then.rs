@@ -98,7 +98,10 @@ pub fn close_unsent(client: Socket, server: &Socket) -> anyhow::Result<ThenMeasu
     let mut buf = vec![0u8; 1 << 16];
     let mut srv = server;
     loop {
-        match srv.read(&mut buf).context("server read after the client's close")? {
+        match srv
+            .read(&mut buf)
+            .context("server read after the client's close")?
+        {
             0 => return Ok(m),
             n => m.server_read_bytes += n as u64,
         }
@@ -167,7 +170,10 @@ impl ThenReport {
         self.field("unread_at_close_bytes", m.unread_at_close);
         self.field("traced_dropped_bytes", dropped);
         self.field("rst_reason", rst_out.map(|e| format::rst_reason(e.reason)));
-        self.field("client_error", format::ErrName(-i64::from(errno)).to_string());
+        self.field(
+            "client_error",
+            format::ErrName(-i64::from(errno)).to_string(),
+        );
         self.story.push(format!(
             "the server closed with {} B unread: state ESTABLISHED -> CLOSE with {dropped} B in its receive queue, thrown away",
             m.unread_at_close
@@ -215,9 +221,8 @@ impl ThenReport {
         server: u64,
         accepted: u64,
     ) {
-        let closing = life(t, client).find(|e| {
-            kind_is(e, EventKind::State) && e.new_state == TCP_FIN_WAIT1
-        });
+        let closing =
+            life(t, client).find(|e| kind_is(e, EventKind::State) && e.new_state == TCP_FIN_WAIT1);
         let fin_out = life(t, client).find(|e| kind_is(e, EventKind::FinOut));
         let fin_in = life(t, server).find(|e| kind_is(e, EventKind::FinIn));
         let fin_acked = life(t, client).find(|e| {

@@ -111,7 +111,13 @@ pub fn sock(out: &mut dyn Write, secs: f64, e: &SockEvent, conn: &dyn Display) -
 
 pub fn udp(out: &mut dyn Write, secs: f64, e: &UdpEvent) -> io::Result<()> {
     let send = e.hdr.kind == EventKind::UdpSend as u32;
-    prefix(out, secs, &e.hdr, &e.comm, if send { "usend" } else { "uout" })?;
+    prefix(
+        out,
+        secs,
+        &e.hdr,
+        &e.comm,
+        if send { "usend" } else { "uout" },
+    )?;
     result(out, e.ret)?;
     no_send_cols(out, Some(e.sndbuf))?;
     if send {
