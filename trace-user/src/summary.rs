@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, io::Write};
 
 use serde::Serialize;
-use trace_common::{SendEvent, user::Event};
+use trace_common::{EventKind, Header, SockAddrs, user::Event};
 
 use crate::{
     acks::AckMatcher,
@@ -36,20 +36,70 @@ pub struct SockSummary {
     pub block_us: Log2Hist,
     /// From a write's call to the ACK of its last byte, in microseconds.
     pub ack_us: Log2Hist,
+    /// Receive calls, bytes they copied out, errors by name, and bytes per call.
+    pub recvs: u64,
+    pub received_bytes: u64,
+    pub recv_errors: BTreeMap<String, u64>,
+    pub recv_bytes: Log2Hist,
+    /// TCP: the last state seen, RSTs and FINs each way, unread bytes a close threw away.
+    pub state: Option<&'static str>,
+    pub rst_sent: u64,
+    pub rst_received: u64,
+    pub fin_sent: u64,
+    pub fin_received: u64,
+    pub dropped_unread_bytes: u64,
+    /// UDP: datagrams seen leaving (send calls are counted in `sends`).
+    pub datagrams_out: u64,
 }
 
 impl SockSummary {
-    fn new(e: &SendEvent) -> Self {
+    fn new(hdr: &Header, comm: &[u8; 16], a: &SockAddrs) -> Self {
         Self {
-            sock_id: e.hdr.sock_id,
-            pid: e.hdr.pid,
-            comm: format::comm_str(&e.comm).to_owned(),
-            laddr: format!("{}:{}", format::local_ip(&e.addrs), e.addrs.lport),
-            raddr: format!("{}:{}", format::remote_ip(&e.addrs), e.addrs.rport),
+            sock_id: hdr.sock_id,
+            pid: hdr.pid,
+            comm: format::comm_str(comm).to_owned(),
+            laddr: format!("{}:{}", format::local_ip(a), a.lport),
+            raddr: format!("{}:{}", format::remote_ip(a), a.rport),
             ..Self::default()
         }
     }
+
+    /// Counts a call's result: bytes, or EAGAIN, or another error by name.
+    fn result(&mut self, ret: i64) {
+        if ret >= 0 {
+            self.copied_bytes += ret as u64;
+            self.copy_bytes.add(ret as u64);
+        } else if ret == -i64::from(libc::EAGAIN) {
+            self.eagain += 1;
+        } else {
+            *self.errors.entry(ErrName(ret).to_string()).or_default() += 1;
+        }
+    }
 }
+
+/// The socket's summary, created from the first event that names it.
+fn sock<'a>(
+    socks: &'a mut BTreeMap<u64, SockSummary>,
+    hdr: &Header,
+    comm: &[u8; 16],
+    a: &SockAddrs,
+) -> &'a mut SockSummary {
+    let s = socks
+        .entry(hdr.sock_id)
+        .or_insert_with(|| SockSummary::new(hdr, comm, a));
+    if a.lport != 0 && s.laddr.ends_with(":0") {
+        // Named first at connect(), before the local port was chosen.
+        s.laddr = format!("{}:{}", format::local_ip(a), a.lport);
+    }
+    if s.pid == 0 {
+        // Named first by a packet-driven event: take the task from this one.
+        s.pid = hdr.pid;
+        s.comm = format::comm_str(comm).to_owned();
+    }
+    s
+}
+
+const TCP_CLOSE: u32 = 7;
 
 #[derive(Default)]
 pub struct Summary {
@@ -69,19 +119,10 @@ impl EventHandler for Summary {
         match ev {
             Event::Send(e) => {
                 totals.sends += 1;
-                let s = socks
-                    .entry(e.hdr.sock_id)
-                    .or_insert_with(|| SockSummary::new(e));
+                let s = sock(socks, &e.hdr, &e.comm, &e.addrs);
                 s.sends += 1;
                 s.requested_bytes += e.requested;
-                if e.ret >= 0 {
-                    s.copied_bytes += e.ret as u64;
-                    s.copy_bytes.add(e.ret as u64);
-                } else if e.ret == -i64::from(libc::EAGAIN) {
-                    s.eagain += 1;
-                } else {
-                    *s.errors.entry(ErrName(e.ret).to_string()).or_default() += 1;
-                }
+                s.result(e.ret);
                 acks.on_send(e, |w| {
                     totals.acks += 1;
                     if let Some(s) = socks.get_mut(&w.sock_id) {
@@ -90,7 +131,41 @@ impl EventHandler for Summary {
                     }
                 });
             }
-            Event::BlockStart(_) | Event::Recv(_) | Event::Sock(_) | Event::Udp(_) => {}
+            Event::BlockStart(_) => {}
+            Event::Recv(e) => {
+                let s = sock(socks, &e.hdr, &e.comm, &e.addrs);
+                s.recvs += 1;
+                if e.ret >= 0 {
+                    s.received_bytes += e.ret as u64;
+                    s.recv_bytes.add(e.ret as u64);
+                } else {
+                    *s.recv_errors.entry(ErrName(e.ret).to_string()).or_default() += 1;
+                }
+            }
+            Event::Sock(e) => {
+                let s = sock(socks, &e.hdr, &e.comm, &e.addrs);
+                match EventKind::from_u32(e.hdr.kind) {
+                    Some(EventKind::State) => {
+                        s.state = Some(format::tcp_state(e.new_state));
+                        if e.new_state == TCP_CLOSE {
+                            s.dropped_unread_bytes += u64::from(e.recv.recv_q);
+                        }
+                    }
+                    Some(EventKind::RstOut) => s.rst_sent += 1,
+                    Some(EventKind::RstIn) => s.rst_received += 1,
+                    Some(EventKind::FinOut) => s.fin_sent += 1,
+                    _ => s.fin_received += 1,
+                }
+            }
+            Event::Udp(e) => {
+                let s = sock(socks, &e.hdr, &e.comm, &e.addrs);
+                if e.hdr.kind == EventKind::UdpSend as u32 {
+                    s.sends += 1;
+                    s.result(e.ret);
+                } else {
+                    s.datagrams_out += 1;
+                }
+            }
             Event::Block(e) => {
                 totals.blocks += 1;
                 if let Some(s) = socks.get_mut(&e.hdr.sock_id) {
@@ -152,7 +227,28 @@ impl Summary {
             for (name, n) in &s.errors {
                 writeln!(out, "  {n} × {name}")?;
             }
+            if s.recvs > 0 {
+                writeln!(
+                    out,
+                    "  {} receives, {} B read",
+                    s.recvs, s.received_bytes
+                )?;
+                for (name, n) in &s.recv_errors {
+                    writeln!(out, "  {n} receives × {name}")?;
+                }
+            }
+            if let Some(state) = s.state {
+                writeln!(
+                    out,
+                    "  last state {state}; RST sent {}, received {}; FIN sent {}, received {}; {} unread B dropped at close",
+                    s.rst_sent, s.rst_received, s.fin_sent, s.fin_received, s.dropped_unread_bytes
+                )?;
+            }
+            if s.datagrams_out > 0 {
+                writeln!(out, "  {} datagrams out", s.datagrams_out)?;
+            }
             s.copy_bytes.write(out, "bytes copied per call")?;
+            s.recv_bytes.write(out, "bytes read per call")?;
             s.block_us.write(out, "block usecs")?;
             s.ack_us.write(out, "write-to-ACK usecs")?;
         }
