@@ -228,11 +228,7 @@ impl Summary {
                 writeln!(out, "  {n} × {name}")?;
             }
             if s.recvs > 0 {
-                writeln!(
-                    out,
-                    "  {} receives, {} B read",
-                    s.recvs, s.received_bytes
-                )?;
+                writeln!(out, "  {} receives, {} B read", s.recvs, s.received_bytes)?;
                 for (name, n) in &s.recv_errors {
                     writeln!(out, "  {n} receives × {name}")?;
                 }

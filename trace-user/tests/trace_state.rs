@@ -339,17 +339,20 @@ fn summary_totals_and_histograms_per_socket() {
     thread::sleep(Duration::from_secs(3));
     let (mut c, mut s) = tcp_pair();
     let sizes = [100usize, 1000, 1000, 5000, 70_000];
+    let server_ino = ino(&s);
     let reader = thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 17];
-        let mut n = 0;
+        let (mut n, mut calls) = (0, 0);
         while n < 77_100 {
             n += s.read(&mut buf).unwrap();
+            calls += 1;
         }
+        calls
     });
     for size in sizes {
         c.write_all(&vec![0u8; size]).unwrap();
     }
-    reader.join().unwrap();
+    let reads = reader.join().unwrap();
     wait_until(Duration::from_secs(2), "all acked", || {
         tcp_info(&c).tcpi_unacked == 0
     });
@@ -373,6 +376,19 @@ fn summary_totals_and_histograms_per_socket() {
         .iter()
         .find(|s| s["sock_id"] == ino)
         .expect("our socket");
+    let server = summary["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["sock_id"] == server_ino)
+        .expect("the reading socket");
+    assert_eq!(
+        u(&server["recvs"]),
+        reads,
+        "one receive per read call: {server}"
+    );
+    assert_eq!(u(&server["received_bytes"]), 77_100);
+    assert_eq!(hist_total(&server["recv_bytes"]), reads);
     let calls = u(&sock["sends"]);
     assert!(
         calls >= sizes.len() as u64,
