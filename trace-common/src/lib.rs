@@ -362,6 +362,20 @@ pub struct KernelOffsets {
     pub rst_has_reason: u32,
     /// struct inet_sock
     pub inet_sport: u32,
+    // From a file descriptor to its socket (kernels without the tcp_sendmsg_locked
+    // tracepoint: the send call is seen at the syscall's entry).
+    pub task_files: u32,
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub file_inode: u32,
+    pub file_flags: u32,
+    pub inode_mode: u32,
+    pub socket_sk: u32,
 }
 
 const _: () = {
@@ -376,5 +390,5 @@ const _: () = {
     assert!(core::mem::size_of::<RecvEvent>() == 128);
     assert!(core::mem::size_of::<SockEvent>() == 168);
     assert!(core::mem::size_of::<UdpEvent>() == 120);
-    assert!(core::mem::size_of::<KernelOffsets>() == 152);
+    assert!(core::mem::size_of::<KernelOffsets>() == 200);
 };

@@ -45,6 +45,18 @@ static KOFFSETS: KernelOffsets = KernelOffsets {
     skb_transport_header: 0,
     rst_has_reason: 0,
     inet_sport: 0,
+    task_files: 0,
+    task_pid: 0,
+    task_tgid: 0,
+    task_comm: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_private_data: 0,
+    file_inode: 0,
+    file_flags: 0,
+    inode_mode: 0,
+    socket_sk: 0,
 };
 
 /// The offset of one kernel field, as the loader set it.
@@ -207,6 +219,11 @@ impl Sock {
     }
 
     #[inline(always)]
+    pub fn write_seq(&self) -> Result<u32, Fault> {
+        read(self.ptr, off!(tp_write_seq))
+    }
+
+    #[inline(always)]
     pub fn snd_una(&self) -> Result<u32, Fault> {
         read(self.ptr, off!(tp_snd_una))
     }
@@ -306,4 +323,83 @@ pub fn udph_payload(th: u64) -> Result<u32, Fault> {
 #[inline(always)]
 pub fn rst_has_reason() -> bool {
     off!(rst_has_reason) != 0
+}
+
+/// The socket behind file descriptor `fd` of the current task, and whether its file is
+/// non-blocking; `None` when `fd` is not a socket.
+#[inline(always)]
+pub fn fd_sock(fd: u64) -> Result<Option<(u64, bool)>, Fault> {
+    const S_IFMT: u16 = 0o170000;
+    const S_IFSOCK: u16 = 0o140000;
+    const O_NONBLOCK: u32 = 0o4000;
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    let files: u64 = read(task, off!(task_files))?;
+    let fdt: u64 = read(files, off!(files_fdt))?;
+    let max: u32 = read(fdt, off!(fdt_max_fds))?;
+    if fd >= u64::from(max) {
+        return Ok(None);
+    }
+    let fds: u64 = read(fdt, off!(fdt_fd))?;
+    let file: u64 = read(fds + fd * 8, 0)?;
+    if file == 0 {
+        return Ok(None);
+    }
+    let inode: u64 = read(file, off!(file_inode))?;
+    if read::<u16>(inode, off!(inode_mode))? & S_IFMT != S_IFSOCK {
+        return Ok(None);
+    }
+    let socket: u64 = read(file, off!(file_private_data))?;
+    let flags: u32 = read(file, off!(file_flags))?;
+    Ok(Some((
+        read(socket, off!(socket_sk))?,
+        flags & O_NONBLOCK != 0,
+    )))
+}
+
+/// A task's (tgid << 32 | pid) and comm, for events about a task other than the current one.
+#[inline(always)]
+pub fn task_ids(task: u64) -> Result<(u64, [u8; 16]), Fault> {
+    let pid: u32 = read(task, off!(task_pid))?;
+    let tgid: u32 = read(task, off!(task_tgid))?;
+    Ok((
+        (u64::from(tgid) << 32) | u64::from(pid),
+        read(task, off!(task_comm))?,
+    ))
+}
+
+/// The thread id of a task.
+#[inline(always)]
+pub fn task_tid(task: u64) -> Result<u32, Fault> {
+    read(task, off!(task_pid))
+}
+
+/// Bytes in a user `iovec` array of `n` entries (at most [`MAX_IOV`]; `None` beyond).
+pub const MAX_IOV: u64 = 8;
+
+#[inline(always)]
+pub fn user_iov_len(iov: u64, n: u64) -> Option<u64> {
+    if n > MAX_IOV {
+        return None;
+    }
+    let mut total = 0u64;
+    for i in 0..MAX_IOV {
+        if i >= n {
+            break;
+        }
+        let len: u64 =
+            unsafe { aya_ebpf::helpers::bpf_probe_read_user((iov + i * 16 + 8) as *const u64) }
+                .ok()?;
+        total += len;
+    }
+    Some(total)
+}
+
+/// A user `struct msghdr`'s iovec array and its length (x86-64 layout).
+#[inline(always)]
+pub fn user_msghdr_iov(msg: u64) -> Option<(u64, u64)> {
+    let iov: u64 =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user((msg + 16) as *const u64) }.ok()?;
+    let n: u64 =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user((msg + 24) as *const u64) }.ok()?;
+    Some((iov, n))
 }

@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod entry;
 mod fentry;
 mod filter;
 mod kernel;

@@ -22,7 +22,11 @@ pub const READ_ERRORS: u32 = 1;
 #[repr(C)]
 pub struct Inflight {
     pub sk: u64,
+    /// The call's `struct msghdr *`; 0 when the call was seen at the syscall's entry.
     pub msg: u64,
+    /// Without a msghdr: `write_seq` at entry, to tell how much of the call was copied.
+    pub seq0: u32,
+    pub _pad: u32,
     pub start_ns: u64,
     pub requested: u64,
     pub msg_flags: u32,

@@ -130,6 +130,8 @@ pub fn send_begin(sk: u64, msg: u64) -> Result<(), Fault> {
     let call = Inflight {
         sk,
         msg,
+        seq0: 0,
+        _pad: 0,
         start_ns: unsafe { bpf_ktime_get_ns() },
         requested: kernel::msg_left(msg)?,
         msg_flags: kernel::msg_flags(msg)?,
@@ -162,18 +164,37 @@ pub fn block_begin() -> Result<(), Fault> {
     let sock = Sock::new(call.sk);
     let now = unsafe { bpf_ktime_get_ns() };
     call.block_queue = sock.send_queue()?;
-    call.block_left = kernel::msg_left(call.msg)?;
+    call.block_left = if call.msg != 0 {
+        kernel::msg_left(call.msg)?
+    } else {
+        let copied = sock.write_seq()?.wrapping_sub(call.seq0);
+        call.requested.saturating_sub(u64::from(copied))
+    };
     call.block_start = now;
     call.flags |= SEND_F_BLOCKED;
     // Said now, not only at the wake-up: a writer stuck on a peer that never reads would
     // otherwise never show up.
-    emit_block(EventKind::BlockStart, call, pid_tgid, sock.ino()?, 0);
+    emit_block(
+        EventKind::BlockStart,
+        call,
+        pid_tgid,
+        comm(),
+        sock.ino()?,
+        0,
+    );
     Ok(())
 }
 
 /// A block event of `call`: its start (`end_ns` 0) or its end.
 #[inline(always)]
-fn emit_block(kind: EventKind, call: &Inflight, pid_tgid: u64, ino: u64, end_ns: u64) {
+fn emit_block(
+    kind: EventKind,
+    call: &Inflight,
+    pid_tgid: u64,
+    comm: [u8; COMM_LEN],
+    ino: u64,
+    end_ns: u64,
+) {
     emit(|e: &mut BlockEvent| {
         e.hdr = header(
             kind,
@@ -185,7 +206,7 @@ fn emit_block(kind: EventKind, call: &Inflight, pid_tgid: u64, ino: u64, end_ns:
                 end_ns
             },
         );
-        e.comm = comm();
+        e.comm = comm;
         e.start_ns = call.block_start;
         e.end_ns = end_ns;
         e.left = call.block_left;
@@ -226,14 +247,20 @@ pub fn send_return(ret: i64) -> Result<(), Fault> {
     }
 }
 
-/// Emits the block event of a call whose thread runs again.
+/// Emits the block event of a call whose thread runs again (the current one).
 #[inline(always)]
 fn close_block(call: &mut Inflight, pid_tgid: u64, now: u64) {
+    close_block_of(call, pid_tgid, comm(), now);
+}
+
+/// Emits the block event of a call whose thread `pid_tgid` runs again.
+#[inline(always)]
+pub fn close_block_of(call: &mut Inflight, pid_tgid: u64, comm: [u8; COMM_LEN], now: u64) {
     if call.block_start == 0 {
         return;
     }
     let ino = Sock::new(call.sk).ino().unwrap_or(0);
-    emit_block(EventKind::Block, call, pid_tgid, ino, now);
+    emit_block(EventKind::Block, call, pid_tgid, comm, ino, now);
     call.block_start = 0;
 }
 

@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 
-use crate::{kernel, life, model, recv, udp};
+use crate::{entry, kernel, life, model, recv, udp};
 
 /// `tcp_sendmsg_locked(sk, msg, skb, size_goal)`: each pass of the TCP copy loop.
 #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
@@ -24,6 +24,11 @@ pub fn send_sock_send_length(ctx: RawTracePointContext) -> u32 {
 /// `sched_switch(preempt, prev, next, prev_state)`: runs as `prev`, just before it sleeps.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn block_sched_switch(ctx: RawTracePointContext) -> u32 {
+    task_sleeps(&ctx)
+}
+
+#[inline(always)]
+fn task_sleeps(ctx: &RawTracePointContext) -> u32 {
     let preempt: u64 = ctx.arg(0);
     if preempt != 0 {
         return 0;
@@ -34,7 +39,7 @@ pub fn block_sched_switch(ctx: RawTracePointContext) -> u32 {
     if prev_state & TASK_INTERRUPTIBLE == 0 {
         return 0;
     }
-    model::run(&ctx, model::block_begin)
+    model::run(ctx, model::block_begin)
 }
 
 /// `tcp_probe(sk, skb)`: each segment `tcp_rcv_established` receives, before processing.
@@ -75,9 +80,7 @@ pub fn udp_sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn syscall_flags(ctx: &TracePointContext, arg: usize) -> u32 {
-    let Ok(flags) = (unsafe { ctx.read_at::<u64>(SYSCALL_ARGS + 8 * arg) }) else {
-        return 0;
-    };
+    let flags = syscall_arg(ctx, arg);
     model::run(ctx, || udp::syscall_enter(flags as u32))
 }
 
@@ -111,4 +114,65 @@ pub fn life_tcp_receive_reset(ctx: RawTracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "net_dev_queue")]
 pub fn life_net_dev_queue(ctx: RawTracePointContext) -> u32 {
     model::run(&ctx, || life::xmit(ctx.arg(0)))
+}
+
+// Kernels without `tcp_sendmsg_locked`: the send call opens at the syscall's entry instead.
+
+#[tracepoint(category = "syscalls", name = "sys_enter_write")]
+pub fn entry_sys_enter_write(ctx: TracePointContext) -> u32 {
+    let (fd, count) = (syscall_arg(&ctx, 0), syscall_arg(&ctx, 2));
+    model::run(&ctx, || entry::send_begin_fd(fd, Some(count), 0))
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_writev")]
+pub fn entry_sys_enter_writev(ctx: TracePointContext) -> u32 {
+    let (fd, iov, n) = (
+        syscall_arg(&ctx, 0),
+        syscall_arg(&ctx, 1),
+        syscall_arg(&ctx, 2),
+    );
+    model::run(&ctx, || {
+        entry::send_begin_fd(fd, entry::iov_requested(iov, n), 0)
+    })
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
+pub fn entry_sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    let (fd, len, flags) = (
+        syscall_arg(&ctx, 0),
+        syscall_arg(&ctx, 2),
+        syscall_arg(&ctx, 3),
+    );
+    model::run(&ctx, || {
+        udp::syscall_enter(flags as u32)?;
+        entry::send_begin_fd(fd, Some(len), flags as u32)
+    })
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
+pub fn entry_sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    let (fd, msg, flags) = (
+        syscall_arg(&ctx, 0),
+        syscall_arg(&ctx, 1),
+        syscall_arg(&ctx, 2),
+    );
+    model::run(&ctx, || {
+        udp::syscall_enter(flags as u32)?;
+        entry::send_begin_fd(fd, entry::msghdr_requested(msg), flags as u32)
+    })
+}
+
+/// `sched_switch(preempt, prev, next, prev_state)` where there is no copy-loop tracepoint to
+/// say the writer is back: the sleep as in `block_sched_switch`, and `next` waking from one.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn entry_sched_switch(ctx: RawTracePointContext) -> u32 {
+    let next: u64 = ctx.arg(2);
+    task_sleeps(&ctx);
+    model::run(&ctx, || entry::task_wakes(next))
+}
+
+/// The `n`th argument of a `syscalls` tracepoint.
+#[inline(always)]
+fn syscall_arg(ctx: &TracePointContext, n: usize) -> u64 {
+    unsafe { ctx.read_at::<u64>(SYSCALL_ARGS + 8 * n) }.unwrap_or(0)
 }

@@ -42,6 +42,15 @@ impl AttachMode {
             Self::Auto => &[],
             Self::Fentry => FENTRY,
             Self::Kprobe => KPROBE,
+            // Before tcp_sendmsg_locked existed, the send call opens at the syscall.
+            // SOCKBUF_TRACEPOINT_SYSCALLS=1 forces that variant, so that kernels which have the
+            // tracepoint can test it too.
+            Self::Tracepoint
+                if std::env::var_os("SOCKBUF_TRACEPOINT_SYSCALLS").is_some()
+                    || !preflight::has_tracepoint("tcp", "tcp_sendmsg_locked") =>
+            {
+                TRACEPOINT_SYSCALLS
+            }
             Self::Tracepoint => TRACEPOINT,
         };
         let shared: &[Hook] = if own.is_empty() { &[] } else { LIFECYCLE };
@@ -180,6 +189,66 @@ const TRACEPOINT: &[Hook] = &[
         Kind::Tracepoint {
             category: "syscalls",
         },
+    ),
+];
+
+/// The tracepoint backend on kernels without `tcp_sendmsg_locked`: the send syscalls' entries
+/// open a call, and the scheduler's switches say when a sleeping writer runs again.
+const TRACEPOINT_SYSCALLS: &[Hook] = &[
+    hook(
+        "entry_sys_enter_write",
+        "sys_enter_write",
+        Kind::Tracepoint {
+            category: "syscalls",
+        },
+    ),
+    hook(
+        "entry_sys_enter_writev",
+        "sys_enter_writev",
+        Kind::Tracepoint {
+            category: "syscalls",
+        },
+    ),
+    hook(
+        "entry_sys_enter_sendto",
+        "sys_enter_sendto",
+        Kind::Tracepoint {
+            category: "syscalls",
+        },
+    ),
+    hook(
+        "entry_sys_enter_sendmsg",
+        "sys_enter_sendmsg",
+        Kind::Tracepoint {
+            category: "syscalls",
+        },
+    ),
+    hook(
+        "udp_sys_enter_sendmmsg",
+        "sys_enter_sendmmsg",
+        Kind::Tracepoint {
+            category: "syscalls",
+        },
+    ),
+    hook(
+        "send_sock_send_length",
+        "sock_send_length",
+        Kind::RawTracepoint { category: "sock" },
+    ),
+    hook(
+        "entry_sched_switch",
+        "sched_switch",
+        Kind::RawTracepoint { category: "sched" },
+    ),
+    hook(
+        "ack_tcp_probe",
+        "tcp_probe",
+        Kind::RawTracepoint { category: "tcp" },
+    ),
+    hook(
+        "recv_sock_recv_length",
+        "sock_recv_length",
+        Kind::RawTracepoint { category: "sock" },
     ),
 ];
 

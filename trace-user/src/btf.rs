@@ -196,6 +196,18 @@ impl KernelBtf {
             skb_head: self.offset("sk_buff", "head", 8)?,
             skb_transport_header: self.offset("sk_buff", "transport_header", 2)?,
             inet_sport: self.offset("inet_sock", "inet_sport", 2)?,
+            task_files: self.offset("task_struct", "files", 8)?,
+            task_pid: self.offset("task_struct", "pid", 4)?,
+            task_tgid: self.offset("task_struct", "tgid", 4)?,
+            task_comm: self.offset("task_struct", "comm", 16)?,
+            files_fdt: self.offset("files_struct", "fdt", 8)?,
+            fdt_max_fds: self.offset("fdtable", "max_fds", 4)?,
+            fdt_fd: self.offset("fdtable", "fd", 8)?,
+            file_private_data: self.offset("file", "private_data", 8)?,
+            file_inode: self.offset("file", "f_inode", 8)?,
+            file_flags: self.offset("file", "f_flags", 4)?,
+            inode_mode: self.offset("inode", "i_mode", 2)?,
+            socket_sk: self.offset("socket", "sk", 8)?,
             rst_has_reason: u32::from(self.tracepoint_args("tcp_send_reset")? >= 3),
         })
     }

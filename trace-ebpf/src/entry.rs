@@ -1,0 +1,83 @@
+//! Send calls seen at the syscall's entry, for kernels without the `tcp_sendmsg_locked`
+//! tracepoint (before 6.13?): `write`, `writev`, `sendto` and `sendmsg` on a TCP socket open a
+//! call as `model::send_begin` does; the scheduler says when the sleeping writer runs again.
+
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use trace_common::{SEND_F_REQUESTED, SendQueue};
+
+use crate::{
+    filter,
+    kernel::{self, Fault, IPPROTO_TCP, Sock},
+    maps::{INFLIGHT, Inflight},
+    model::{close_block_of, sock_track},
+};
+
+const MSG_DONTWAIT: u32 = 0x40;
+
+/// A send syscall on `fd` starts: `requested` bytes (when known), with `flags`.
+#[inline(always)]
+pub fn send_begin_fd(fd: u64, requested: Option<u64>, flags: u32) -> Result<(), Fault> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !filter::task_passes((pid_tgid >> 32) as u32) {
+        return Ok(());
+    }
+    let Some((sk, nonblocking)) = kernel::fd_sock(fd)? else {
+        return Ok(());
+    };
+    let sock = Sock::new(sk);
+    if sock.protocol()? != IPPROTO_TCP || !filter::sock_passes(&sock)? {
+        return Ok(());
+    }
+    let call = Inflight {
+        sk,
+        msg: 0,
+        seq0: sock.write_seq()?,
+        _pad: 0,
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        requested: requested.unwrap_or(0),
+        // As sock_write_iter does for a non-blocking file.
+        msg_flags: flags | if nonblocking { MSG_DONTWAIT } else { 0 },
+        flags: if requested.is_some() {
+            SEND_F_REQUESTED
+        } else {
+            0
+        },
+        block_start: 0,
+        block_left: 0,
+        block_queue: SendQueue::default(),
+    };
+    INFLIGHT
+        .insert(pid_tgid as u32, call, 0)
+        .map_err(|_| Fault::InflightFull)?;
+    unsafe { (*sock_track(&sock, sock.ino()?, IPPROTO_TCP)?).write_end = u64::MAX };
+    Ok(())
+}
+
+/// `sendmsg`/`writev`: the bytes an user iovec array asks for, when it is short enough to add.
+#[inline(always)]
+pub fn iov_requested(iov: u64, n: u64) -> Option<u64> {
+    kernel::user_iov_len(iov, n)
+}
+
+/// `sendmsg(fd, msg, flags)`: the msghdr is in user memory.
+#[inline(always)]
+pub fn msghdr_requested(msg: u64) -> Option<u64> {
+    let (iov, n) = kernel::user_msghdr_iov(msg)?;
+    kernel::user_iov_len(iov, n)
+}
+
+/// The scheduler switches to `next`: if it sleeps in a traced send call, it woke up.
+#[inline(always)]
+pub fn task_wakes(next: u64) -> Result<(), Fault> {
+    let tid = kernel::task_tid(next)?;
+    let Some(call) = INFLIGHT.get_ptr_mut(tid) else {
+        return Ok(());
+    };
+    let call = unsafe { &mut *call };
+    if call.block_start == 0 {
+        return Ok(());
+    }
+    let (pid_tgid, comm) = kernel::task_ids(next)?;
+    close_block_of(call, pid_tgid, comm, unsafe { bpf_ktime_get_ns() });
+    Ok(())
+}
