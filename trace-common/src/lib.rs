@@ -358,8 +358,6 @@ pub struct KernelOffsets {
     pub skb_sk: u32,
     pub skb_head: u32,
     pub skb_transport_header: u32,
-    /// 1 when the `tcp_send_reset` tracepoint passes a reason (third argument).
-    pub rst_has_reason: u32,
     /// struct inet_sock
     pub inet_sport: u32,
     // From a file descriptor to its socket (kernels without the tcp_sendmsg_locked
@@ -390,5 +388,5 @@ const _: () = {
     assert!(core::mem::size_of::<RecvEvent>() == 128);
     assert!(core::mem::size_of::<SockEvent>() == 168);
     assert!(core::mem::size_of::<UdpEvent>() == 120);
-    assert!(core::mem::size_of::<KernelOffsets>() == 200);
+    assert!(core::mem::size_of::<KernelOffsets>() == 196);
 };

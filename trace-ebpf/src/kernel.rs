@@ -43,7 +43,6 @@ static KOFFSETS: KernelOffsets = KernelOffsets {
     skb_sk: 0,
     skb_head: 0,
     skb_transport_header: 0,
-    rst_has_reason: 0,
     inet_sport: 0,
     task_files: 0,
     task_pid: 0,
@@ -317,12 +316,6 @@ pub fn tcph_fin(th: u64) -> Result<bool, Fault> {
 pub fn udph_payload(th: u64) -> Result<u32, Fault> {
     let len: u16 = read(th, 4)?;
     Ok(u32::from(u16::from_be(len)).saturating_sub(8))
-}
-
-/// Whether the `tcp_send_reset` tracepoint passes a reason as its third argument.
-#[inline(always)]
-pub fn rst_has_reason() -> bool {
-    off!(rst_has_reason) != 0
 }
 
 /// The socket behind file descriptor `fd` of the current task, and whether its file is

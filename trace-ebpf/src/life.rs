@@ -132,11 +132,6 @@ pub fn rst_out(sk: u64, reason: u32) -> Result<(), Fault> {
     let Some((track, ino)) = tracked(&sock, Context::Task)? else {
         return Ok(());
     };
-    let reason = if kernel::rst_has_reason() {
-        reason
-    } else {
-        u32::MAX
-    };
     emit_sock(
         EventKind::RstOut,
         &sock,

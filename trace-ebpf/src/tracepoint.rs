@@ -93,14 +93,17 @@ pub fn life_inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
     model::run(&ctx, || life::state(ctx.arg(0), old as u32, new as u32))
 }
 
-/// `tcp_send_reset(sk, skb[, reason])`: the reason argument exists from Linux 6.10.
+/// `tcp_send_reset(sk, skb)` before Linux 6.10. A raw tracepoint program may not read past
+/// the tracepoint's arguments (the kernel refuses to attach it), hence two programs.
 #[raw_tracepoint(tracepoint = "tcp_send_reset")]
 pub fn life_tcp_send_reset(ctx: RawTracePointContext) -> u32 {
-    let reason: u64 = if kernel::rst_has_reason() {
-        ctx.arg(2)
-    } else {
-        0
-    };
+    model::run(&ctx, || life::rst_out(ctx.arg(0), u32::MAX))
+}
+
+/// `tcp_send_reset(sk, skb, reason)` from Linux 6.10.
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn life_tcp_send_reset_reason(ctx: RawTracePointContext) -> u32 {
+    let reason: u64 = ctx.arg(2);
     model::run(&ctx, || life::rst_out(ctx.arg(0), reason as u32))
 }
 

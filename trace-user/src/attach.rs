@@ -54,7 +54,14 @@ impl AttachMode {
             Self::Tracepoint => TRACEPOINT,
         };
         let shared: &[Hook] = if own.is_empty() { &[] } else { LIFECYCLE };
-        own.iter().chain(shared)
+        // tcp_send_reset passes a reason from 6.10 on; each form has its own program.
+        let reset = if preflight::tracepoint_has_field("tcp", "tcp_send_reset", "reason") {
+            &RESET_WITH_REASON
+        } else {
+            &RESET
+        };
+        let reset: &[Hook] = if own.is_empty() { &[] } else { reset };
+        own.iter().chain(shared).chain(reset)
     }
 }
 
@@ -252,17 +259,24 @@ const TRACEPOINT_SYSCALLS: &[Hook] = &[
     ),
 ];
 
+const RESET: [Hook; 1] = [hook(
+    "life_tcp_send_reset",
+    "tcp_send_reset",
+    Kind::RawTracepoint { category: "tcp" },
+)];
+
+const RESET_WITH_REASON: [Hook; 1] = [hook(
+    "life_tcp_send_reset_reason",
+    "tcp_send_reset",
+    Kind::RawTracepoint { category: "tcp" },
+)];
+
 /// Lifecycle hooks, attached with every backend: tracepoints all supported kernels have.
 const LIFECYCLE: &[Hook] = &[
     hook(
         "life_inet_sock_set_state",
         "inet_sock_set_state",
         Kind::RawTracepoint { category: "sock" },
-    ),
-    hook(
-        "life_tcp_send_reset",
-        "tcp_send_reset",
-        Kind::RawTracepoint { category: "tcp" },
     ),
     hook(
         "life_tcp_receive_reset",

@@ -22,8 +22,6 @@ pub enum BtfError {
     NoStruct(&'static str),
     #[error("this kernel's struct {0} has no field {1}: sockbuf cannot trace on this kernel")]
     NoField(&'static str, &'static str),
-    #[error("this kernel's BTF has no tracepoint {0}: sockbuf cannot trace on this kernel")]
-    NoTracepoint(&'static str),
     #[error("struct {0} field {1} is {2} bytes on this kernel, sockbuf expects {3}")]
     FieldSize(&'static str, &'static str, usize, usize),
 }
@@ -208,7 +206,6 @@ impl KernelBtf {
             file_flags: self.offset("file", "f_flags", 4)?,
             inode_mode: self.offset("inode", "i_mode", 2)?,
             socket_sk: self.offset("socket", "sk", 8)?,
-            rst_has_reason: u32::from(self.tracepoint_args("tcp_send_reset")? >= 3),
         })
     }
 
@@ -231,27 +228,6 @@ impl KernelBtf {
                 Some((m.val(), n.trim_start_matches(prefix).to_owned()))
             })
             .collect()
-    }
-
-    /// How many arguments the raw tracepoint `name` passes: its `btf_trace_<name>` typedef
-    /// is a pointer to a function whose first parameter is the tracepoint's private data.
-    fn tracepoint_args(&self, name: &'static str) -> Result<usize, BtfError> {
-        let typedef = format!("btf_trace_{name}");
-        let missing = || BtfError::NoTracepoint(name);
-        let t = self
-            .btf
-            .resolve_types_by_name(&typedef)
-            .map_err(|_| missing())?
-            .into_iter()
-            .next()
-            .ok_or_else(missing)?;
-        let Some(Type::Ptr(p)) = self.strip(t) else {
-            return Err(missing());
-        };
-        match self.btf.resolve_chained_type(&p).map_err(|_| missing())? {
-            Type::FuncProto(f) => Ok(f.parameters.len().saturating_sub(1)),
-            _ => Err(missing()),
-        }
     }
 
     fn struct_size(&self, name: &'static str) -> Result<usize, BtfError> {

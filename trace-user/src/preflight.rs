@@ -82,3 +82,16 @@ pub fn has_tracepoint(category: &str, name: &str) -> bool {
         .join(name)
         .is_dir()
 }
+
+/// Whether a tracepoint's record has a field `field` (its `format` file names it).
+pub fn tracepoint_has_field(category: &str, name: &str, field: &str) -> bool {
+    let path = Path::new(TRACEFS)
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
+    std::fs::read_to_string(path).is_ok_and(|f| {
+        f.lines()
+            .any(|l| l.trim_start().starts_with("field:") && l.contains(&format!(" {field};")))
+    })
+}
