@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 
-use crate::{entry, kernel, life, model, recv, udp};
+use crate::{entry, life, model, recv, udp};
 
 /// `tcp_sendmsg_locked(sk, msg, skb, size_goal)`: each pass of the TCP copy loop.
 #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
