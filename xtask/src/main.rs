@@ -6,6 +6,7 @@ mod lint;
 mod run;
 mod setup;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,9 @@ enum Task {
     Lint,
     /// Overhead of sockbuf beside an untraced run and bpftrace, side by side; --quick for CI.
     Bench(bench::BenchArgs),
+    /// The integration tests on Debian kernels (6.1, 6.12, 7.3) under QEMU, in each attach
+    /// mode: kernels × modes with pass/fail/refused and timings (target/vm/results.md).
+    VmTest(vm::VmTestArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Task::Test(args) => test::run(args),
         Task::Lint => lint::run(),
         Task::Bench(args) => bench::run(args),
+        Task::VmTest(args) => vm::run(args).map(|_| ()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

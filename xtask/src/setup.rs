@@ -58,8 +58,17 @@ fn dpkg_installed(pkg: &str) -> bool {
 /// Debian packages: LLVM for bpf-linker, iproute2 for `ip netns` and `ss`, util-linux's
 /// setpriv for the non-root test.
 fn apt_packages() -> anyhow::Result<()> {
-    let wanted = [LLVM_PKG, "iproute2", "util-linux"];
-    let missing: Vec<&str> = wanted.into_iter().filter(|p| !dpkg_installed(p)).collect();
+    debian_packages(&[LLVM_PKG, "iproute2", "util-linux"], &[])
+}
+
+/// Installs those of `wanted` that are not installed, and says which; `apt_args` such as
+/// `--no-install-recommends` go to `apt-get install`.
+pub fn debian_packages(wanted: &[&str], apt_args: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -68,6 +77,7 @@ fn apt_packages() -> anyhow::Result<()> {
     cmd::run(
         Command::new("apt-get")
             .args(["install", "-y", "-qq"])
+            .args(apt_args)
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
