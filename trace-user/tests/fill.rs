@@ -21,7 +21,8 @@ struct Fill {
 fn fill(args: &[&str], hold: bool) -> Fill {
     let mut args = args.to_vec();
     if hold {
-        args.extend(["--hold", "1s"]);
+        // Long enough for `ip netns exec … ss` to start even in an emulated guest.
+        args.extend(["--hold", "5s"]);
     }
     let mut ss = None;
     let (events, report) = experiment("fill", "fill_report", &args, |netns| {

@@ -163,3 +163,53 @@ impl GuestLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::GuestLog;
+
+    #[test]
+    fn reads_markers_counts_and_failures() {
+        let mut log = GuestLog::default();
+        let console = [
+            "\u{1b}c\u{1b}[?7lVMTEST:boot 6.1.0-56-cloud-amd64",
+            "VMTEST:run kprobe backends",
+            "test a ... ok",
+            "test b ... FAILED",
+            "failures:",
+            "---- b stdout ----",
+            "assertion `left == right` failed",
+            "failures:",
+            "    b",
+            "test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+            "VMTEST:exit kprobe backends 101",
+            "VMTEST:run kprobe trace_send",
+            "test bad_input ... ",
+            "VMTEST:exit kprobe trace_send 143",
+            "VMTEST:refused tracepoint rc=2 missing=tcp/tcp_sendmsg_locked,sock/sock_send_length sockbuf: error: no",
+        ];
+        for (i, line) in console.iter().enumerate() {
+            log.feed(Duration::from_secs(i as u64), line);
+        }
+        assert_eq!(log.release.as_deref(), Some("6.1.0-56-cloud-amd64"));
+        let (a, b) = (&log.runs[0], &log.runs[1]);
+        assert_eq!((a.rc, a.passed, a.failed), (Some(101), 1, 1));
+        assert!(
+            a.detail
+                .contains(&"assertion `left == right` failed".to_owned())
+        );
+        assert!(
+            !a.detail.contains(&"    b".to_owned()),
+            "the name list is not detail"
+        );
+        assert_eq!(
+            (b.rc, b.open_test.as_deref()),
+            (Some(143), Some("bad_input"))
+        );
+        let r = &log.refusals[0];
+        assert_eq!((r.rc, r.missing.len()), (2, 2));
+        assert_eq!(r.message, "sockbuf: error: no");
+    }
+}

@@ -66,7 +66,7 @@ pub struct VmTestArgs {
     #[arg(long = "skip", value_name = "SUBSTRING")]
     skips: Vec<String>,
     /// Seconds one test binary may run in the guest before it is stopped and failed.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 150)]
     test_timeout: u64,
     /// Run the debug build, as `cargo test` builds it. By default the tests and sockbuf are
     /// built optimized (`cargo test --release`): under emulation a debug sockbuf takes about

@@ -67,6 +67,13 @@ fn verdict(
     binaries: usize,
     died: Option<&str>,
 ) -> Verdict {
+    // A guest that hung or crashed fails all its modes: whatever passed before may be what
+    // broke it (a backend's detach, say).
+    if let Some(d) = died
+        && runs.iter().all(|r| r.rc == Some(0))
+    {
+        return Verdict::Fail(d.to_owned());
+    }
     let refusal = log.refusals.iter().find(|r| r.mode == mode);
     let expected = if mode == "tracepoint" {
         expected_refusal(kernel)
