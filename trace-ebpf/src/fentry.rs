@@ -17,8 +17,16 @@ pub fn send_tcp_sendmsg_fentry(ctx: FEntryContext) -> u32 {
 /// … and returns; fexit sees the arguments, then the return value.
 #[fexit(function = "tcp_sendmsg")]
 pub fn send_tcp_sendmsg_fexit(ctx: FExitContext) -> u32 {
-    let ret: i32 = ctx.arg(3);
-    model::run(&ctx, || model::send_end(ctx.arg(0), i64::from(ret)))
+    let ret = func_ret(&ctx);
+    model::run(&ctx, || model::send_end(ctx.arg(0), ret))
+}
+
+/// The traced function's return value as an int. Asked of the kernel rather than read at a
+/// fixed slot: argument lists change between kernels (7.x dropped recvmsg's `addr_len`), and
+/// a program reading past them is refused.
+#[inline(always)]
+fn func_ret(ctx: &FExitContext) -> i64 {
+    ctx.ret::<i32>().map_or(0, i64::from)
 }
 
 /// `sk_stream_wait_memory(sk, timeo_p)`: the sender waits for space, unless it must not
@@ -54,13 +62,11 @@ pub fn udp_udpv6_sendmsg_fexit(ctx: FExitContext) -> u32 {
 #[inline(always)]
 fn udp_send_fexit(ctx: &FExitContext) -> u32 {
     let (sk, msg): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-    let ret: i32 = ctx.arg(3);
-    model::run(ctx, || {
-        udp::send_done(sk, kernel::msg_flags(msg)?, i64::from(ret))
-    })
+    let ret = func_ret(ctx);
+    model::run(ctx, || udp::send_done(sk, kernel::msg_flags(msg)?, ret))
 }
 
-/// `tcp_recvmsg(sk, msg, len, flags, addr_len)` and the UDP ones return: one receive call.
+/// `tcp_recvmsg(sk, msg, len, flags[, addr_len])` and the UDP ones return: one receive call.
 #[fexit(function = "tcp_recvmsg")]
 pub fn recv_tcp_recvmsg_fexit(ctx: FExitContext) -> u32 {
     recv_fexit(&ctx)
@@ -79,6 +85,6 @@ pub fn recv_udpv6_recvmsg_fexit(ctx: FExitContext) -> u32 {
 #[inline(always)]
 fn recv_fexit(ctx: &FExitContext) -> u32 {
     let (sk, flags): (u64, i32) = (ctx.arg(0), ctx.arg(3));
-    let ret: i32 = ctx.arg(5);
-    model::run(ctx, || recv::recv_end(sk, i64::from(ret), flags as u32))
+    let ret = func_ret(ctx);
+    model::run(ctx, || recv::recv_end(sk, ret, flags as u32))
 }

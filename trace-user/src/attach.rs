@@ -315,8 +315,20 @@ fn precheck(mode: AttachMode) -> Result<(), String> {
 /// The one line that matters of a load or attach failure.
 fn reason(h: &Hook, e: &ProgramError) -> String {
     let what = match e {
-        ProgramError::LoadError { io_error, .. } => {
-            format!("the kernel refused to load it ({io_error})")
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            // The verifier's last line says why (`R1 invalid mem access …`).
+            let log = verifier_log.to_string();
+            let why = log.lines().rev().find(|l| {
+                let l = l.trim();
+                !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time")
+            });
+            match why {
+                Some(why) => format!("the kernel refused to load it ({io_error}: {})", why.trim()),
+                None => format!("the kernel refused to load it ({io_error})"),
+            }
         }
         ProgramError::SyscallError(s) => format!("{} failed ({})", s.call, s.io_error),
         e => e.to_string(),

@@ -1,5 +1,7 @@
 //! Loads sockbuf's eBPF object with its read-only globals, and attaches it.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
@@ -32,6 +34,9 @@ pub struct KernelCounters {
     pub lost: u64,
     /// Events abandoned because a kernel read failed or a map was full.
     pub faults: u64,
+    /// Runs of sockbuf's programs the kernel skipped: a program already running on that CPU
+    /// (preempted, or interrupted) is not entered again. Those events never existed.
+    pub missed: u64,
 }
 
 /// Wake the reader when a sixteenth of the ring holds data (and otherwise on its drain timer):
@@ -116,9 +121,47 @@ impl Tracer {
         let map = self.ebpf.map(maps::LOST).context("LOST map missing")?;
         let arr = PerCpuArray::<_, u64>::try_from(map)?;
         let sum = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>());
+        let mut missed = 0;
+        for (name, p) in self.ebpf.programs() {
+            let n = p.fd().map_or(0, |fd| recursion_misses(fd.as_fd()));
+            if n > 0 {
+                log::warn!("the kernel skipped {n} runs of {name}");
+            }
+            missed += n;
+        }
         Ok(KernelCounters {
             lost: sum(0)?,
             faults: sum(1)?,
+            missed,
         })
     }
+}
+
+/// `bpf_prog_info.recursion_misses` of a loaded program (0 where the kernel does not say):
+/// aya's ProgramInfo does not expose it, so one BPF_OBJ_GET_INFO_BY_FD asks.
+fn recursion_misses(fd: BorrowedFd<'_>) -> u64 {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is plain integers and pointers; all zeroes is its empty value.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: attr points at a live bpf_prog_info of the size it states.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut attr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if rc == 0 { info.recursion_misses } else { 0 }
 }

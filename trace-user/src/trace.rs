@@ -153,6 +153,13 @@ pub fn finish(session: &Session, printer: &mut Printer, t0: u64) -> anyhow::Resu
     t.records = session.stats.records;
     t.lost = k.lost;
     t.faults = k.faults;
+    t.missed = k.missed;
+    if t.missed > 0 {
+        log::warn!(
+            "the kernel skipped {} runs of sockbuf's programs (a program already running on that CPU, preempted or interrupted, is not entered again): those events are missing",
+            t.missed
+        );
+    }
     t.unacked = printer.acks.unacked() as u64;
     t.duration_ns = monotonic_ns() - t0;
     if t.lost > 0 {

@@ -30,6 +30,8 @@ pub struct Totals {
     pub lost: u64,
     /// Events the kernel abandoned (a failed kernel read or a full map).
     pub faults: u64,
+    /// Program runs the kernel skipped (recursion on a CPU): events that never existed.
+    pub missed: u64,
     /// Writes still waiting for an ACK when the session ended.
     pub unacked: u64,
     pub duration_ns: u64,

@@ -197,7 +197,7 @@ impl Output for TextOutput {
         let life = k.state + k.rst_out + k.rst_in + k.fin_out + k.fin_in;
         writeln!(
             self.out,
-            "sockbuf: {} sends, {} blocks, {} acked writes, {} receives, {} lifecycle, {} UDP sends in {:.2}s; {} records read, {} lost, {} faults",
+            "sockbuf: {} sends, {} blocks, {} acked writes, {} receives, {} lifecycle, {} UDP sends in {:.2}s; {} records read, {} lost, {} faults, {} missed",
             t.sends,
             t.blocks,
             t.acks,
@@ -207,7 +207,8 @@ impl Output for TextOutput {
             t.duration_ns as f64 / 1e9,
             t.records,
             t.lost,
-            t.faults
+            t.faults,
+            t.missed
         )
     }
 
