@@ -27,7 +27,9 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 # `ip netns add` keeps its namespaces in /run/netns; the non-root test copies sockbuf to /tmp.
 mount -t tmpfs -o mode=0755 tmpfs /run
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# /tmp stays the initramfs's own (already writable): a checkout under /tmp has its test
+# binaries there, and a tmpfs on top would hide them.
+chmod 1777 /tmp
 ip link set lo up
 # `ss -m` needs sock_diag for TCP; Debian builds it as modules.
 for m in inet_diag tcp_diag; do
