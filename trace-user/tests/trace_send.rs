@@ -40,9 +40,6 @@ fn hundred_writes_of_1000_bytes() {
         c.local_addr().unwrap().port(),
         c.peer_addr().unwrap().port(),
     );
-    // The kernel's own figures right after that last call: later, a zero-window probe may
-    // still move the queue (Linux 6.1 does, by a few KiB).
-    let (final_outq, final_sndbuf) = (outq(&c), sockopt_int(&c, libc::SOL_SOCKET, libc::SO_SNDBUF));
     let ino = ino(&c);
     let out = trace.stop();
 
