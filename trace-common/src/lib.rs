@@ -142,6 +142,7 @@ pub struct SendQueue {
     pub unsent: u32,
     /// `snd_nxt - snd_una`: of those, bytes sent and awaiting an ACK.
     pub in_flight: u32,
+    #[cfg_attr(feature = "user", serde(skip))]
     pub _pad: u32,
     /// `bytes_acked`: the stream offset the peer has acknowledged (relative to the first byte).
     pub acked: u64,
@@ -217,6 +218,7 @@ pub struct RecvQueue {
     /// TCP: `rcv_nxt - copied_seq`, bytes received and not yet read (Recv-Q). Like the
     /// sequence space, and unlike SIOCINQ, it counts an arrived FIN as one byte until read.
     pub recv_q: u32,
+    #[cfg_attr(feature = "user", serde(skip))]
     pub _pad: u32,
     /// TCP: `bytes_received` (TCP_INFO's `tcpi_bytes_received`), every byte the peer sent
     /// that arrived in order; one more once its FIN arrived.

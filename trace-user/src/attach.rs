@@ -38,10 +38,10 @@ impl AttachMode {
 
     /// The backend's own hooks, then the lifecycle hooks every backend shares.
     fn hooks(self) -> impl Iterator<Item = &'static Hook> {
-        let own: &[Hook] = match self {
-            Self::Auto => &[],
-            Self::Fentry => FENTRY,
-            Self::Kprobe => KPROBE,
+        let (own, common): (&[Hook], &[Hook]) = match self {
+            Self::Auto => return [&[][..]; 4].into_iter().flatten(),
+            Self::Fentry => (FENTRY, &[]),
+            Self::Kprobe => (KPROBE, &[]),
             // Before tcp_sendmsg_locked existed, the send call opens at the syscall.
             // SOCKBUF_TRACEPOINT_SYSCALLS=1 forces that variant, so that kernels which have the
             // tracepoint can test it too.
@@ -49,19 +49,17 @@ impl AttachMode {
                 if std::env::var_os("SOCKBUF_TRACEPOINT_SYSCALLS").is_some()
                     || !preflight::has_tracepoint("tcp", "tcp_sendmsg_locked") =>
             {
-                TRACEPOINT_SYSCALLS
+                (TRACEPOINT_SYSCALLS, TRACEPOINT_COMMON)
             }
-            Self::Tracepoint => TRACEPOINT,
+            Self::Tracepoint => (TRACEPOINT, TRACEPOINT_COMMON),
         };
-        let shared: &[Hook] = if own.is_empty() { &[] } else { LIFECYCLE };
         // tcp_send_reset passes a reason from 6.10 on; each form has its own program.
-        let reset = if preflight::tracepoint_has_field("tcp", "tcp_send_reset", "reason") {
+        let reset: &[Hook] = if preflight::tracepoint_has_field("tcp", "tcp_send_reset", "reason") {
             &RESET_WITH_REASON
         } else {
             &RESET
         };
-        let reset: &[Hook] = if own.is_empty() { &[] } else { reset };
-        own.iter().chain(shared).chain(reset)
+        [own, common, LIFECYCLE, reset].into_iter().flatten()
     }
 }
 
@@ -92,6 +90,22 @@ const fn hook(program: &'static str, target: &'static str, kind: Kind) -> Hook {
         target,
         kind,
     }
+}
+
+/// A raw tracepoint hook: `category` is where tracefs lists the tracepoint.
+const fn raw(program: &'static str, category: &'static str, target: &'static str) -> Hook {
+    hook(program, target, Kind::RawTracepoint { category })
+}
+
+/// A `syscalls` tracepoint hook (classic: syscall entries have no raw tracepoint).
+const fn syscall(program: &'static str, target: &'static str) -> Hook {
+    hook(
+        program,
+        target,
+        Kind::Tracepoint {
+            category: "syscalls",
+        },
+    )
 }
 
 const FENTRY: &[Hook] = &[
@@ -151,143 +165,39 @@ const KPROBE: &[Hook] = &[
 ];
 
 const TRACEPOINT: &[Hook] = &[
-    hook(
-        "send_tcp_sendmsg_locked",
-        "tcp_sendmsg_locked",
-        Kind::RawTracepoint { category: "tcp" },
-    ),
-    hook(
-        "send_sock_send_length",
-        "sock_send_length",
-        Kind::RawTracepoint { category: "sock" },
-    ),
-    hook(
-        "block_sched_switch",
-        "sched_switch",
-        Kind::RawTracepoint { category: "sched" },
-    ),
-    hook(
-        "ack_tcp_probe",
-        "tcp_probe",
-        Kind::RawTracepoint { category: "tcp" },
-    ),
-    hook(
-        "recv_sock_recv_length",
-        "sock_recv_length",
-        Kind::RawTracepoint { category: "sock" },
-    ),
-    hook(
-        "udp_sys_enter_sendto",
-        "sys_enter_sendto",
-        Kind::Tracepoint {
-            category: "syscalls",
-        },
-    ),
-    hook(
-        "udp_sys_enter_sendmsg",
-        "sys_enter_sendmsg",
-        Kind::Tracepoint {
-            category: "syscalls",
-        },
-    ),
-    hook(
-        "udp_sys_enter_sendmmsg",
-        "sys_enter_sendmmsg",
-        Kind::Tracepoint {
-            category: "syscalls",
-        },
-    ),
+    raw("send_tcp_sendmsg_locked", "tcp", "tcp_sendmsg_locked"),
+    raw("block_sched_switch", "sched", "sched_switch"),
+    syscall("udp_sys_enter_sendto", "sys_enter_sendto"),
+    syscall("udp_sys_enter_sendmsg", "sys_enter_sendmsg"),
 ];
 
 /// The tracepoint backend on kernels without `tcp_sendmsg_locked`: the send syscalls' entries
 /// open a call, and the scheduler's switches say when a sleeping writer runs again.
 const TRACEPOINT_SYSCALLS: &[Hook] = &[
-    hook(
-        "entry_sys_enter_write",
-        "sys_enter_write",
-        Kind::Tracepoint {
-            category: "syscalls",
-        },
-    ),
-    hook(
-        "entry_sys_enter_writev",
-        "sys_enter_writev",
-        Kind::Tracepoint {
-            category: "syscalls",
-        },
-    ),
-    hook(
-        "entry_sys_enter_sendto",
-        "sys_enter_sendto",
-        Kind::Tracepoint {
-            category: "syscalls",
-        },
-    ),
-    hook(
-        "entry_sys_enter_sendmsg",
-        "sys_enter_sendmsg",
-        Kind::Tracepoint {
-            category: "syscalls",
-        },
-    ),
-    hook(
-        "udp_sys_enter_sendmmsg",
-        "sys_enter_sendmmsg",
-        Kind::Tracepoint {
-            category: "syscalls",
-        },
-    ),
-    hook(
-        "send_sock_send_length",
-        "sock_send_length",
-        Kind::RawTracepoint { category: "sock" },
-    ),
-    hook(
-        "entry_sched_switch",
-        "sched_switch",
-        Kind::RawTracepoint { category: "sched" },
-    ),
-    hook(
-        "ack_tcp_probe",
-        "tcp_probe",
-        Kind::RawTracepoint { category: "tcp" },
-    ),
-    hook(
-        "recv_sock_recv_length",
-        "sock_recv_length",
-        Kind::RawTracepoint { category: "sock" },
-    ),
+    syscall("entry_sys_enter_write", "sys_enter_write"),
+    syscall("entry_sys_enter_writev", "sys_enter_writev"),
+    syscall("entry_sys_enter_sendto", "sys_enter_sendto"),
+    syscall("entry_sys_enter_sendmsg", "sys_enter_sendmsg"),
+    raw("entry_sched_switch", "sched", "sched_switch"),
 ];
 
-const RESET: [Hook; 1] = [hook(
-    "life_tcp_send_reset",
-    "tcp_send_reset",
-    Kind::RawTracepoint { category: "tcp" },
-)];
+/// Both forms of the tracepoint backend.
+const TRACEPOINT_COMMON: &[Hook] = &[
+    raw("send_sock_send_length", "sock", "sock_send_length"),
+    raw("ack_tcp_probe", "tcp", "tcp_probe"),
+    raw("recv_sock_recv_length", "sock", "sock_recv_length"),
+    syscall("udp_sys_enter_sendmmsg", "sys_enter_sendmmsg"),
+];
 
-const RESET_WITH_REASON: [Hook; 1] = [hook(
-    "life_tcp_send_reset_reason",
-    "tcp_send_reset",
-    Kind::RawTracepoint { category: "tcp" },
-)];
+const RESET: [Hook; 1] = [raw("life_tcp_send_reset", "tcp", "tcp_send_reset")];
+
+const RESET_WITH_REASON: [Hook; 1] = [raw("life_tcp_send_reset_reason", "tcp", "tcp_send_reset")];
 
 /// Lifecycle hooks, attached with every backend: tracepoints all supported kernels have.
 const LIFECYCLE: &[Hook] = &[
-    hook(
-        "life_inet_sock_set_state",
-        "inet_sock_set_state",
-        Kind::RawTracepoint { category: "sock" },
-    ),
-    hook(
-        "life_tcp_receive_reset",
-        "tcp_receive_reset",
-        Kind::RawTracepoint { category: "tcp" },
-    ),
-    hook(
-        "life_net_dev_queue",
-        "net_dev_queue",
-        Kind::RawTracepoint { category: "net" },
-    ),
+    raw("life_inet_sock_set_state", "sock", "inet_sock_set_state"),
+    raw("life_tcp_receive_reset", "tcp", "tcp_receive_reset"),
+    raw("life_net_dev_queue", "net", "net_dev_queue"),
 ];
 
 /// Why `mode` cannot work here, found without loading anything.

@@ -1,7 +1,7 @@
 //! What the experiments (`fill`, `udp`) share: a session traced on the experiment's own
 //! sockets while the experiment runs on its thread, and its report at the end.
 
-use std::io::Write;
+use std::{io::Write, sync::mpsc};
 
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -76,6 +76,28 @@ impl Lab {
     /// The end line of the trace.
     pub fn finish(&self, printer: &mut Printer) -> anyhow::Result<()> {
         trace::finish(&self.session, printer, self.t0)
+    }
+}
+
+/// The experiment's port once it has bound, or the error that ended it before.
+pub fn port<M>(
+    port_rx: &mpsc::Receiver<u16>,
+    result_rx: &mpsc::Receiver<anyhow::Result<M>>,
+) -> anyhow::Result<u16> {
+    match port_rx.recv() {
+        Ok(port) => Ok(port),
+        Err(_) => Err(result_rx
+            .recv()?
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("experiment ended early"))),
+    }
+}
+
+/// What the experiment measured, once the session has ended.
+pub fn result<M>(result_rx: &mpsc::Receiver<anyhow::Result<M>>) -> anyhow::Result<M> {
+    match result_rx.try_recv() {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!("interrupted before the experiment finished"),
     }
 }
 

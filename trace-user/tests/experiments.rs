@@ -7,6 +7,10 @@ mod common;
 use common::*;
 use serde_json::Value;
 
+fn numbers(v: &Value) -> Vec<u64> {
+    v.as_array().expect("a list").iter().map(u).collect()
+}
+
 fn kind<'a>(events: &'a [Value], k: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["kind"] == k).collect()
 }
@@ -118,12 +122,7 @@ fn udp_datagrams_leave_one_per_send() {
         &["--count", "5", "--size", "700"],
         |_| {},
     );
-    let got: Vec<u64> = r["received_datagrams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(u)
-        .collect();
+    let got: Vec<u64> = numbers(&r["received_datagrams"]);
     assert_eq!(got, [700; 5], "the receiver's own count");
     let out: Vec<u64> = kind(&events, "udp_out")
         .iter()
@@ -146,12 +145,7 @@ fn udp_datagrams_leave_one_per_send() {
 #[test]
 fn udp_msg_more_corks_until_the_last_send() {
     let (events, r) = experiment("udp", "udp_report", &["--msg-more"], |_| {});
-    let got: Vec<u64> = r["received_datagrams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(u)
-        .collect();
+    let got: Vec<u64> = numbers(&r["received_datagrams"]);
     assert_eq!(got, [4000], "one datagram of the summed size");
     let sends = kind(&events, "udp_send");
     let corked: Vec<u64> = sends.iter().map(|e| u(&e["corked"])).collect();

@@ -147,18 +147,7 @@ fn udp_sendto_with_msg_more_is_corked_then_pushed() {
     let trace = Trace::start(&["-p", &std::process::id().to_string()]);
     let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let to = rx.local_addr().unwrap();
-    let std::net::SocketAddr::V4(v4) = to else {
-        unreachable!()
-    };
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*v4.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
+    let sin = sockaddr_in(rx.local_addr().unwrap());
     // sendto(2) on an unconnected socket: the flags come from the syscall itself.
     for (len, flags) in [(300usize, libc::MSG_MORE), (200, libc::MSG_MORE), (100, 0)] {
         let buf = vec![3u8; len];

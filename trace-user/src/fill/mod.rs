@@ -78,12 +78,7 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
             }
         })?
     };
-    let Ok(port) = port_rx.recv() else {
-        return Err(result_rx
-            .recv()?
-            .err()
-            .unwrap_or_else(|| anyhow::anyhow!("experiment ended early")));
-    };
+    let port = lab::port(&port_rx, &result_rx)?;
 
     // Only this process's sockets on the experiment's port: the client and its peer.
     let (mut lab, printer) = Lab::start(port, &args.tracer, verbose, args.json)?;
@@ -94,10 +89,7 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
 
     let broken = handler.printer.broken.clone();
     lab.run(&mut handler, &done, &broken).await?;
-    let measured = match result_rx.try_recv() {
-        Ok(r) => r?,
-        Err(_) => anyhow::bail!("interrupted before the experiment finished"),
-    };
+    let measured = lab::result(&result_rx)?;
     lab.finish(&mut handler.printer)?;
     let FillHandler {
         mut printer,

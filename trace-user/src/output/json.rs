@@ -1,15 +1,18 @@
 //! One JSON object per line. Field names are documented in the README; every object has
 //! `"kind"`.
 
-use std::{io::Write, net::IpAddr};
+use std::io::Write;
 
 use serde::{Serialize, Serializer};
 use trace_common::{
-    BlockEvent, EventKind, RecvEvent, SEND_F_BLOCKED, SEND_F_REQUESTED, SendEvent, SockEvent,
-    UdpEvent,
+    BlockEvent, EventKind, RecvEvent, SEND_F_BLOCKED, SEND_F_REQUESTED, SendEvent, SendQueue,
+    SockEvent, UdpEvent,
 };
 
-use super::{Output, SockNames, Totals, json_sock};
+use super::{
+    Output, SockNames, Totals,
+    json_sock::{self, Common, Outcome},
+};
 use crate::{
     acks::AckedWrite,
     format::{self, ErrName},
@@ -44,39 +47,21 @@ pub(super) fn ser_flags<S: Serializer>(flags: &u32, s: S) -> Result<S::Ok, S::Er
 
 #[derive(Serialize)]
 struct SendJson<'a> {
-    kind: &'static str,
-    ts_ns: u64,
+    #[serde(flatten)]
+    common: Common<'a>,
     start_ns: u64,
     duration_ns: u64,
-    cpu: u32,
-    pid: u32,
-    tid: u32,
-    comm: &'a str,
-    sock_id: u64,
-    family: &'static str,
-    saddr: IpAddr,
-    lport: u16,
-    daddr: IpAddr,
-    rport: u16,
     requested: Option<u64>,
-    copied: u64,
-    #[serde(serialize_with = "ser_err", skip_serializing_if = "is_not_err")]
-    error: i64,
-    ret: i64,
-    #[serde(serialize_with = "ser_flags")]
-    msg_flags: u32,
+    #[serde(flatten)]
+    outcome: Outcome,
     blocked: bool,
-    sndbuf: u32,
-    wmem_queued: u32,
-    send_q: u32,
-    unsent: u32,
-    in_flight: u32,
-    acked: u64,
+    #[serde(flatten)]
+    queue: SendQueue,
     seq_start: u64,
     seq_end: u64,
 }
 
-fn is_not_err(ret: &i64) -> bool {
+pub(super) fn is_not_err(ret: &i64) -> bool {
     *ret >= 0
 }
 
@@ -148,36 +133,17 @@ impl Output for JsonOutput {
         self.names.learn(e.hdr.sock_id, &e.addrs);
         let copied = e.ret.max(0) as u64;
         self.line(&SendJson {
-            kind: "send",
-            ts_ns: e.hdr.ts_ns,
+            common: Common::new("send", &e.hdr, &e.comm, &e.addrs),
             start_ns: e.start_ns,
             duration_ns: if e.start_ns != 0 {
                 e.hdr.ts_ns.saturating_sub(e.start_ns)
             } else {
                 0
             },
-            cpu: e.hdr.cpu,
-            pid: e.hdr.pid,
-            tid: e.hdr.tid,
-            comm: format::comm_str(&e.comm),
-            sock_id: e.hdr.sock_id,
-            family: format::family_name(&e.addrs),
-            saddr: format::local_ip(&e.addrs),
-            lport: e.addrs.lport,
-            daddr: format::remote_ip(&e.addrs),
-            rport: e.addrs.rport,
             requested: (e.flags & SEND_F_REQUESTED != 0).then_some(e.requested),
-            copied,
-            error: e.ret,
-            ret: e.ret,
-            msg_flags: e.msg_flags,
+            outcome: Outcome::new(e.ret, e.msg_flags),
             blocked: e.flags & SEND_F_BLOCKED != 0,
-            sndbuf: e.queue.sndbuf,
-            wmem_queued: e.queue.wmem_queued,
-            send_q: e.queue.send_q,
-            unsent: e.queue.unsent,
-            in_flight: e.queue.in_flight,
-            acked: e.queue.acked,
+            queue: e.queue,
             seq_start: e.seq_end - copied.min(e.seq_end),
             seq_end: e.seq_end,
         })

@@ -3,9 +3,11 @@
 use std::net::IpAddr;
 
 use serde::Serialize;
-use trace_common::{EventKind, Header, RecvEvent, SockAddrs, SockEvent, UdpEvent};
+use trace_common::{
+    EventKind, Header, RecvEvent, RecvQueue, SendQueue, SockAddrs, SockEvent, UdpEvent,
+};
 
-use super::json::{ser_err, ser_flags};
+use super::json::{is_not_err, ser_err, ser_flags};
 use crate::format;
 
 /// Fields every event with a socket carries.
@@ -26,7 +28,7 @@ pub struct Common<'a> {
 }
 
 impl<'a> Common<'a> {
-    fn new(kind: &'static str, hdr: &Header, comm: &'a [u8; 16], a: &SockAddrs) -> Self {
+    pub fn new(kind: &'static str, hdr: &Header, comm: &'a [u8; 16], a: &SockAddrs) -> Self {
         Self {
             kind,
             ts_ns: hdr.ts_ns,
@@ -44,17 +46,35 @@ impl<'a> Common<'a> {
     }
 }
 
+/// What a send or receive call did: bytes copied, its raw return and errno name, its flags.
 #[derive(Serialize)]
-pub struct RecvJson<'a> {
-    #[serde(flatten)]
-    common: Common<'a>,
-    protocol: &'static str,
+pub struct Outcome {
     copied: u64,
     #[serde(serialize_with = "ser_err", skip_serializing_if = "is_not_err")]
     error: i64,
     ret: i64,
     #[serde(serialize_with = "ser_flags")]
     msg_flags: u32,
+}
+
+impl Outcome {
+    pub fn new(ret: i64, msg_flags: u32) -> Self {
+        Self {
+            copied: ret.max(0) as u64,
+            error: ret,
+            ret,
+            msg_flags,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct RecvJson<'a> {
+    #[serde(flatten)]
+    common: Common<'a>,
+    protocol: &'static str,
+    #[serde(flatten)]
+    outcome: Outcome,
     rcvbuf: u32,
     rmem_alloc: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,19 +83,12 @@ pub struct RecvJson<'a> {
     received: Option<u64>,
 }
 
-fn is_not_err(ret: &i64) -> bool {
-    *ret >= 0
-}
-
 pub fn recv(e: &RecvEvent) -> RecvJson<'_> {
     let tcp = e.protocol == 6;
     RecvJson {
         common: Common::new("recv", &e.hdr, &e.comm, &e.addrs),
         protocol: format::protocol_name(e.protocol),
-        copied: e.ret.max(0) as u64,
-        error: e.ret,
-        ret: e.ret,
-        msg_flags: e.msg_flags,
+        outcome: Outcome::new(e.ret, e.msg_flags),
         rcvbuf: e.queue.rcvbuf,
         rmem_alloc: e.queue.rmem_alloc,
         recv_q: tcp.then_some(e.queue.recv_q),
@@ -95,16 +108,10 @@ pub struct SockJson<'a> {
     reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
-    sndbuf: u32,
-    wmem_queued: u32,
-    send_q: u32,
-    unsent: u32,
-    in_flight: u32,
-    acked: u64,
-    rcvbuf: u32,
-    rmem_alloc: u32,
-    recv_q: u32,
-    received: u64,
+    #[serde(flatten)]
+    send: SendQueue,
+    #[serde(flatten)]
+    recv: RecvQueue,
 }
 
 pub fn sock(e: &SockEvent) -> SockJson<'_> {
@@ -123,16 +130,8 @@ pub fn sock(e: &SockEvent) -> SockJson<'_> {
         state: format::tcp_state(e.new_state),
         reason: (kind == Some(EventKind::RstOut)).then(|| format::rst_reason(e.reason)),
         seq: fin.then_some(e.seq),
-        sndbuf: e.send.sndbuf,
-        wmem_queued: e.send.wmem_queued,
-        send_q: e.send.send_q,
-        unsent: e.send.unsent,
-        in_flight: e.send.in_flight,
-        acked: e.send.acked,
-        rcvbuf: e.recv.rcvbuf,
-        rmem_alloc: e.recv.rmem_alloc,
-        recv_q: e.recv.recv_q,
-        received: e.recv.received,
+        send: e.send,
+        recv: e.recv,
     }
 }
 

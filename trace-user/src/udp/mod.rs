@@ -53,12 +53,7 @@ pub async fn run(args: UdpArgs, verbose: u8) -> anyhow::Result<bool> {
             done.notify_one();
         })?;
     }
-    let Ok(port) = port_rx.recv() else {
-        return Err(result_rx
-            .recv()?
-            .err()
-            .unwrap_or_else(|| anyhow::anyhow!("experiment ended early")));
-    };
+    let port = lab::port(&port_rx, &result_rx)?;
     let (mut lab, printer) = Lab::start(port, &args.tracer, verbose, args.json)?;
     let mut handler = UdpHandler {
         printer,
@@ -70,10 +65,7 @@ pub async fn run(args: UdpArgs, verbose: u8) -> anyhow::Result<bool> {
         .context("the experiment stopped before sending")?;
     let broken = handler.printer.broken.clone();
     lab.run(&mut handler, &done, &broken).await?;
-    let measured = match result_rx.try_recv() {
-        Ok(r) => r?,
-        Err(_) => anyhow::bail!("interrupted before the experiment finished"),
-    };
+    let measured = lab::result(&result_rx)?;
     lab.finish(&mut handler.printer)?;
     let report = UdpReport::new(plan, &measured, &handler, ns.name.clone());
     handler.printer.out.flush()?;

@@ -165,18 +165,7 @@ pub fn tcp_pair_with_buffers(sndbuf: i32, rcvbuf: i32) -> (TcpStream, TcpStream)
     assert!(fd >= 0);
     let c = unsafe { TcpStream::from_raw_fd(fd) };
     set_sockopt_int(&c, libc::SOL_SOCKET, libc::SO_SNDBUF, sndbuf);
-    let addr = l.local_addr().unwrap();
-    let std::net::SocketAddr::V4(v4) = addr else {
-        unreachable!()
-    };
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*v4.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
+    let sin = sockaddr_in(l.local_addr().unwrap());
     let rc = unsafe {
         libc::connect(
             fd,
@@ -187,6 +176,21 @@ pub fn tcp_pair_with_buffers(sndbuf: i32, rcvbuf: i32) -> (TcpStream, TcpStream)
     assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
     let (s, _) = l.accept().expect("accept");
     (c, s)
+}
+
+/// An IPv4 address as the C API takes it.
+pub fn sockaddr_in(addr: std::net::SocketAddr) -> libc::sockaddr_in {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("{addr} is not IPv4")
+    };
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of sockbuf's timestamps.
