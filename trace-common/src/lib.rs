@@ -27,6 +27,101 @@ pub mod maps {
     /// UDP send and receive calls in progress, keyed by thread id (kprobe mode: the return
     /// probe has no arguments).
     pub const CALLS: &str = "CALLS";
+    /// Per CPU, [`crate::standby::STRIDE`] u64s per program with a standby copy: how many
+    /// runs the copy took over, and the calls the program ran for lately.
+    pub const STANDBY: &str = "STANDBY";
+}
+
+/// Standby copies. Where the kernel runs BPF programs preemptibly (7.x), a thread preempted
+/// inside a program keeps it busy on that CPU, and the kernel skips the program for every
+/// other thread that reaches the hook there meanwhile (`recursion_misses`): with two busy
+/// threads on one CPU, up to a third of the events. Each program listed here has a copy,
+/// attached to the same hook to run after it, that does the work only when the program did
+/// not run for this call of the hook. Not listed: hooks that run
+/// with preemption off (`sched_switch`), kprobes (one busy flag for all of them), and classic
+/// tracepoints.
+pub mod standby {
+    /// (program, its standby copy). The index is the program's slot in [`crate::maps::STANDBY`].
+    pub const PROGRAMS: &[(&str, &str)] = &[
+        ("send_tcp_sendmsg_locked", "send_tcp_sendmsg_locked_sb"),
+        ("send_sock_send_length", "send_sock_send_length_sb"),
+        ("ack_tcp_probe", "ack_tcp_probe_sb"),
+        ("recv_sock_recv_length", "recv_sock_recv_length_sb"),
+        ("life_inet_sock_set_state", "life_inet_sock_set_state_sb"),
+        ("life_tcp_send_reset", "life_tcp_send_reset_sb"),
+        (
+            "life_tcp_send_reset_reason",
+            "life_tcp_send_reset_reason_sb",
+        ),
+        ("life_tcp_receive_reset", "life_tcp_receive_reset_sb"),
+        ("life_net_dev_queue", "life_net_dev_queue_sb"),
+        ("send_tcp_sendmsg_fentry", "send_tcp_sendmsg_fentry_sb"),
+        ("send_tcp_sendmsg_fexit", "send_tcp_sendmsg_fexit_sb"),
+        (
+            "block_sk_stream_wait_memory_fentry",
+            "block_sk_stream_wait_memory_fentry_sb",
+        ),
+        (
+            "block_sk_stream_wait_memory_fexit",
+            "block_sk_stream_wait_memory_fexit_sb",
+        ),
+        (
+            "ack_tcp_rcv_established_fentry",
+            "ack_tcp_rcv_established_fentry_sb",
+        ),
+        ("udp_udp_sendmsg_fexit", "udp_udp_sendmsg_fexit_sb"),
+        ("udp_udpv6_sendmsg_fexit", "udp_udpv6_sendmsg_fexit_sb"),
+        ("recv_tcp_recvmsg_fexit", "recv_tcp_recvmsg_fexit_sb"),
+        ("recv_udp_recvmsg_fexit", "recv_udp_recvmsg_fexit_sb"),
+        ("recv_udpv6_recvmsg_fexit", "recv_udpv6_recvmsg_fexit_sb"),
+    ];
+
+    /// u64s per slot in [`crate::maps::STANDBY`]: the runs the copy took, the next of the
+    /// recent calls to overwrite, and [`RECENT`] recent calls the program ran for.
+    pub const STRIDE: u32 = 2 + RECENT;
+    pub const RECENT: u32 = 4;
+    /// Entries of [`crate::maps::STANDBY`] per CPU.
+    pub const MAP_ENTRIES: u32 = STRIDE * PROGRAMS.len() as u32;
+
+    /// `program`'s slot; a compile error (in a const) for a program not listed.
+    pub const fn slot(program: &str) -> u32 {
+        let mut i = 0;
+        while i < PROGRAMS.len() {
+            if str_eq(PROGRAMS[i].0, program) {
+                return i as u32;
+            }
+            i += 1;
+        }
+        panic!("program has no standby slot")
+    }
+
+    /// The slot and standby copy of `program`, if it has one.
+    pub fn of(program: &str) -> Option<(u32, &'static str)> {
+        PROGRAMS
+            .iter()
+            .position(|(p, _)| *p == program)
+            .map(|i| (i as u32, PROGRAMS[i].1))
+    }
+
+    /// Whether `program` is a standby copy.
+    pub fn is_copy(program: &str) -> bool {
+        PROGRAMS.iter().any(|(_, sb)| *sb == program)
+    }
+
+    const fn str_eq(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
 }
 
 /// Names of the read-only globals the loader sets before load.

@@ -249,4 +249,16 @@ mod tests {
             Err(DecodeError::Short { kind: 0, len: 8 })
         );
     }
+
+    #[test]
+    fn standby_copies_are_named_after_their_programs() {
+        use crate::standby::{PROGRAMS, is_copy, of, slot};
+        for (i, (p, sb)) in PROGRAMS.iter().enumerate() {
+            assert_eq!(sb.strip_suffix("_sb"), Some(*p));
+            assert_eq!(slot(p), i as u32, "{p} listed twice");
+            assert_eq!(of(p), Some((i as u32, *sb)));
+            assert!(is_copy(sb) && !is_copy(p));
+        }
+        assert_eq!(of("block_sched_switch"), None);
+    }
 }

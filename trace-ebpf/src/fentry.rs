@@ -6,19 +6,23 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext},
 };
 
-use crate::{kernel, model, recv, udp};
+use crate::{kernel, model, recv, standby::with_standby, udp};
 
-/// `tcp_sendmsg(sk, msg, size)`: a send call starts.
-#[fentry(function = "tcp_sendmsg")]
-pub fn send_tcp_sendmsg_fentry(ctx: FEntryContext) -> u32 {
-    model::run(&ctx, || model::send_begin(ctx.arg(0), ctx.arg(1)))
+with_standby! {
+    /// `tcp_sendmsg(sk, msg, size)`: a send call starts.
+    #[fentry(function = "tcp_sendmsg")]
+    fn send_tcp_sendmsg_fentry, send_tcp_sendmsg_fentry_sb(ctx: FEntryContext) {
+        model::run(&ctx, || model::send_begin(ctx.arg(0), ctx.arg(1)))
+    }
 }
 
-/// … and returns; fexit sees the arguments, then the return value.
-#[fexit(function = "tcp_sendmsg")]
-pub fn send_tcp_sendmsg_fexit(ctx: FExitContext) -> u32 {
-    let ret = func_ret(&ctx);
-    model::run(&ctx, || model::send_end(ctx.arg(0), ret))
+with_standby! {
+    /// … and returns; fexit sees the arguments, then the return value.
+    #[fexit(function = "tcp_sendmsg")]
+    fn send_tcp_sendmsg_fexit, send_tcp_sendmsg_fexit_sb(ctx: FExitContext) {
+        let ret = func_ret(&ctx);
+        model::run(&ctx, || model::send_end(ctx.arg(0), ret))
+    }
 }
 
 /// The traced function's return value as an int. Asked of the kernel rather than read at a
@@ -29,34 +33,44 @@ fn func_ret(ctx: &FExitContext) -> i64 {
     ctx.ret::<i32>().map_or(0, i64::from)
 }
 
-/// `sk_stream_wait_memory(sk, timeo_p)`: the sender waits for space, unless it must not
-/// (a non-blocking call has `*timeo_p == 0` and gets EAGAIN).
-#[fentry(function = "sk_stream_wait_memory")]
-pub fn block_sk_stream_wait_memory_fentry(ctx: FEntryContext) -> u32 {
-    let timeo_p: u64 = ctx.arg(1);
-    model::run(&ctx, || model::wait_for_memory(timeo_p))
+with_standby! {
+    /// `sk_stream_wait_memory(sk, timeo_p)`: the sender waits for space, unless it must not
+    /// (a non-blocking call has `*timeo_p == 0` and gets EAGAIN).
+    #[fentry(function = "sk_stream_wait_memory")]
+    fn block_sk_stream_wait_memory_fentry, block_sk_stream_wait_memory_fentry_sb(ctx: FEntryContext) {
+        let timeo_p: u64 = ctx.arg(1);
+        model::run(&ctx, || model::wait_for_memory(timeo_p))
+    }
 }
 
-#[fexit(function = "sk_stream_wait_memory")]
-pub fn block_sk_stream_wait_memory_fexit(ctx: FExitContext) -> u32 {
-    model::run(&ctx, model::block_end)
+with_standby! {
+    #[fexit(function = "sk_stream_wait_memory")]
+    fn block_sk_stream_wait_memory_fexit, block_sk_stream_wait_memory_fexit_sb(ctx: FExitContext) {
+        model::run(&ctx, model::block_end)
+    }
 }
 
-/// `tcp_rcv_established(sk, skb)`: each segment an established socket receives.
-#[fentry(function = "tcp_rcv_established")]
-pub fn ack_tcp_rcv_established_fentry(ctx: FEntryContext) -> u32 {
-    model::run(&ctx, || model::ack(ctx.arg(0), ctx.arg(1)))
+with_standby! {
+    /// `tcp_rcv_established(sk, skb)`: each segment an established socket receives.
+    #[fentry(function = "tcp_rcv_established")]
+    fn ack_tcp_rcv_established_fentry, ack_tcp_rcv_established_fentry_sb(ctx: FEntryContext) {
+        model::run(&ctx, || model::ack(ctx.arg(0), ctx.arg(1)))
+    }
 }
 
-/// `udp_sendmsg(sk, msg, len)` and its IPv6 twin return: one UDP send call.
-#[fexit(function = "udp_sendmsg")]
-pub fn udp_udp_sendmsg_fexit(ctx: FExitContext) -> u32 {
-    udp_send_fexit(&ctx)
+with_standby! {
+    /// `udp_sendmsg(sk, msg, len)` and its IPv6 twin return: one UDP send call.
+    #[fexit(function = "udp_sendmsg")]
+    fn udp_udp_sendmsg_fexit, udp_udp_sendmsg_fexit_sb(ctx: FExitContext) {
+        udp_send_fexit(&ctx)
+    }
 }
 
-#[fexit(function = "udpv6_sendmsg")]
-pub fn udp_udpv6_sendmsg_fexit(ctx: FExitContext) -> u32 {
-    udp_send_fexit(&ctx)
+with_standby! {
+    #[fexit(function = "udpv6_sendmsg")]
+    fn udp_udpv6_sendmsg_fexit, udp_udpv6_sendmsg_fexit_sb(ctx: FExitContext) {
+        udp_send_fexit(&ctx)
+    }
 }
 
 #[inline(always)]
@@ -66,20 +80,26 @@ fn udp_send_fexit(ctx: &FExitContext) -> u32 {
     model::run(ctx, || udp::send_done(sk, kernel::msg_flags(msg)?, ret))
 }
 
-/// `tcp_recvmsg(sk, msg, len, flags[, addr_len])` and the UDP ones return: one receive call.
-#[fexit(function = "tcp_recvmsg")]
-pub fn recv_tcp_recvmsg_fexit(ctx: FExitContext) -> u32 {
-    recv_fexit(&ctx)
+with_standby! {
+    /// `tcp_recvmsg(sk, msg, len, flags[, addr_len])` and the UDP ones return: one receive call.
+    #[fexit(function = "tcp_recvmsg")]
+    fn recv_tcp_recvmsg_fexit, recv_tcp_recvmsg_fexit_sb(ctx: FExitContext) {
+        recv_fexit(&ctx)
+    }
 }
 
-#[fexit(function = "udp_recvmsg")]
-pub fn recv_udp_recvmsg_fexit(ctx: FExitContext) -> u32 {
-    recv_fexit(&ctx)
+with_standby! {
+    #[fexit(function = "udp_recvmsg")]
+    fn recv_udp_recvmsg_fexit, recv_udp_recvmsg_fexit_sb(ctx: FExitContext) {
+        recv_fexit(&ctx)
+    }
 }
 
-#[fexit(function = "udpv6_recvmsg")]
-pub fn recv_udpv6_recvmsg_fexit(ctx: FExitContext) -> u32 {
-    recv_fexit(&ctx)
+with_standby! {
+    #[fexit(function = "udpv6_recvmsg")]
+    fn recv_udpv6_recvmsg_fexit, recv_udpv6_recvmsg_fexit_sb(ctx: FExitContext) {
+        recv_fexit(&ctx)
+    }
 }
 
 #[inline(always)]

@@ -14,6 +14,7 @@ mod life;
 mod maps;
 mod model;
 mod recv;
+mod standby;
 mod tracepoint;
 mod udp;
 

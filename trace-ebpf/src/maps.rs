@@ -16,6 +16,12 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 pub const LOST_EVENTS: u32 = 0;
 pub const READ_ERRORS: u32 = 1;
 
+/// Per CPU, per program with a standby copy: the runs the copy took and the recent calls
+/// the program ran for (`trace_common::standby::STRIDE` u64s each).
+#[map]
+pub static STANDBY: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(trace_common::standby::MAP_ENTRIES, 0);
+
 /// A send call in progress on one thread, from its first pass through the TCP copy loop to
 /// the syscall's return. Deleted at the return, so it holds one entry per thread in a call.
 #[derive(Clone, Copy)]

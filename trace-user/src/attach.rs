@@ -8,6 +8,7 @@ use aya::{
     Btf, Ebpf,
     programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
+use trace_common::standby;
 
 use crate::{error::SetupError, preflight};
 
@@ -223,7 +224,7 @@ fn precheck(mode: AttachMode) -> Result<(), String> {
 }
 
 /// The one line that matters of a load or attach failure.
-fn reason(h: &Hook, e: &ProgramError) -> String {
+fn reason(program: &str, h: &Hook, e: &ProgramError) -> String {
     let what = match e {
         ProgramError::LoadError {
             io_error,
@@ -243,19 +244,42 @@ fn reason(h: &Hook, e: &ProgramError) -> String {
         ProgramError::SyscallError(s) => format!("{} failed ({})", s.call, s.io_error),
         e => e.to_string(),
     };
-    format!("{} on {}: {what}", h.program, h.target)
+    format!("{program} on {}: {what}", h.target)
 }
 
-/// Loads one program (the kernel's verifier checks it), and attaches it unless `verify_only`.
+/// A hook's program and, where it has one, its standby copy (`trace_common::standby`), in
+/// the order that makes the copy run after the program: a tracepoint calls its programs in
+/// the order they were attached, a BPF trampoline (fentry/fexit) the newest first.
+fn programs(h: &Hook) -> impl Iterator<Item = &'static str> {
+    let copy = standby::of(h.program).map(|(_, copy)| copy);
+    let (first, then) = match h.kind {
+        Kind::FEntry | Kind::FExit => (copy, Some(h.program)),
+        _ => (Some(h.program), copy),
+    };
+    first.into_iter().chain(then)
+}
+
+/// Loads a hook's programs (the kernel's verifier checks them), and attaches them unless
+/// `verify_only`.
 fn load_and_attach(
     ebpf: &mut Ebpf,
     h: &Hook,
     btf: Option<&Btf>,
     verify_only: bool,
 ) -> Result<(), String> {
+    programs(h).try_for_each(|program| load_and_attach_one(ebpf, program, h, btf, verify_only))
+}
+
+fn load_and_attach_one(
+    ebpf: &mut Ebpf,
+    program: &str,
+    h: &Hook,
+    btf: Option<&Btf>,
+    verify_only: bool,
+) -> Result<(), String> {
     let prog = ebpf
-        .program_mut(h.program)
-        .ok_or_else(|| format!("{} missing from the object", h.program))?;
+        .program_mut(program)
+        .ok_or_else(|| format!("{program} missing from the object"))?;
     let need_btf = || btf.ok_or(ProgramError::NotLoaded);
     let r = match h.kind {
         Kind::RawTracepoint { .. } => <&mut RawTracePoint>::try_from(prog).and_then(|p| {
@@ -297,13 +321,13 @@ fn load_and_attach(
             Ok(())
         }),
     };
-    r.map_err(|e| reason(h, &e))
+    r.map_err(|e| reason(program, h, &e))
 }
 
 /// Unloads (and so detaches) whatever of `mode` got loaded before a failure.
 fn unload(ebpf: &mut Ebpf, mode: AttachMode) {
-    for h in mode.hooks() {
-        if let Some(p) = ebpf.program_mut(h.program) {
+    for program in mode.hooks().flat_map(programs) {
+        if let Some(p) = ebpf.program_mut(program) {
             let _ = match p {
                 aya::programs::Program::RawTracePoint(p) => p.unload(),
                 aya::programs::Program::FEntry(p) => p.unload(),

@@ -8,7 +8,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
 };
 use aya_log::EbpfLogger;
-use trace_common::{Filter, globals, maps};
+use trace_common::{Filter, globals, maps, standby};
 
 use crate::{
     attach::{self, AttachMode},
@@ -35,7 +35,8 @@ pub struct KernelCounters {
     /// Events abandoned because a kernel read failed or a map was full.
     pub faults: u64,
     /// Runs of sockbuf's programs the kernel skipped: a program already running on that CPU
-    /// (preempted, or interrupted) is not entered again. Those events never existed.
+    /// (preempted, or interrupted) is not entered again, and no standby copy took the run
+    /// over (`trace_common::standby`). Those events never existed.
     pub missed: u64,
 }
 
@@ -121,9 +122,29 @@ impl Tracer {
         let map = self.ebpf.map(maps::LOST).context("LOST map missing")?;
         let arr = PerCpuArray::<_, u64>::try_from(map)?;
         let sum = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>());
+        let standby_map = self
+            .ebpf
+            .map(maps::STANDBY)
+            .context("STANDBY map missing")?;
+        let standby_map = PerCpuArray::<_, u64>::try_from(standby_map)?;
         let mut missed = 0;
         for (name, p) in self.ebpf.programs() {
-            let n = p.fd().map_or(0, |fd| recursion_misses(fd.as_fd()));
+            // A copy's own misses cost nothing unless its program was skipped too, and then
+            // the program's count has them.
+            if standby::is_copy(name) {
+                continue;
+            }
+            let skipped = p.fd().map_or(0, |fd| recursion_misses(fd.as_fd()));
+            let taken = match standby::of(name) {
+                Some((slot, _)) => standby_map
+                    .get(&(standby::STRIDE * slot), 0)
+                    .map(|v| v.iter().sum::<u64>())?,
+                None => 0,
+            };
+            if taken > 0 {
+                log::debug!("{name}: its standby copy took {taken} of {skipped} skipped runs");
+            }
+            let n = skipped.saturating_sub(taken);
             if n > 0 {
                 log::warn!("the kernel skipped {n} runs of {name}");
             }

@@ -229,17 +229,13 @@ fn two_threads_two_sockets_attributed_exactly() {
     let b = spawn(150, 1300);
     let (ino_a, tid_a, _ca) = a.join().unwrap();
     let (ino_b, tid_b, _cb) = b.join().unwrap();
-    // Two writers on few CPUs: the kernel may skip a program run (counted as missed).
-    let (out, missed) = trace.stop_counting_missed();
-    let all_sends = out.iter().filter(|e| e["kind"] == "send").count();
-    assert!(
-        all_sends + missed as usize >= 450,
-        "every send not traced is one the kernel counted as skipped: {} + {missed}",
-        all_sends
-    );
+    // Two writers on few CPUs: where BPF programs run preemptibly, the kernel skips a busy
+    // program for the other thread, and the standby copies must take those runs (stop()
+    // checks that none was missed).
+    let out = trace.stop();
     for (ino, tid, writes, size) in [(ino_a, tid_a, 300, 700), (ino_b, tid_b, 150, 1300)] {
         let sends = events(&out, "send", ino);
-        if sends.len() > writes || sends.len() + (missed as usize) < writes {
+        if sends.len() != writes {
             // Say where the others went: per socket and thread, and the totals.
             let mut seen = std::collections::BTreeMap::new();
             for e in out.iter().filter(|e| e["kind"] == "send") {
@@ -262,11 +258,7 @@ fn two_threads_two_sockets_attributed_exactly() {
             "every event from its writer thread"
         );
         let total: u64 = sends.iter().map(|e| u(&e["copied"])).sum();
-        assert_eq!(
-            total,
-            (sends.len() * size) as u64,
-            "each traced write copied {size}"
-        );
+        assert_eq!(total, (writes * size) as u64, "each write copied {size}");
     }
 }
 
@@ -357,14 +349,16 @@ fn hist_total(hist: &serde_json::Value) -> u64 {
 #[test]
 fn summary_totals_and_histograms_per_socket() {
     let pid = std::process::id().to_string();
-    let child = std::process::Command::new(SOCKBUF)
+    let mut child = std::process::Command::new(SOCKBUF)
         .args(["trace", "--json", "--summary", "-p", &pid])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // No start object on stdout to wait for in summary mode; the session is up when the
-    // BTF is parsed and the programs attach, well within this.
-    thread::sleep(Duration::from_secs(3));
+    // The start object comes once the programs are attached (seconds in an emulated guest).
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut start = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut start).unwrap();
+    assert!(start.contains("\"start\""), "no start object: {start:?}");
     let (mut c, mut s) = tcp_pair();
     let sizes = [100usize, 1000, 1000, 5000, 70_000];
     let server_ino = ino(&s);
@@ -387,10 +381,11 @@ fn summary_totals_and_histograms_per_socket() {
     let ino = ino(&c);
     thread::sleep(Duration::from_millis(200));
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "sockbuf exited with {status}");
+    let lines: Vec<serde_json::Value> = rest
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
