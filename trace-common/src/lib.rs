@@ -43,37 +43,37 @@ pub mod maps {
 pub mod standby {
     /// (program, its standby copy). The index is the program's slot in [`crate::maps::STANDBY`].
     pub const PROGRAMS: &[(&str, &str)] = &[
-        ("send_tcp_sendmsg_locked", "send_tcp_sendmsg_locked_sb"),
-        ("send_sock_send_length", "send_sock_send_length_sb"),
-        ("ack_tcp_probe", "ack_tcp_probe_sb"),
-        ("recv_sock_recv_length", "recv_sock_recv_length_sb"),
-        ("life_inet_sock_set_state", "life_inet_sock_set_state_sb"),
-        ("life_tcp_send_reset", "life_tcp_send_reset_sb"),
+        ("send_tcp_sendmsg_locked", "sb_send_tcp_sendmsg_locked"),
+        ("send_sock_send_length", "sb_send_sock_send_length"),
+        ("ack_tcp_probe", "sb_ack_tcp_probe"),
+        ("recv_sock_recv_length", "sb_recv_sock_recv_length"),
+        ("life_inet_sock_set_state", "sb_life_inet_sock_set_state"),
+        ("life_tcp_send_reset", "sb_life_tcp_send_reset"),
         (
             "life_tcp_send_reset_reason",
-            "life_tcp_send_reset_reason_sb",
+            "sb_life_tcp_send_reset_reason",
         ),
-        ("life_tcp_receive_reset", "life_tcp_receive_reset_sb"),
-        ("life_net_dev_queue", "life_net_dev_queue_sb"),
-        ("send_tcp_sendmsg_fentry", "send_tcp_sendmsg_fentry_sb"),
-        ("send_tcp_sendmsg_fexit", "send_tcp_sendmsg_fexit_sb"),
+        ("life_tcp_receive_reset", "sb_life_tcp_receive_reset"),
+        ("life_net_dev_queue", "sb_life_net_dev_queue"),
+        ("send_tcp_sendmsg_fentry", "sb_send_tcp_sendmsg_fentry"),
+        ("send_tcp_sendmsg_fexit", "sb_send_tcp_sendmsg_fexit"),
         (
             "block_sk_stream_wait_memory_fentry",
-            "block_sk_stream_wait_memory_fentry_sb",
+            "sb_block_sk_stream_wait_memory_fentry",
         ),
         (
             "block_sk_stream_wait_memory_fexit",
-            "block_sk_stream_wait_memory_fexit_sb",
+            "sb_block_sk_stream_wait_memory_fexit",
         ),
         (
             "ack_tcp_rcv_established_fentry",
-            "ack_tcp_rcv_established_fentry_sb",
+            "sb_ack_tcp_rcv_established_fentry",
         ),
-        ("udp_udp_sendmsg_fexit", "udp_udp_sendmsg_fexit_sb"),
-        ("udp_udpv6_sendmsg_fexit", "udp_udpv6_sendmsg_fexit_sb"),
-        ("recv_tcp_recvmsg_fexit", "recv_tcp_recvmsg_fexit_sb"),
-        ("recv_udp_recvmsg_fexit", "recv_udp_recvmsg_fexit_sb"),
-        ("recv_udpv6_recvmsg_fexit", "recv_udpv6_recvmsg_fexit_sb"),
+        ("udp_udp_sendmsg_fexit", "sb_udp_udp_sendmsg_fexit"),
+        ("udp_udpv6_sendmsg_fexit", "sb_udp_udpv6_sendmsg_fexit"),
+        ("recv_tcp_recvmsg_fexit", "sb_recv_tcp_recvmsg_fexit"),
+        ("recv_udp_recvmsg_fexit", "sb_recv_udp_recvmsg_fexit"),
+        ("recv_udpv6_recvmsg_fexit", "sb_recv_udpv6_recvmsg_fexit"),
     ];
 
     /// u64s per slot in [`crate::maps::STANDBY`]: the runs the copy took, the next of the

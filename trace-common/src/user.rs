@@ -254,7 +254,7 @@ mod tests {
     fn standby_copies_are_named_after_their_programs() {
         use crate::standby::{PROGRAMS, is_copy, of, slot};
         for (i, (p, sb)) in PROGRAMS.iter().enumerate() {
-            assert_eq!(sb.strip_suffix("_sb"), Some(*p));
+            assert_eq!(sb.strip_prefix("sb_"), Some(*p));
             assert_eq!(slot(p), i as u32, "{p} listed twice");
             assert_eq!(of(p), Some((i as u32, *sb)));
             assert!(is_copy(sb) && !is_copy(p));

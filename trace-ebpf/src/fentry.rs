@@ -11,7 +11,7 @@ use crate::{kernel, model, recv, standby::with_standby, udp};
 with_standby! {
     /// `tcp_sendmsg(sk, msg, size)`: a send call starts.
     #[fentry(function = "tcp_sendmsg")]
-    fn send_tcp_sendmsg_fentry, send_tcp_sendmsg_fentry_sb(ctx: FEntryContext) {
+    fn send_tcp_sendmsg_fentry, sb_send_tcp_sendmsg_fentry(ctx: FEntryContext) {
         model::run(&ctx, || model::send_begin(ctx.arg(0), ctx.arg(1)))
     }
 }
@@ -19,7 +19,7 @@ with_standby! {
 with_standby! {
     /// … and returns; fexit sees the arguments, then the return value.
     #[fexit(function = "tcp_sendmsg")]
-    fn send_tcp_sendmsg_fexit, send_tcp_sendmsg_fexit_sb(ctx: FExitContext) {
+    fn send_tcp_sendmsg_fexit, sb_send_tcp_sendmsg_fexit(ctx: FExitContext) {
         let ret = func_ret(&ctx);
         model::run(&ctx, || model::send_end(ctx.arg(0), ret))
     }
@@ -37,7 +37,7 @@ with_standby! {
     /// `sk_stream_wait_memory(sk, timeo_p)`: the sender waits for space, unless it must not
     /// (a non-blocking call has `*timeo_p == 0` and gets EAGAIN).
     #[fentry(function = "sk_stream_wait_memory")]
-    fn block_sk_stream_wait_memory_fentry, block_sk_stream_wait_memory_fentry_sb(ctx: FEntryContext) {
+    fn block_sk_stream_wait_memory_fentry, sb_block_sk_stream_wait_memory_fentry(ctx: FEntryContext) {
         let timeo_p: u64 = ctx.arg(1);
         model::run(&ctx, || model::wait_for_memory(timeo_p))
     }
@@ -45,7 +45,7 @@ with_standby! {
 
 with_standby! {
     #[fexit(function = "sk_stream_wait_memory")]
-    fn block_sk_stream_wait_memory_fexit, block_sk_stream_wait_memory_fexit_sb(ctx: FExitContext) {
+    fn block_sk_stream_wait_memory_fexit, sb_block_sk_stream_wait_memory_fexit(ctx: FExitContext) {
         model::run(&ctx, model::block_end)
     }
 }
@@ -53,7 +53,7 @@ with_standby! {
 with_standby! {
     /// `tcp_rcv_established(sk, skb)`: each segment an established socket receives.
     #[fentry(function = "tcp_rcv_established")]
-    fn ack_tcp_rcv_established_fentry, ack_tcp_rcv_established_fentry_sb(ctx: FEntryContext) {
+    fn ack_tcp_rcv_established_fentry, sb_ack_tcp_rcv_established_fentry(ctx: FEntryContext) {
         model::run(&ctx, || model::ack(ctx.arg(0), ctx.arg(1)))
     }
 }
@@ -61,14 +61,14 @@ with_standby! {
 with_standby! {
     /// `udp_sendmsg(sk, msg, len)` and its IPv6 twin return: one UDP send call.
     #[fexit(function = "udp_sendmsg")]
-    fn udp_udp_sendmsg_fexit, udp_udp_sendmsg_fexit_sb(ctx: FExitContext) {
+    fn udp_udp_sendmsg_fexit, sb_udp_udp_sendmsg_fexit(ctx: FExitContext) {
         udp_send_fexit(&ctx)
     }
 }
 
 with_standby! {
     #[fexit(function = "udpv6_sendmsg")]
-    fn udp_udpv6_sendmsg_fexit, udp_udpv6_sendmsg_fexit_sb(ctx: FExitContext) {
+    fn udp_udpv6_sendmsg_fexit, sb_udp_udpv6_sendmsg_fexit(ctx: FExitContext) {
         udp_send_fexit(&ctx)
     }
 }
@@ -83,21 +83,21 @@ fn udp_send_fexit(ctx: &FExitContext) -> u32 {
 with_standby! {
     /// `tcp_recvmsg(sk, msg, len, flags[, addr_len])` and the UDP ones return: one receive call.
     #[fexit(function = "tcp_recvmsg")]
-    fn recv_tcp_recvmsg_fexit, recv_tcp_recvmsg_fexit_sb(ctx: FExitContext) {
+    fn recv_tcp_recvmsg_fexit, sb_recv_tcp_recvmsg_fexit(ctx: FExitContext) {
         recv_fexit(&ctx)
     }
 }
 
 with_standby! {
     #[fexit(function = "udp_recvmsg")]
-    fn recv_udp_recvmsg_fexit, recv_udp_recvmsg_fexit_sb(ctx: FExitContext) {
+    fn recv_udp_recvmsg_fexit, sb_recv_udp_recvmsg_fexit(ctx: FExitContext) {
         recv_fexit(&ctx)
     }
 }
 
 with_standby! {
     #[fexit(function = "udpv6_recvmsg")]
-    fn recv_udpv6_recvmsg_fexit, recv_udpv6_recvmsg_fexit_sb(ctx: FExitContext) {
+    fn recv_udpv6_recvmsg_fexit, sb_recv_udpv6_recvmsg_fexit(ctx: FExitContext) {
         recv_fexit(&ctx)
     }
 }

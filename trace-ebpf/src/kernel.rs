@@ -262,14 +262,11 @@ impl Sock {
     /// The send side now. Sequence arithmetic wraps, as the kernel's does.
     #[inline(always)]
     pub fn send_queue(&self) -> Result<SendQueue, Fault> {
-        let (acked, write_seq, snd_una, snd_nxt) = settled(|| {
-            Ok((
-                self.bytes_acked()?,
-                self.write_seq()?,
-                self.snd_una()?,
-                self.snd_nxt()?,
-            ))
-        })?;
+        // An ACK moves the first two together; write_seq only moves under the socket lock,
+        // and snd_nxt is not added to them.
+        let (acked, snd_una) = settled(|| Ok((self.bytes_acked()?, self.snd_una()?)))?;
+        let write_seq = self.write_seq()?;
+        let snd_nxt = self.snd_nxt()?;
         Ok(SendQueue {
             sndbuf: self.sndbuf()?,
             wmem_queued: read(self.ptr, off!(sk_wmem_queued))?,

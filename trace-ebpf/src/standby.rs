@@ -51,7 +51,7 @@ pub fn standby(slot: u32, call: u64, f: impl FnOnce() -> u32) -> u32 {
 }
 
 /// Defines a program and its standby copy: one body, two programs on the same hook.
-/// `with_standby!(#[attach attribute] fn program, program_sb(ctx: Context) { body })`.
+/// `with_standby!(#[attach attribute] fn program, sb_program(ctx: Context) { body })`.
 macro_rules! with_standby {
     ($(#[$attr:meta])* fn $name:ident, $copy:ident($ctx:ident: $ty:ty) $body:block) => {
         $(#[$attr])*

@@ -11,7 +11,7 @@ use crate::{entry, life, model, recv, standby::with_standby, udp};
 with_standby! {
     /// `tcp_sendmsg_locked(sk, msg, skb, size_goal)`: each pass of the TCP copy loop.
     #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
-    fn send_tcp_sendmsg_locked, send_tcp_sendmsg_locked_sb(ctx: RawTracePointContext) {
+    fn send_tcp_sendmsg_locked, sb_send_tcp_sendmsg_locked(ctx: RawTracePointContext) {
         model::run(&ctx, || model::send_begin(ctx.arg(0), ctx.arg(1)))
     }
 }
@@ -19,7 +19,7 @@ with_standby! {
 with_standby! {
     /// `sock_send_length(sk, ret, flags)`: every sendmsg's return, any protocol.
     #[raw_tracepoint(tracepoint = "sock_send_length")]
-    fn send_sock_send_length, send_sock_send_length_sb(ctx: RawTracePointContext) {
+    fn send_sock_send_length, sb_send_sock_send_length(ctx: RawTracePointContext) {
         let ret: u64 = ctx.arg(1);
         model::run(&ctx, || model::send_end(ctx.arg(0), i64::from(ret as i32)))
     }
@@ -49,7 +49,7 @@ fn task_sleeps(ctx: &RawTracePointContext) -> u32 {
 with_standby! {
     /// `tcp_probe(sk, skb)`: each segment `tcp_rcv_established` receives, before processing.
     #[raw_tracepoint(tracepoint = "tcp_probe")]
-    fn ack_tcp_probe, ack_tcp_probe_sb(ctx: RawTracePointContext) {
+    fn ack_tcp_probe, sb_ack_tcp_probe(ctx: RawTracePointContext) {
         model::run(&ctx, || model::ack(ctx.arg(0), ctx.arg(1)))
     }
 }
@@ -57,7 +57,7 @@ with_standby! {
 with_standby! {
     /// `sock_recv_length(sk, ret, flags)`: every recvmsg's return, any protocol.
     #[raw_tracepoint(tracepoint = "sock_recv_length")]
-    fn recv_sock_recv_length, recv_sock_recv_length_sb(ctx: RawTracePointContext) {
+    fn recv_sock_recv_length, sb_recv_sock_recv_length(ctx: RawTracePointContext) {
         let ret: u64 = ctx.arg(1);
         let flags: u64 = ctx.arg(2);
         model::run(&ctx, || {
@@ -97,7 +97,7 @@ fn syscall_flags(ctx: &TracePointContext, arg: usize) -> u32 {
 with_standby! {
     /// `inet_sock_set_state(sk, oldstate, newstate)`.
     #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-    fn life_inet_sock_set_state, life_inet_sock_set_state_sb(ctx: RawTracePointContext) {
+    fn life_inet_sock_set_state, sb_life_inet_sock_set_state(ctx: RawTracePointContext) {
         let (old, new): (u64, u64) = (ctx.arg(1), ctx.arg(2));
         model::run(&ctx, || life::state(ctx.arg(0), old as u32, new as u32))
     }
@@ -107,7 +107,7 @@ with_standby! {
     /// `tcp_send_reset(sk, skb)` before Linux 6.10. A raw tracepoint program may not read past
     /// the tracepoint's arguments (the kernel refuses to attach it), hence two programs.
     #[raw_tracepoint(tracepoint = "tcp_send_reset")]
-    fn life_tcp_send_reset, life_tcp_send_reset_sb(ctx: RawTracePointContext) {
+    fn life_tcp_send_reset, sb_life_tcp_send_reset(ctx: RawTracePointContext) {
         model::run(&ctx, || life::rst_out(ctx.arg(0), u32::MAX))
     }
 }
@@ -115,7 +115,7 @@ with_standby! {
 with_standby! {
     /// `tcp_send_reset(sk, skb, reason)` from Linux 6.10.
     #[raw_tracepoint(tracepoint = "tcp_send_reset")]
-    fn life_tcp_send_reset_reason, life_tcp_send_reset_reason_sb(ctx: RawTracePointContext) {
+    fn life_tcp_send_reset_reason, sb_life_tcp_send_reset_reason(ctx: RawTracePointContext) {
         let reason: u64 = ctx.arg(2);
         model::run(&ctx, || life::rst_out(ctx.arg(0), reason as u32))
     }
@@ -124,7 +124,7 @@ with_standby! {
 with_standby! {
     /// `tcp_receive_reset(sk)`.
     #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
-    fn life_tcp_receive_reset, life_tcp_receive_reset_sb(ctx: RawTracePointContext) {
+    fn life_tcp_receive_reset, sb_life_tcp_receive_reset(ctx: RawTracePointContext) {
         model::run(&ctx, || life::rst_in(ctx.arg(0)))
     }
 }
@@ -132,7 +132,7 @@ with_standby! {
 with_standby! {
     /// `net_dev_queue(skb)`: a packet is handed to a device (a FIN leaving, a UDP datagram).
     #[raw_tracepoint(tracepoint = "net_dev_queue")]
-    fn life_net_dev_queue, life_net_dev_queue_sb(ctx: RawTracePointContext) {
+    fn life_net_dev_queue, sb_life_net_dev_queue(ctx: RawTracePointContext) {
         model::run(&ctx, || life::xmit(ctx.arg(0)))
     }
 }

@@ -85,6 +85,8 @@ struct Run {
     workload_cpu_ms: f64,
     /// Time the kernel spent in the tracer's BPF programs (kernel.bpf_stats_enabled).
     bpf_ns: u64,
+    /// The same per program name: (name, ns, runs) during the workload.
+    by_program: Vec<(String, u64, u64)>,
 }
 
 /// Turns on the kernel's per-program run-time accounting for the bench, and restores the
@@ -109,14 +111,46 @@ impl Drop for BpfStats {
     }
 }
 
-/// (id, run_time_ns) of every loaded BPF program, from bpftool.
-fn bpf_run_times() -> Vec<(u64, u64)> {
+/// A loaded BPF program's run-time accounting, from bpftool.
+struct ProgStats {
+    id: u64,
+    /// The kernel's name: the first 15 bytes of the program's (`sb_…` for standby copies).
+    name: String,
+    run_ns: u64,
+    runs: u64,
+}
+
+/// Every loaded BPF program's run time and count.
+fn bpf_run_times() -> Vec<ProgStats> {
     let out = cmd::output(Command::new("bpftool").args(["prog", "show", "--json"]));
     let progs: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
     progs
         .iter()
-        .filter_map(|p| Some((p["id"].as_u64()?, p["run_time_ns"].as_u64().unwrap_or(0))))
+        .filter_map(|p| {
+            Some(ProgStats {
+                id: p["id"].as_u64()?,
+                name: p["name"].as_str().unwrap_or("?").to_owned(),
+                run_ns: p["run_time_ns"].as_u64().unwrap_or(0),
+                runs: p["run_cnt"].as_u64().unwrap_or(0),
+            })
+        })
         .collect()
+}
+
+/// What the programs loaded since `at_start` spent since then, summed per name.
+fn spent_by_name(at_start: &[ProgStats]) -> Vec<(String, u64, u64)> {
+    let mut by: Vec<(String, u64, u64)> = Vec::new();
+    for p in bpf_run_times() {
+        let Some(p0) = at_start.iter().find(|p0| p0.id == p.id) else {
+            continue;
+        };
+        let (ns, runs) = (p.run_ns - p0.run_ns, p.runs - p0.runs);
+        match by.iter_mut().find(|(n, ..)| *n == p.name) {
+            Some(e) => (e.1, e.2) = (e.1 + ns, e.2 + runs),
+            None => by.push((p.name, ns, runs)),
+        }
+    }
+    by
 }
 
 fn bins() -> anyhow::Result<(PathBuf, PathBuf)> {
@@ -191,12 +225,12 @@ fn run_once(
     workload: &Path,
     out: &Path,
 ) -> anyhow::Result<Run> {
-    let before: Vec<u64> = bpf_run_times().into_iter().map(|(id, _)| id).collect();
+    let before: Vec<u64> = bpf_run_times().into_iter().map(|p| p.id).collect();
     let tracer = start_tracer(config, sockbuf, out)?;
     // Programs this tracer loaded, and their run time before the workload starts.
-    let at_start: Vec<(u64, u64)> = bpf_run_times()
+    let at_start: Vec<ProgStats> = bpf_run_times()
         .into_iter()
-        .filter(|(id, _)| !before.contains(id))
+        .filter(|p| !before.contains(&p.id))
         .collect();
     // The tracer's CPU from here on: its start-up (BTF parsing, loading) is not overhead.
     let cpu_at_start = tracer.as_ref().map_or(0.0, |c| usage(c.id()).0);
@@ -225,16 +259,10 @@ fn run_once(
         cpu_ms: 0.0,
         rss_kib: 0,
         workload_cpu_ms: wj["cpu_ns"].as_f64().unwrap_or(0.0) / 1e6,
-        bpf_ns: bpf_run_times()
-            .into_iter()
-            .filter_map(|(id, t)| {
-                at_start
-                    .iter()
-                    .find(|(i, _)| *i == id)
-                    .map(|(_, t0)| t - t0)
-            })
-            .sum(),
+        bpf_ns: 0,
+        by_program: spent_by_name(&at_start),
     };
+    run.bpf_ns = run.by_program.iter().map(|(_, ns, _)| ns).sum();
     if let Some(mut child) = tracer {
         // Let the last events and ACKs arrive before stopping.
         thread::sleep(Duration::from_millis(300));
@@ -428,6 +456,55 @@ fn report(configs: &[Config], runs: &[Run], a: &BenchArgs) -> String {
             median(of(c).map(|r| r.rss_kib as f64).collect()) / 1024.0,
             median(of(c).map(|r| r.bpf_ns as f64 / r.writes as f64).collect()),
         ));
+    }
+    t.push_str(&by_program(runs, a));
+    t
+}
+
+/// Where sockbuf's kernel time per write goes when it streams: per program (kernel names,
+/// `sb_…` the standby copies), medians over the rounds.
+fn by_program(runs: &[Run], a: &BenchArgs) -> String {
+    let stream: Vec<&Run> = runs
+        .iter()
+        .filter(|r| r.config == Config::SockbufStream)
+        .collect();
+    let mut names: Vec<&str> = stream
+        .iter()
+        .flat_map(|r| r.by_program.iter().map(|(n, ..)| n.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let per_write = |name: &str, f: fn(u64, u64) -> f64| {
+        median(
+            stream
+                .iter()
+                .filter_map(|r| {
+                    let (_, ns, runs) = r.by_program.iter().find(|(n, ..)| n == name)?;
+                    Some(f(*ns, *runs) / r.writes as f64)
+                })
+                .collect(),
+        )
+    };
+    let mut rows: Vec<(f64, String)> = names
+        .into_iter()
+        .map(|n| {
+            let ns = per_write(n, |ns, _| ns as f64);
+            let runs = per_write(n, |_, runs| runs as f64);
+            let per_run = if runs > 0.0 { ns / runs } else { 0.0 };
+            (
+                ns,
+                format!("| {n} | {runs:.2} | {per_run:.0} | {ns:.0} |\n"),
+            )
+        })
+        .collect();
+    rows.sort_by(|x, y| y.0.total_cmp(&x.0));
+    let mut t = format!(
+        "\nsockbuf trace --json, kernel time by program (kernel names, cut at 15 bytes; `sb_…`: standby copies; {} B writes):\n\n\
+         | program | runs per write | ns per run | ns per write |\n| --- | ---: | ---: | ---: |\n",
+        a.size
+    );
+    for (_, row) in rows {
+        t.push_str(&row);
     }
     t
 }
