@@ -21,15 +21,14 @@ pub mod maps {
     pub const INFLIGHT: &str = "INFLIGHT";
     /// Per-socket tracking state, keyed by `struct sock` address (LRU, bounded).
     pub const SOCKS: &str = "SOCKS";
-    /// `MSG_*` flags of the current send syscall, keyed by thread id (tracepoint mode, where
-    /// no UDP hook sees the `msghdr`).
-    pub const SYSFLAGS: &str = "SYSFLAGS";
     /// UDP send and receive calls in progress, keyed by thread id (kprobe mode: the return
     /// probe has no arguments).
     pub const CALLS: &str = "CALLS";
-    /// Per CPU, [`crate::standby::STRIDE`] u64s per program with a standby copy: how many
-    /// runs the copy took over, and the calls the program ran for lately.
+    /// Per CPU, per program with a standby copy: how many runs the copy took over.
     pub const STANDBY: &str = "STANDBY";
+    /// Per program with a standby copy and per thread (its id modulo
+    /// [`crate::standby::THREADS`]): the call the program last ran for.
+    pub const STANDBY_MARKS: &str = "STANDBY_MARKS";
 }
 
 /// Standby copies. Where the kernel runs BPF programs preemptibly (7.x), a thread preempted
@@ -37,9 +36,9 @@ pub mod maps {
 /// other thread that reaches the hook there meanwhile (`recursion_misses`): with two busy
 /// threads on one CPU, up to a third of the events. Each program listed here has a copy,
 /// attached to the same hook to run after it, that does the work only when the program did
-/// not run for this call of the hook. Not listed: hooks that run
-/// with preemption off (`sched_switch`), kprobes (one busy flag for all of them), and classic
-/// tracepoints.
+/// not run for this call of the hook. Not listed: hooks that run with preemption off
+/// (`sched_switch`), and kprobes (one busy flag per CPU for all kprobe and classic tracepoint
+/// programs, so a copy would be skipped too).
 pub mod standby {
     /// (program, its standby copy). The index is the program's slot in [`crate::maps::STANDBY`].
     pub const PROGRAMS: &[(&str, &str)] = &[
@@ -55,6 +54,7 @@ pub mod standby {
         ),
         ("life_tcp_receive_reset", "sb_life_tcp_receive_reset"),
         ("life_net_dev_queue", "sb_life_net_dev_queue"),
+        ("entry_sys_enter", "sb_entry_sys_enter"),
         ("send_tcp_sendmsg_fentry", "sb_send_tcp_sendmsg_fentry"),
         ("send_tcp_sendmsg_fexit", "sb_send_tcp_sendmsg_fexit"),
         (
@@ -76,12 +76,12 @@ pub mod standby {
         ("recv_udpv6_recvmsg_fexit", "sb_recv_udpv6_recvmsg_fexit"),
     ];
 
-    /// u64s per slot in [`crate::maps::STANDBY`]: the runs the copy took, the next of the
-    /// recent calls to overwrite, and [`RECENT`] recent calls the program ran for.
-    pub const STRIDE: u32 = 2 + RECENT;
-    pub const RECENT: u32 = 4;
+    /// Threads told apart per program in [`crate::maps::STANDBY_MARKS`].
+    pub const THREADS: u32 = 4096;
     /// Entries of [`crate::maps::STANDBY`] per CPU.
-    pub const MAP_ENTRIES: u32 = STRIDE * PROGRAMS.len() as u32;
+    pub const COUNTERS: u32 = PROGRAMS.len() as u32;
+    /// Entries of [`crate::maps::STANDBY_MARKS`].
+    pub const MARKS: u32 = THREADS * PROGRAMS.len() as u32;
 
     /// `program`'s slot; a compile error (in a const) for a program not listed.
     pub const fn slot(program: &str) -> u32 {
@@ -471,6 +471,8 @@ pub struct KernelOffsets {
     pub file_flags: u32,
     pub inode_mode: u32,
     pub socket_sk: u32,
+    /// The task's kernel stack, at whose top the syscall's user registers are saved.
+    pub task_stack: u32,
 }
 
 const _: () = {
@@ -485,5 +487,5 @@ const _: () = {
     assert!(core::mem::size_of::<RecvEvent>() == 128);
     assert!(core::mem::size_of::<SockEvent>() == 168);
     assert!(core::mem::size_of::<UdpEvent>() == 120);
-    assert!(core::mem::size_of::<KernelOffsets>() == 196);
+    assert!(core::mem::size_of::<KernelOffsets>() == 200);
 };

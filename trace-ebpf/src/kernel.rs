@@ -56,6 +56,7 @@ static KOFFSETS: KernelOffsets = KernelOffsets {
     file_flags: 0,
     inode_mode: 0,
     socket_sk: 0,
+    task_stack: 0,
 };
 
 /// The offset of one kernel field, as the loader set it.
@@ -371,6 +372,34 @@ pub fn fd_sock(fd: u64) -> Result<Option<(u64, bool)>, Fault> {
         read(socket, off!(socket_sk))?,
         flags & O_NONBLOCK != 0,
     )))
+}
+
+/// The flags argument of the send syscall the current task is in (`sendto`, `sendmmsg`:
+/// the 4th, `sendmsg`: the 3rd; 0 for `write` and the others). Read from the user registers
+/// the syscall's entry saved at the top of the task's kernel stack (x86_64: `struct pt_regs`,
+/// 16 KiB stacks, 16 bytes lower with FRED; the place is confirmed by the user code segment
+/// found there), so no program needs to run at every syscall's entry for it.
+#[inline(always)]
+pub fn syscall_send_flags() -> Result<u32, Fault> {
+    const THREAD_SIZE: u64 = 16 << 10;
+    const PT_REGS_SIZE: u64 = 21 * 8;
+    const USER_CS: u64 = 0x33;
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    let stack: u64 = read(task, off!(task_stack))?;
+    for pad in [0, 16] {
+        let regs = stack + THREAD_SIZE - pad - PT_REGS_SIZE;
+        // cs at 136, orig_ax (the syscall number) at 120, dx at 96, r10 at 56.
+        if read::<u64>(regs, 136)? != USER_CS {
+            continue;
+        }
+        let flags: u64 = match read::<u64>(regs, 120)? {
+            44 | 307 => read(regs, 56)?,
+            46 => read(regs, 96)?,
+            _ => 0,
+        };
+        return Ok(flags as u32);
+    }
+    Ok(0)
 }
 
 /// A task's (tgid << 32 | pid) and comm, for events about a task other than the current one.

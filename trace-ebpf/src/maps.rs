@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use trace_common::{INFLIGHT_ENTRIES, SOCKS_ENTRIES, SendQueue, SockAddrs};
 
@@ -16,11 +16,15 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 pub const LOST_EVENTS: u32 = 0;
 pub const READ_ERRORS: u32 = 1;
 
-/// Per CPU, per program with a standby copy: the runs the copy took and the recent calls
-/// the program ran for (`trace_common::standby::STRIDE` u64s each).
+/// Per CPU, per program with a standby copy: the runs the copy took.
 #[map]
 pub static STANDBY: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(trace_common::standby::MAP_ENTRIES, 0);
+    PerCpuArray::with_max_entries(trace_common::standby::COUNTERS, 0);
+
+/// Per program with a standby copy and per thread: the call the program last ran for. Not
+/// per CPU: a thread may move to another CPU between the program and its copy.
+#[map]
+pub static STANDBY_MARKS: Array<u64> = Array::with_max_entries(trace_common::standby::MARKS, 0);
 
 /// A send call in progress on one thread, from its first pass through the TCP copy loop to
 /// the syscall's return. Deleted at the return, so it holds one entry per thread in a call.
@@ -66,8 +70,7 @@ pub struct SockTrack {
 #[map]
 pub static SOCKS: LruHashMap<u64, SockTrack> = LruHashMap::with_max_entries(SOCKS_ENTRIES, 0);
 
-/// A call whose return hook cannot see its arguments, or the flags of the send syscall in
-/// progress (tracepoint mode: `sk` is 0 there).
+/// A call whose return hook cannot see its arguments (kprobe mode).
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct Call {
@@ -75,11 +78,6 @@ pub struct Call {
     pub flags: u32,
     pub _pad: u32,
 }
-
-/// Keyed by thread id. LRU: a syscall that fails before reaching the socket leaves its
-/// entry behind, and the thread's next call overwrites it.
-#[map]
-pub static SYSFLAGS: LruHashMap<u32, Call> = LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
 
 /// UDP send and receive calls in progress (kprobe mode), keyed by thread id.
 #[map]

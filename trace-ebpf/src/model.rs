@@ -21,9 +21,7 @@ use crate::{
     filter,
     kernel::{self, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
     life,
-    maps::{
-        EVENTS, INFLIGHT, Inflight, LOST, LOST_EVENTS, READ_ERRORS, SOCKS, SYSFLAGS, SockTrack,
-    },
+    maps::{EVENTS, INFLIGHT, Inflight, LOST, LOST_EVENTS, READ_ERRORS, SOCKS, SockTrack},
     udp,
 };
 
@@ -291,7 +289,9 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
             }
             match sock.protocol()? {
                 IPPROTO_TCP => {}
-                IPPROTO_UDP => return udp::send_end(&sock, pid_tgid, ret, udp::syscall_flags()),
+                IPPROTO_UDP => {
+                    return udp::send_end(&sock, pid_tgid, ret, kernel::syscall_send_flags()?);
+                }
                 _ => return Ok(()),
             }
             if !filter::sock_passes(&sock)? {
@@ -300,8 +300,6 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
             (0, 0, 0, 0)
         }
     };
-    // Flags a send syscall left for UDP (tracepoint mode) must not outlive the call.
-    let _ = SYSFLAGS.remove(tid);
     let ino = sock.ino()?;
     let queue = sock.send_queue()?;
     let seq_end = queue.acked + u64::from(queue.send_q);

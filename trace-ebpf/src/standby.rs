@@ -3,31 +3,38 @@
 //! another thread is preempted inside it on the same CPU. The copy runs right after the
 //! program on the same hook (the loader attaches them in that order) and must tell whether
 //! the program ran for this call of the hook. The program writes the address of its context
-//! (the hook's arguments on this thread's stack, the same for both programs of one call)
-//! into a small per-CPU ring of recent calls as the first thing it does; the copy finds that
-//! address there when the program ran, and clears it. Otherwise the program was skipped,
-//! and the copy does the work. A ring rather than one slot: the thread may be preempted
-//! between the two programs, and others may run the program meanwhile. A thread id would not
-//! do: a softirq that hits the same hook on top of the program runs as the same thread, on
+//! (the hook's arguments on the stack, the same for both programs of one call) into its
+//! thread's mark as the first thing it does; the copy finds that address there when the
+//! program ran, and clears it. Otherwise the program was skipped, and the copy does the
+//! work. Per thread, because the thread may be preempted between the two programs (and even
+//! move to another CPU) while others run the program; the context's address as well, because
+//! a softirq that hits the same hook on top of the program runs as the same thread, on
 //! another stack. (A busy flag cleared at the program's end would miss threads preempted
 //! after it, still inside the program for the kernel.)
 
-use trace_common::standby::{RECENT, STRIDE};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id};
+use trace_common::standby::THREADS;
 
-use crate::maps::STANDBY;
+use crate::maps::{STANDBY, STANDBY_MARKS};
 
-/// The program itself: notes that it ran for this call, then runs `f`.
+/// This thread's mark for program `slot`. Every CPU's idle task is thread 0 (packets'
+/// softirqs run as it), and never moves: those go by CPU.
+#[inline(always)]
+fn mark(slot: u32) -> Option<*mut u64> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let who = if tid == 0 {
+        unsafe { bpf_get_smp_processor_id() }
+    } else {
+        tid
+    };
+    STANDBY_MARKS.get_ptr_mut(slot * THREADS + who % THREADS)
+}
+
+/// The program itself: marks this call as run, then runs `f`.
 #[inline(always)]
 pub fn primary(slot: u32, call: u64, f: impl FnOnce() -> u32) -> u32 {
-    let base = STRIDE * slot;
-    if let Some(next) = STANDBY.get_ptr_mut(base + 1) {
-        let i = unsafe {
-            *next = (*next + 1) % u64::from(RECENT);
-            *next as u32
-        };
-        if let Some(ran) = STANDBY.get_ptr_mut(base + 2 + i) {
-            unsafe { *ran = call };
-        }
+    if let Some(m) = mark(slot) {
+        unsafe { *m = call };
     }
     f()
 }
@@ -35,33 +42,43 @@ pub fn primary(slot: u32, call: u64, f: impl FnOnce() -> u32) -> u32 {
 /// The copy: runs `f` unless the program ran for this call.
 #[inline(always)]
 pub fn standby(slot: u32, call: u64, f: impl FnOnce() -> u32) -> u32 {
-    let base = STRIDE * slot;
-    for i in 0..RECENT {
-        if let Some(ran) = STANDBY.get_ptr_mut(base + 2 + i)
-            && unsafe { *ran } == call
-        {
-            unsafe { *ran = 0 };
-            return 0;
-        }
+    let Some(m) = mark(slot) else {
+        return 0;
+    };
+    if unsafe { *m } == call {
+        unsafe { *m = 0 };
+        return 0;
     }
-    if let Some(n) = STANDBY.get_ptr_mut(base) {
+    if let Some(n) = STANDBY.get_ptr_mut(slot) {
         unsafe { *n += 1 };
     }
     f()
 }
 
 /// Defines a program and its standby copy: one body, two programs on the same hook.
-/// `with_standby!(#[attach attribute] fn program, sb_program(ctx: Context) { body })`.
+/// `with_standby!(#[attach attribute] fn program, sb_program(ctx: Context) { body })`, or
+/// with `if guard => { body }`: calls the guard turns away cost neither program more.
 macro_rules! with_standby {
     ($(#[$attr:meta])* fn $name:ident, $copy:ident($ctx:ident: $ty:ty) $body:block) => {
+        $crate::standby::with_standby! {
+            $(#[$attr])* fn $name, $copy($ctx: $ty) if true => $body
+        }
+    };
+    ($(#[$attr:meta])* fn $name:ident, $copy:ident($ctx:ident: $ty:ty) if $guard:expr => $body:block) => {
         $(#[$attr])*
         pub fn $name($ctx: $ty) -> u32 {
+            if !$guard {
+                return 0;
+            }
             const SLOT: u32 = trace_common::standby::slot(stringify!($name));
             $crate::standby::primary(SLOT, aya_ebpf::EbpfContext::as_ptr(&$ctx) as u64, || $body)
         }
 
         $(#[$attr])*
         pub fn $copy($ctx: $ty) -> u32 {
+            if !$guard {
+                return 0;
+            }
             const SLOT: u32 = trace_common::standby::slot(stringify!($name));
             $crate::standby::standby(SLOT, aya_ebpf::EbpfContext::as_ptr(&$ctx) as u64, || $body)
         }

@@ -1,12 +1,9 @@
 //! Tracepoint backend: raw tracepoints, which this kernel has even without kprobes or fentry.
 //! Each program only pulls its hook's arguments and calls the model.
 
-use aya_ebpf::{
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
-};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::{entry, life, model, recv, standby::with_standby, udp};
+use crate::{entry, kernel, life, model, recv, standby::with_standby};
 
 with_standby! {
     /// `tcp_sendmsg_locked(sk, msg, skb, size_goal)`: each pass of the TCP copy loop.
@@ -66,30 +63,30 @@ with_standby! {
     }
 }
 
-/// Syscall entries that carry send flags: `sendto(fd, buf, len, flags, …)`,
-/// `sendmsg(fd, msg, flags)`, `sendmmsg(fd, vec, vlen, flags)`. Classic tracepoints: the
-/// arguments are 8-byte slots after the common header and the syscall number.
-const SYSCALL_ARGS: usize = 16;
+// Kernels without `tcp_sendmsg_locked`: the send call opens at the syscall's entry instead,
+// the raw `sys_enter(regs, id)`, one hook for every syscall, of which the program looks at the
+// send syscalls only, before doing anything else. Raw rather than the `syscalls` tracepoints:
+// those share one busy flag per CPU with every kprobe and classic tracepoint program, so where
+// programs run preemptibly the kernel skips them for other threads, and no standby copy could
+// run either.
 
-#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
-pub fn udp_sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    syscall_flags(&ctx, 3)
-}
+/// x86_64 syscall numbers.
+const NR_WRITE: u64 = 1;
+const NR_WRITEV: u64 = 20;
+const NR_SENDTO: u64 = 44;
+const NR_SENDMSG: u64 = 46;
 
-#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
-pub fn udp_sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
-    syscall_flags(&ctx, 2)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_sendmmsg")]
-pub fn udp_sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
-    syscall_flags(&ctx, 3)
-}
-
+/// The `n`th argument of the syscall entering with `regs` (x86_64's `struct pt_regs`, the
+/// ptrace layout: di, si, dx, r10).
 #[inline(always)]
-fn syscall_flags(ctx: &TracePointContext, arg: usize) -> u32 {
-    let flags = syscall_arg(ctx, arg);
-    model::run(ctx, || udp::syscall_enter(flags as u32))
+fn syscall_arg(regs: u64, n: usize) -> u64 {
+    let off = match n {
+        0 => 112,
+        1 => 104,
+        2 => 96,
+        _ => 56,
+    };
+    kernel::read::<u64>(regs, off).unwrap_or(0)
 }
 
 // Lifecycle hooks: tracepoints every supported kernel has, attached in every mode.
@@ -137,50 +134,20 @@ with_standby! {
     }
 }
 
-// Kernels without `tcp_sendmsg_locked`: the send call opens at the syscall's entry instead.
-
-#[tracepoint(category = "syscalls", name = "sys_enter_write")]
-pub fn entry_sys_enter_write(ctx: TracePointContext) -> u32 {
-    let (fd, count) = (syscall_arg(&ctx, 0), syscall_arg(&ctx, 2));
-    model::run(&ctx, || entry::send_begin_fd(fd, Some(count), 0))
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_writev")]
-pub fn entry_sys_enter_writev(ctx: TracePointContext) -> u32 {
-    let (fd, iov, n) = (
-        syscall_arg(&ctx, 0),
-        syscall_arg(&ctx, 1),
-        syscall_arg(&ctx, 2),
-    );
-    model::run(&ctx, || {
-        entry::send_begin_fd(fd, entry::iov_requested(iov, n), 0)
-    })
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
-pub fn entry_sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    let (fd, len, flags) = (
-        syscall_arg(&ctx, 0),
-        syscall_arg(&ctx, 2),
-        syscall_arg(&ctx, 3),
-    );
-    model::run(&ctx, || {
-        udp::syscall_enter(flags as u32)?;
-        entry::send_begin_fd(fd, Some(len), flags as u32)
-    })
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
-pub fn entry_sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
-    let (fd, msg, flags) = (
-        syscall_arg(&ctx, 0),
-        syscall_arg(&ctx, 1),
-        syscall_arg(&ctx, 2),
-    );
-    model::run(&ctx, || {
-        udp::syscall_enter(flags as u32)?;
-        entry::send_begin_fd(fd, entry::msghdr_requested(msg), flags as u32)
-    })
+with_standby! {
+    /// `write`, `writev`, `sendto` and `sendmsg` open a call on a TCP socket.
+    #[raw_tracepoint(tracepoint = "sys_enter")]
+    fn entry_sys_enter, sb_entry_sys_enter(ctx: RawTracePointContext)
+    if matches!(ctx.arg::<u64>(1), NR_WRITE | NR_WRITEV | NR_SENDTO | NR_SENDMSG) => {
+        let (regs, id): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+        let arg = |n| syscall_arg(regs, n);
+        model::run(&ctx, || match id {
+            NR_WRITE => entry::send_begin_fd(arg(0), Some(arg(2)), 0),
+            NR_WRITEV => entry::send_begin_fd(arg(0), entry::iov_requested(arg(1), arg(2)), 0),
+            NR_SENDTO => entry::send_begin_fd(arg(0), Some(arg(2)), arg(3) as u32),
+            _ => entry::send_begin_fd(arg(0), entry::msghdr_requested(arg(1)), arg(2) as u32),
+        })
+    }
 }
 
 /// `sched_switch(preempt, prev, next, prev_state)` where there is no copy-loop tracepoint to
@@ -190,10 +157,4 @@ pub fn entry_sched_switch(ctx: RawTracePointContext) -> u32 {
     let next: u64 = ctx.arg(2);
     task_sleeps(&ctx);
     model::run(&ctx, || entry::task_wakes(next))
-}
-
-/// The `n`th argument of a `syscalls` tracepoint.
-#[inline(always)]
-fn syscall_arg(ctx: &TracePointContext, n: usize) -> u64 {
-    unsafe { ctx.read_at::<u64>(SYSCALL_ARGS + 8 * n) }.unwrap_or(0)
 }

@@ -7,7 +7,7 @@ use trace_common::{EventKind, UdpEvent};
 use crate::{
     filter,
     kernel::{self, Fault, IPPROTO_UDP, Sock},
-    maps::{Call, SYSFLAGS, SockTrack, put_call, take_call},
+    maps::{SockTrack, put_call, take_call},
     model::{comm, emit, header, sock_track},
 };
 
@@ -87,38 +87,6 @@ pub fn send_return(ret: i64) -> Result<(), Fault> {
     match take_call() {
         Some(call) => send_done(call.sk, call.flags, ret),
         None => Ok(()),
-    }
-}
-
-/// Tracepoint backend: a send syscall with `flags` starts (`sendto`, `sendmsg`, `sendmmsg`);
-/// `sock_send_length` at its end has no flags of its own.
-#[inline(always)]
-pub fn syscall_enter(flags: u32) -> Result<(), Fault> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if flags == 0 || !filter::task_passes((pid_tgid >> 32) as u32) {
-        return Ok(());
-    }
-    let call = Call {
-        sk: 0,
-        flags,
-        _pad: 0,
-    };
-    SYSFLAGS
-        .insert(pid_tgid as u32, call, 0)
-        .map_err(|_| Fault::InflightFull)
-}
-
-/// The flags [`syscall_enter`] saw for this thread's send call, taken out of the map.
-#[inline(always)]
-pub fn syscall_flags() -> u32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    match unsafe { SYSFLAGS.get(tid) } {
-        Some(c) => {
-            let flags = c.flags;
-            let _ = SYSFLAGS.remove(tid);
-            flags
-        }
-        None => 0,
     }
 }
 

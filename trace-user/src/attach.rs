@@ -6,7 +6,7 @@ use std::path::Path;
 
 use aya::{
     Btf, Ebpf,
-    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
+    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint},
 };
 use trace_common::standby;
 
@@ -23,7 +23,7 @@ pub enum AttachMode {
     /// kprobe/kretprobe on the same functions.
     Kprobe,
     /// Tracepoints: tcp_sendmsg_locked, sock_send_length, sock_recv_length, tcp_probe,
-    /// sched_switch, and the send syscalls' entries (for UDP's flags).
+    /// sched_switch (and sys_enter where tcp_sendmsg_locked is missing).
     Tracepoint,
 }
 
@@ -66,13 +66,7 @@ impl AttachMode {
 
 #[derive(Clone, Copy)]
 enum Kind {
-    RawTracepoint {
-        category: &'static str,
-    },
-    /// A classic (perf) tracepoint: syscall entries have no raw tracepoint of their own.
-    Tracepoint {
-        category: &'static str,
-    },
+    RawTracepoint { category: &'static str },
     FEntry,
     FExit,
     KProbe,
@@ -96,17 +90,6 @@ const fn hook(program: &'static str, target: &'static str, kind: Kind) -> Hook {
 /// A raw tracepoint hook: `category` is where tracefs lists the tracepoint.
 const fn raw(program: &'static str, category: &'static str, target: &'static str) -> Hook {
     hook(program, target, Kind::RawTracepoint { category })
-}
-
-/// A `syscalls` tracepoint hook (classic: syscall entries have no raw tracepoint).
-const fn syscall(program: &'static str, target: &'static str) -> Hook {
-    hook(
-        program,
-        target,
-        Kind::Tracepoint {
-            category: "syscalls",
-        },
-    )
 }
 
 const FENTRY: &[Hook] = &[
@@ -168,17 +151,12 @@ const KPROBE: &[Hook] = &[
 const TRACEPOINT: &[Hook] = &[
     raw("send_tcp_sendmsg_locked", "tcp", "tcp_sendmsg_locked"),
     raw("block_sched_switch", "sched", "sched_switch"),
-    syscall("udp_sys_enter_sendto", "sys_enter_sendto"),
-    syscall("udp_sys_enter_sendmsg", "sys_enter_sendmsg"),
 ];
 
 /// The tracepoint backend on kernels without `tcp_sendmsg_locked`: the send syscalls' entries
 /// open a call, and the scheduler's switches say when a sleeping writer runs again.
 const TRACEPOINT_SYSCALLS: &[Hook] = &[
-    syscall("entry_sys_enter_write", "sys_enter_write"),
-    syscall("entry_sys_enter_writev", "sys_enter_writev"),
-    syscall("entry_sys_enter_sendto", "sys_enter_sendto"),
-    syscall("entry_sys_enter_sendmsg", "sys_enter_sendmsg"),
+    raw("entry_sys_enter", "raw_syscalls", "sys_enter"),
     raw("entry_sched_switch", "sched", "sched_switch"),
 ];
 
@@ -187,7 +165,6 @@ const TRACEPOINT_COMMON: &[Hook] = &[
     raw("send_sock_send_length", "sock", "sock_send_length"),
     raw("ack_tcp_probe", "tcp", "tcp_probe"),
     raw("recv_sock_recv_length", "sock", "sock_recv_length"),
-    syscall("udp_sys_enter_sendmmsg", "sys_enter_sendmmsg"),
 ];
 
 const RESET: [Hook; 1] = [raw("life_tcp_send_reset", "tcp", "tcp_send_reset")];
@@ -209,7 +186,7 @@ fn precheck(mode: AttachMode) -> Result<(), String> {
         }
         _ => {
             for h in mode.hooks() {
-                if let Kind::RawTracepoint { category } | Kind::Tracepoint { category } = h.kind
+                if let Kind::RawTracepoint { category } = h.kind
                     && !preflight::has_tracepoint(category, h.target)
                 {
                     return Err(format!(
@@ -289,13 +266,6 @@ fn load_and_attach_one(
             }
             Ok(())
         }),
-        Kind::Tracepoint { category } => <&mut TracePoint>::try_from(prog).and_then(|p| {
-            p.load()?;
-            if !verify_only {
-                p.attach(category, h.target)?;
-            }
-            Ok(())
-        }),
         Kind::FEntry => <&mut FEntry>::try_from(prog).and_then(|p| {
             p.load(h.target, need_btf()?)?;
             if !verify_only {
@@ -333,7 +303,6 @@ fn unload(ebpf: &mut Ebpf, mode: AttachMode) {
                 aya::programs::Program::FEntry(p) => p.unload(),
                 aya::programs::Program::FExit(p) => p.unload(),
                 aya::programs::Program::KProbe(p) => p.unload(),
-                aya::programs::Program::TracePoint(p) => p.unload(),
                 _ => Ok(()),
             };
         }

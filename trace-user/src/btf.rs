@@ -206,6 +206,7 @@ impl KernelBtf {
             file_flags: self.offset("file", "f_flags", 4)?,
             inode_mode: self.offset("inode", "i_mode", 2)?,
             socket_sk: self.offset("socket", "sk", 8)?,
+            task_stack: self.offset("task_struct", "stack", 8)?,
         })
     }
 

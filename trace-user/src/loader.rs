@@ -128,23 +128,32 @@ impl Tracer {
             .context("STANDBY map missing")?;
         let standby_map = PerCpuArray::<_, u64>::try_from(standby_map)?;
         let mut missed = 0;
-        for (name, p) in self.ebpf.programs() {
-            // A copy's own misses cost nothing unless its program was skipped too, and then
-            // the program's count has them.
+        let misses = |name: &str| {
+            self.ebpf
+                .program(name)
+                .and_then(|p| p.fd().ok())
+                .map_or(0, |fd| recursion_misses(fd.as_fd()))
+        };
+        for (name, _) in self.ebpf.programs() {
             if standby::is_copy(name) {
                 continue;
             }
-            let skipped = p.fd().map_or(0, |fd| recursion_misses(fd.as_fd()));
-            let taken = match standby::of(name) {
-                Some((slot, _)) => standby_map
-                    .get(&(standby::STRIDE * slot), 0)
-                    .map(|v| v.iter().sum::<u64>())?,
-                None => 0,
+            let skipped = misses(name);
+            // A run the copy did not take is one the kernel skipped for the copy too (or one
+            // a stale note of a skipped copy hid): at most the copy's own skips. Both bounds
+            // hold; the smaller is the count. The program's count alone would also hold
+            // skips the program's guard turns away anyway (sys_enter: every syscall).
+            let (taken, bound) = match standby::of(name) {
+                Some((slot, copy)) => (
+                    standby_map.get(&slot, 0).map(|v| v.iter().sum::<u64>())?,
+                    misses(copy),
+                ),
+                None => (0, u64::MAX),
             };
             if taken > 0 {
                 log::debug!("{name}: its standby copy took {taken} of {skipped} skipped runs");
             }
-            let n = skipped.saturating_sub(taken);
+            let n = skipped.saturating_sub(taken).min(bound);
             if n > 0 {
                 log::warn!("the kernel skipped {n} runs of {name}");
             }

@@ -58,13 +58,25 @@ fn receive_calls_add_up_to_the_bytes_sent() {
         }
     }
     let server_reads = echo.join().unwrap();
-    // Two threads on few CPUs: on kernels that run BPF programs preemptibly, the kernel
-    // skips a busy program for the other thread; the standby copies must take those runs.
-    let out = trace.stop();
+    // Two threads: the kernel may skip a program run that no standby copy took (counted as
+    // missed); then every event that is there must still be one of the reads, and the
+    // skipped runs cover the rest.
+    let (out, missed) = trace.stop_counting_missed();
 
     for (sock, app) in [(ino(&server), &server_reads), (ino(&client), &back)] {
         let traced = recvs(&out, sock);
         let copied: Vec<u64> = traced.iter().map(|r| r.0).collect();
+        if missed > 0 {
+            assert!(copied.len() <= app.len() && copied.len() + missed as usize >= app.len());
+            let mut left = app.clone();
+            for c in &copied {
+                let i = left.iter().position(|a| a == c);
+                left.remove(
+                    i.unwrap_or_else(|| panic!("a traced read of {c} B the app never made")),
+                );
+            }
+            continue;
+        }
         assert_eq!(
             &copied, app,
             "socket {sock}: one event per read, same bytes"
