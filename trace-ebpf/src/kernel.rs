@@ -374,6 +374,26 @@ pub fn fd_sock(fd: u64) -> Result<Option<(u64, bool)>, Fault> {
     )))
 }
 
+/// x86_64 syscall numbers of the send calls.
+pub const NR_WRITE: u64 = 1;
+pub const NR_WRITEV: u64 = 20;
+pub const NR_SENDTO: u64 = 44;
+pub const NR_SENDMSG: u64 = 46;
+pub const NR_SENDMMSG: u64 = 307;
+
+/// The `n`th argument (0–3) of the syscall whose user registers are at `regs` (x86_64's
+/// `struct pt_regs`, the ptrace layout: di, si, dx, r10).
+#[inline(always)]
+pub fn syscall_arg(regs: u64, n: usize) -> u64 {
+    let off = match n {
+        0 => 112,
+        1 => 104,
+        2 => 96,
+        _ => 56,
+    };
+    read::<u64>(regs, off).unwrap_or(0)
+}
+
 /// The flags argument of the send syscall the current task is in (`sendto`, `sendmmsg`:
 /// the 4th, `sendmsg`: the 3rd; 0 for `write` and the others). Read from the user registers
 /// the syscall's entry saved at the top of the task's kernel stack (x86_64: `struct pt_regs`,
@@ -388,13 +408,13 @@ pub fn syscall_send_flags() -> Result<u32, Fault> {
     let stack: u64 = read(task, off!(task_stack))?;
     for pad in [0, 16] {
         let regs = stack + THREAD_SIZE - pad - PT_REGS_SIZE;
-        // cs at 136, orig_ax (the syscall number) at 120, dx at 96, r10 at 56.
+        // cs at 136, orig_ax (the syscall number) at 120.
         if read::<u64>(regs, 136)? != USER_CS {
             continue;
         }
-        let flags: u64 = match read::<u64>(regs, 120)? {
-            44 | 307 => read(regs, 56)?,
-            46 => read(regs, 96)?,
+        let flags = match read::<u64>(regs, 120)? {
+            NR_SENDTO | NR_SENDMMSG => syscall_arg(regs, 3),
+            NR_SENDMSG => syscall_arg(regs, 2),
             _ => 0,
         };
         return Ok(flags as u32);

@@ -3,7 +3,12 @@
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::{entry, kernel, life, model, recv, standby::with_standby};
+use crate::{
+    entry,
+    kernel::{self, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV},
+    life, model, recv,
+    standby::with_standby,
+};
 
 with_standby! {
     /// `tcp_sendmsg_locked(sk, msg, skb, size_goal)`: each pass of the TCP copy loop.
@@ -63,32 +68,6 @@ with_standby! {
     }
 }
 
-// Kernels without `tcp_sendmsg_locked`: the send call opens at the syscall's entry instead,
-// the raw `sys_enter(regs, id)`, one hook for every syscall, of which the program looks at the
-// send syscalls only, before doing anything else. Raw rather than the `syscalls` tracepoints:
-// those share one busy flag per CPU with every kprobe and classic tracepoint program, so where
-// programs run preemptibly the kernel skips them for other threads, and no standby copy could
-// run either.
-
-/// x86_64 syscall numbers.
-const NR_WRITE: u64 = 1;
-const NR_WRITEV: u64 = 20;
-const NR_SENDTO: u64 = 44;
-const NR_SENDMSG: u64 = 46;
-
-/// The `n`th argument of the syscall entering with `regs` (x86_64's `struct pt_regs`, the
-/// ptrace layout: di, si, dx, r10).
-#[inline(always)]
-fn syscall_arg(regs: u64, n: usize) -> u64 {
-    let off = match n {
-        0 => 112,
-        1 => 104,
-        2 => 96,
-        _ => 56,
-    };
-    kernel::read::<u64>(regs, off).unwrap_or(0)
-}
-
 // Lifecycle hooks: tracepoints every supported kernel has, attached in every mode.
 
 with_standby! {
@@ -134,13 +113,20 @@ with_standby! {
     }
 }
 
+// Kernels without `tcp_sendmsg_locked`: the send call opens at the syscall's entry instead,
+// the raw `sys_enter(regs, id)`, one hook for every syscall, of which the program looks at the
+// send syscalls only, before doing anything else. Raw rather than the `syscalls` tracepoints:
+// those share one busy flag per CPU with every kprobe and classic tracepoint program, so where
+// programs run preemptibly the kernel skips them for other threads, and no standby copy could
+// run either.
+
 with_standby! {
     /// `write`, `writev`, `sendto` and `sendmsg` open a call on a TCP socket.
     #[raw_tracepoint(tracepoint = "sys_enter")]
     fn entry_sys_enter, sb_entry_sys_enter(ctx: RawTracePointContext)
     if matches!(ctx.arg::<u64>(1), NR_WRITE | NR_WRITEV | NR_SENDTO | NR_SENDMSG) => {
         let (regs, id): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-        let arg = |n| syscall_arg(regs, n);
+        let arg = |n| kernel::syscall_arg(regs, n);
         model::run(&ctx, || match id {
             NR_WRITE => entry::send_begin_fd(arg(0), Some(arg(2)), 0),
             NR_WRITEV => entry::send_begin_fd(arg(0), entry::iov_requested(arg(1), arg(2)), 0),
