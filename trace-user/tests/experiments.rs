@@ -89,16 +89,25 @@ fn close_with_unsent_data_delivers_everything_then_fin() {
         .iter()
         .filter(|e| u(&e["sock_id"]) == client)
         .collect();
-    assert_eq!(client_fin.len(), 1, "one FIN from the client: {fin_out:?}");
+    // Sent once, or again by a tail-loss probe or timeout when the peer's ACK is slow (as
+    // under emulation): every copy at the same place, right after the last byte.
+    assert!(!client_fin.is_empty(), "a FIN from the client: {fin_out:?}");
+    assert_eq!(
+        u(&r["then"]["fin_sends"]),
+        client_fin.len() as u64,
+        "the report counts them"
+    );
     let last_send = kind(&events, "send")
         .into_iter()
         .rfind(|e| u(&e["copied"]) > 0)
         .unwrap();
-    assert_eq!(
-        u(&client_fin[0]["seq"]),
-        u(&last_send["seq_end"]),
-        "the FIN follows the last byte"
-    );
+    for fin in &client_fin {
+        assert_eq!(
+            u(&fin["seq"]),
+            u(&last_send["seq_end"]),
+            "the FIN follows the last byte"
+        );
+    }
     let fin_in: Vec<_> = kind(&events, "fin_in")
         .into_iter()
         .filter(|e| u(&e["sock_id"]) != client)

@@ -235,6 +235,12 @@ impl ThenReport {
         self.field("server_read_bytes", m.server_read_bytes);
         self.field("traced_queue_at_close", closing.map(|e| e.send.send_q));
         self.field("fin_seq", fin_out.map(|e| e.seq));
+        // More than one when the segment with the FIN was sent again (a tail-loss probe or
+        // a timeout while the peer's ACK was slow).
+        let fin_sends = life(t, client)
+            .filter(|e| kind_is(e, EventKind::FinOut))
+            .count();
+        self.field("fin_sends", fin_sends);
         self.field("fin_received_after_bytes", fin_in.map(|e| e.seq));
         self.field(
             "fin_sent_after_close_ns",
