@@ -65,22 +65,18 @@ macro_rules! with_standby {
         }
     };
     ($(#[$attr:meta])* fn $name:ident, $copy:ident($ctx:ident: $ty:ty) if $guard:expr => $body:block) => {
+        $crate::standby::with_standby!(@one primary $name, $name, $(#[$attr])* $ctx, $ty, $guard, $body);
+        $crate::standby::with_standby!(@one standby $name, $copy, $(#[$attr])* $ctx, $ty, $guard, $body);
+    };
+    // One of the two: `role` is `primary` or `standby`, `slot_of` the program's name.
+    (@one $role:ident $slot_of:ident, $fn:ident, $(#[$attr:meta])* $ctx:ident, $ty:ty, $guard:expr, $body:block) => {
         $(#[$attr])*
-        pub fn $name($ctx: $ty) -> u32 {
+        pub fn $fn($ctx: $ty) -> u32 {
             if !$guard {
                 return 0;
             }
-            const SLOT: u32 = trace_common::standby::slot(stringify!($name));
-            $crate::standby::primary(SLOT, aya_ebpf::EbpfContext::as_ptr(&$ctx) as u64, || $body)
-        }
-
-        $(#[$attr])*
-        pub fn $copy($ctx: $ty) -> u32 {
-            if !$guard {
-                return 0;
-            }
-            const SLOT: u32 = trace_common::standby::slot(stringify!($name));
-            $crate::standby::standby(SLOT, aya_ebpf::EbpfContext::as_ptr(&$ctx) as u64, || $body)
+            const SLOT: u32 = trace_common::standby::slot(stringify!($slot_of));
+            $crate::standby::$role(SLOT, aya_ebpf::EbpfContext::as_ptr(&$ctx) as u64, || $body)
         }
     };
 }

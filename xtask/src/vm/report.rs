@@ -41,13 +41,20 @@ fn expected_refusal(kernel: &str) -> Option<Option<&'static str>> {
 /// Judges each of `modes` on `kernel` from the guest's log; `binaries` is how many test
 /// binaries each mode should have run.
 pub fn judge(kernel: &str, modes: &[String], log: &GuestLog, binaries: usize) -> Vec<Cell> {
-    let died = log.died.clone();
     modes
         .iter()
         .map(|mode| {
             let runs: Vec<_> = log.runs.iter().filter(|r| &r.mode == mode).collect();
             let secs = runs.iter().map(|r| r.secs).sum();
-            let verdict = verdict(kernel, mode, log, &runs, binaries, died.as_deref());
+            let verdict = ModeRun {
+                kernel,
+                mode,
+                log,
+                runs,
+                binaries,
+                died: log.died.as_deref(),
+            }
+            .verdict();
             Cell {
                 kernel: kernel.to_owned(),
                 mode: mode.clone(),
@@ -59,101 +66,121 @@ pub fn judge(kernel: &str, modes: &[String], log: &GuestLog, binaries: usize) ->
         .collect()
 }
 
-fn verdict(
-    kernel: &str,
-    mode: &str,
-    log: &GuestLog,
-    runs: &[&BinaryRun],
+/// One attach mode's part of a guest's log, to judge.
+struct ModeRun<'a> {
+    kernel: &'a str,
+    mode: &'a str,
+    log: &'a GuestLog,
+    /// The mode's test binaries that reported.
+    runs: Vec<&'a BinaryRun>,
+    /// How many should have.
     binaries: usize,
-    died: Option<&str>,
-) -> Verdict {
-    // A guest that hung or crashed fails all its modes: whatever passed before may be what
-    // broke it (a backend's detach, say).
-    if let Some(d) = died
-        && runs.iter().all(|r| r.rc == Some(0))
-    {
-        return Verdict::Fail(d.to_owned());
-    }
-    let refusal = log.refusals.iter().find(|r| r.mode == mode);
-    let expected = if mode == "tracepoint" {
-        expected_refusal(kernel)
-    } else {
-        Some(None)
-    };
-    match (refusal, expected) {
-        (Some(r), Some(Some(_)) | None) => {
-            let tp = expected.flatten().or(r.missing.first().map(String::as_str));
-            let Some(tp) = tp else {
-                return Verdict::Fail(format!(
-                    "refused, naming no missing tracepoint: {}",
-                    r.message
-                ));
-            };
-            let named = r.message.contains(&format!("no tracepoint {tp}"));
-            if r.rc == 2 && named && r.message.lines().count() == 1 {
-                Verdict::Refused(tp.to_owned())
-            } else {
-                Verdict::Fail(format!(
-                    "expected exit 2 naming {tp}; got exit {}: {}",
-                    r.rc, r.message
-                ))
-            }
-        }
-        (Some(r), Some(None)) => Verdict::Fail(format!(
-            "refused (missing {}), but this kernel has them: {}",
-            r.missing.join(", "),
-            r.message
-        )),
-        (None, Some(Some(tp))) if died.is_none() => Verdict::Fail(format!(
-            "expected a refusal for the missing tracepoint {tp}"
-        )),
-        (None, _) => ran(mode, log, runs, binaries, died),
-    }
+    /// Why the guest hung or crashed, if it did.
+    died: Option<&'a str>,
 }
 
-fn ran(
-    mode: &str,
-    log: &GuestLog,
-    runs: &[&BinaryRun],
-    binaries: usize,
-    died: Option<&str>,
-) -> Verdict {
-    let failed: Vec<String> = runs
-        .iter()
-        .filter(|r| r.rc != Some(0))
-        .map(|r| {
-            let open = r
-                .open_test
-                .as_deref()
-                .map(|t| format!(", in {t}"))
-                .unwrap_or_default();
-            match r.rc {
-                Some(STOPPED) => format!("{} (stopped at the time limit{open})", r.name),
-                Some(rc) => format!("{} ({} failed, exit {rc})", r.name, r.failed),
-                None => format!("{} (did not finish{open})", r.name),
+impl ModeRun<'_> {
+    fn verdict(&self) -> Verdict {
+        let Self {
+            kernel,
+            mode,
+            log,
+            ref runs,
+            died,
+            ..
+        } = *self;
+        // A guest that hung or crashed fails all its modes: whatever passed before may be what
+        // broke it (a backend's detach, say).
+        if let Some(d) = died
+            && runs.iter().all(|r| r.rc == Some(0))
+        {
+            return Verdict::Fail(d.to_owned());
+        }
+        let refusal = log.refusals.iter().find(|r| r.mode == mode);
+        let expected = if mode == "tracepoint" {
+            expected_refusal(kernel)
+        } else {
+            Some(None)
+        };
+        match (refusal, expected) {
+            (Some(r), Some(Some(_)) | None) => {
+                let tp = expected.flatten().or(r.missing.first().map(String::as_str));
+                let Some(tp) = tp else {
+                    return Verdict::Fail(format!(
+                        "refused, naming no missing tracepoint: {}",
+                        r.message
+                    ));
+                };
+                let named = r.message.contains(&format!("no tracepoint {tp}"));
+                if r.rc == 2 && named && r.message.lines().count() == 1 {
+                    Verdict::Refused(tp.to_owned())
+                } else {
+                    Verdict::Fail(format!(
+                        "expected exit 2 naming {tp}; got exit {}: {}",
+                        r.rc, r.message
+                    ))
+                }
             }
-        })
-        .collect();
-    if !failed.is_empty() {
-        let why = died.map(|d| format!("; {d}")).unwrap_or_default();
-        return Verdict::Fail(format!("{}{why}", failed.join(", ")));
-    }
-    if runs.len() < binaries {
-        let why = died.unwrap_or("the guest skipped some");
-        return Verdict::Fail(format!(
-            "{} of {binaries} test binaries ran: {why}",
-            runs.len()
-        ));
-    }
-    if mode == "auto" {
-        let picked = log.picked.as_deref().unwrap_or("nothing");
-        if !picked.contains(r#""attach":"fentry""#) {
-            return Verdict::Fail(format!(
-                "--attach auto must pick fentry; it started {picked}"
-            ));
+            (Some(r), Some(None)) => Verdict::Fail(format!(
+                "refused (missing {}), but this kernel has them: {}",
+                r.missing.join(", "),
+                r.message
+            )),
+            (None, Some(Some(tp))) if died.is_none() => Verdict::Fail(format!(
+                "expected a refusal for the missing tracepoint {tp}"
+            )),
+            (None, _) => self.ran(),
         }
     }
-    Verdict::Pass
+
+    /// The mode ran its tests (no refusal): every binary passed, all of them ran, and `auto`
+    /// picked fentry.
+    fn ran(&self) -> Verdict {
+        let Self {
+            mode,
+            log,
+            ref runs,
+            binaries,
+            died,
+            ..
+        } = *self;
+        let failed: Vec<String> = runs
+            .iter()
+            .filter(|r| r.rc != Some(0))
+            .map(|r| {
+                let open = r
+                    .open_test
+                    .as_deref()
+                    .map(|t| format!(", in {t}"))
+                    .unwrap_or_default();
+                match r.rc {
+                    Some(STOPPED) => format!("{} (stopped at the time limit{open})", r.name),
+                    Some(rc) => format!("{} ({} failed, exit {rc})", r.name, r.failed),
+                    None => format!("{} (did not finish{open})", r.name),
+                }
+            })
+            .collect();
+        if !failed.is_empty() {
+            let why = died.map(|d| format!("; {d}")).unwrap_or_default();
+            return Verdict::Fail(format!("{}{why}", failed.join(", ")));
+        }
+        if runs.len() < binaries {
+            let why = died.unwrap_or("the guest skipped some");
+            return Verdict::Fail(format!(
+                "{} of {binaries} test binaries ran: {why}",
+                runs.len()
+            ));
+        }
+        if mode == "auto" {
+            let picked = log.picked.as_deref().unwrap_or("nothing");
+            if !picked.contains(r#""attach":"fentry""#) {
+                return Verdict::Fail(format!(
+                    "--attach auto must pick fentry; it started {picked}"
+                ));
+            }
+        }
+        Verdict::Pass
+    }
 }
 
 impl Cell {
