@@ -54,17 +54,17 @@ impl Lab {
         Ok((Self { session, t0 }, printer))
     }
 
-    /// Streams events into `handler` until the experiment says it is `done` (or the output
-    /// breaks).
+    /// Streams events into `handler` until `done` completes (the experiment has ended) or the
+    /// output breaks.
     pub async fn run(
         &mut self,
         handler: &mut impl EventHandler,
-        done: &Notify,
+        done: impl Future<Output = ()>,
         broken: &Notify,
     ) -> anyhow::Result<()> {
         let finished = async {
             tokio::select! {
-                () = done.notified() => {}
+                () = done => {}
                 () = broken.notified() => {}
             }
         };

@@ -119,6 +119,7 @@ fn close_with_unsent_data_delivers_everything_then_fin() {
         .find(|e| e["old_state"] == "FIN_WAIT1" && e["state"] == "FIN_WAIT2")
         .expect("the FIN was acked");
     assert_eq!(u(&acked["send_q"]), 0);
+    assert_eq!(u(&r["then"]["send_queue_at_fin_ack"]), 0, "the report: {r}");
     assert!(u(&acked["ts_ns"]) >= u(&client_fin[0]["ts_ns"]));
     assert!(u(&client_fin[0]["ts_ns"]) >= u(&closing[0]["ts_ns"]));
 }

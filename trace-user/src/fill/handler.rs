@@ -6,9 +6,13 @@ use std::{
     sync::{Arc, mpsc},
 };
 
-use trace_common::user::Event;
+use tokio::sync::Notify;
+use trace_common::{EventKind, user::Event};
 
-use super::experiment::{Asleep, WriterState};
+use super::{
+    experiment::{Asleep, WriterState},
+    then::TCP_FIN_WAIT1,
+};
 use crate::{session::EventHandler, trace::Printer};
 
 /// What the trace saw of the client socket.
@@ -36,6 +40,8 @@ pub struct FillHandler {
     asleep_tx: mpsc::Sender<Asleep>,
     writer: Arc<WriterState>,
     progress: Option<Progress>,
+    /// Told when the client's kernel has seen its FIN acked (it leaves FIN_WAIT1).
+    pub fin_acked: Arc<Notify>,
 }
 
 impl FillHandler {
@@ -54,6 +60,7 @@ impl FillHandler {
             asleep_tx,
             writer,
             progress,
+            fin_acked: Arc::new(Notify::new()),
         }
     }
 
@@ -101,7 +108,15 @@ impl EventHandler for FillHandler {
                 *self.writer.asleep.lock().expect("lock") = None;
                 self.traced.blocks.push((e.start_ns, e.end_ns));
             }
-            Event::Sock(e) => self.traced.life.push(*e),
+            Event::Sock(e) => {
+                if e.hdr.kind == EventKind::State as u32
+                    && e.old_state == TCP_FIN_WAIT1
+                    && e.hdr.sock_id == self.client_ino
+                {
+                    self.fin_acked.notify_one();
+                }
+                self.traced.life.push(*e);
+            }
             _ => {}
         }
         self.printer.on_event(ev);

@@ -15,6 +15,9 @@ use anyhow::Context as _;
 use tokio::sync::Notify;
 
 pub use self::then::Then;
+
+/// How long, after the server read the client's FIN, to wait for the trace to show its ACK.
+const FIN_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 use self::{
     experiment::{Plan, WriterState},
     handler::FillHandler,
@@ -88,7 +91,17 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
         .context("the experiment stopped before connecting")?;
 
     let broken = handler.printer.broken.clone();
-    lab.run(&mut handler, &done, &broken).await?;
+    let fin_acked = handler.fin_acked.clone();
+    let ended = async {
+        done.notified().await;
+        if args.then == Some(Then::CloseUnsent) {
+            // The experiment ends when the server reads the FIN; the client's kernel takes the
+            // server's ACK of it a moment later (in softirq, on either CPU): keep tracing until
+            // the trace shows it, so the report can check where it came.
+            let _ = tokio::time::timeout(FIN_ACK_WAIT, fin_acked.notified()).await;
+        }
+    };
+    lab.run(&mut handler, ended, &broken).await?;
     let measured = lab::result(&result_rx)?;
     lab.finish(&mut handler.printer)?;
     let FillHandler {

@@ -26,7 +26,7 @@ use crate::{
 const AFTER_CLOSE_LIMIT: Duration = Duration::from_secs(10);
 
 const TCP_ESTABLISHED: u32 = 1;
-const TCP_FIN_WAIT1: u32 = 4;
+pub(super) const TCP_FIN_WAIT1: u32 = 4;
 const TCP_FIN_WAIT2: u32 = 5;
 const TCP_CLOSE: u32 = 7;
 
@@ -246,6 +246,11 @@ impl ThenReport {
             "fin_sent_after_close_ns",
             fin_out.map(|e| e.hdr.ts_ns.saturating_sub(m.close_ns)),
         );
+        self.field(
+            "fin_acked_after_close_ns",
+            fin_acked.map(|e| e.hdr.ts_ns.saturating_sub(m.close_ns)),
+        );
+        self.field("send_queue_at_fin_ack", fin_acked.map(|e| e.send.send_q));
         if let Some(e) = fin_out {
             self.story.push(format!(
                 "the client closed with {} B queued ({} never sent); the FIN left {:.1} ms later at seq {}, with the last {} B",
@@ -260,6 +265,13 @@ impl ThenReport {
             self.story.push(format!(
                 "the server's kernel received the FIN after {} data bytes; the server read {} B",
                 e.seq, m.server_read_bytes
+            ));
+        }
+        if let Some(e) = fin_acked {
+            self.story.push(format!(
+                "the server's ACK of the FIN reached the client {:.1} ms after the close (FIN_WAIT1 -> FIN_WAIT2, {} B left in its send queue): only now is delivery proved",
+                e.hdr.ts_ns.saturating_sub(m.close_ns) as f64 / 1e6,
+                e.send.send_q
             ));
         }
         self.checks.extend([

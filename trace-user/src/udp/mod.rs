@@ -64,7 +64,7 @@ pub async fn run(args: UdpArgs, verbose: u8) -> anyhow::Result<bool> {
         .send(())
         .context("the experiment stopped before sending")?;
     let broken = handler.printer.broken.clone();
-    lab.run(&mut handler, &done, &broken).await?;
+    lab.run(&mut handler, done.notified(), &broken).await?;
     let measured = lab::result(&result_rx)?;
     lab.finish(&mut handler.printer)?;
     let report = UdpReport::new(plan, &measured, &handler, ns.name.clone());
