@@ -5,6 +5,7 @@
 //! both sides agree on the layout byte for byte; the size assertions below pin it.
 #![no_std]
 
+pub mod agg;
 #[cfg(feature = "user")]
 pub mod user;
 
@@ -29,6 +30,10 @@ pub mod maps {
     /// Per program with a standby copy and per thread (its id modulo
     /// [`crate::standby::THREADS`]): the call the program last ran for.
     pub const STANDBY_MARKS: &str = "STANDBY_MARKS";
+    /// `--summary`: per CPU and per socket (inode), the counts of [`crate::agg::SockAgg`].
+    pub const AGG: &str = "AGG";
+    /// `--summary`: per socket (`struct sock` address), its writes waiting for their ACK.
+    pub const PENDING: &str = "PENDING";
 }
 
 /// Standby copies. Where the kernel runs BPF programs preemptibly (7.x), a thread preempted
@@ -130,6 +135,9 @@ pub mod globals {
     pub const KOFFSETS: &str = "KOFFSETS";
     /// u64: bytes in the ring buffer before the reader is woken (0: the kernel's default).
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// u32: 1 to count the per-call events in [`crate::maps::AGG`] instead of streaming them
+    /// (`--summary`).
+    pub const AGGREGATE: &str = "AGGREGATE";
 }
 
 /// Capacity of [`maps::INFLIGHT`]: one entry per thread inside a send call.

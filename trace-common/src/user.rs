@@ -17,6 +17,8 @@ unsafe impl aya::Pod for AckEvent {}
 unsafe impl aya::Pod for RecvEvent {}
 unsafe impl aya::Pod for SockEvent {}
 unsafe impl aya::Pod for UdpEvent {}
+unsafe impl aya::Pod for crate::agg::SockAgg {}
+unsafe impl aya::Pod for crate::agg::Pending {}
 
 /// One decoded ring-buffer record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use crate::{
     filter,
     kernel::{self, Fault, IPPROTO_TCP, Sock},
     maps::{INFLIGHT, Inflight},
-    model::{close_block_of, sock_track},
+    model::{close_block_of, open_call},
 };
 
 const MSG_DONTWAIT: u32 = 0x40;
@@ -33,6 +33,7 @@ pub fn send_begin_fd(fd: u64, requested: Option<u64>, flags: u32) -> Result<(), 
         msg: 0,
         seq0: sock.write_seq()?,
         _pad: 0,
+        ino: 0,
         start_ns: unsafe { bpf_ktime_get_ns() },
         requested: requested.unwrap_or(0),
         // As sock_write_iter does for a non-blocking file.
@@ -46,11 +47,7 @@ pub fn send_begin_fd(fd: u64, requested: Option<u64>, flags: u32) -> Result<(), 
         block_left: 0,
         block_queue: SendQueue::default(),
     };
-    INFLIGHT
-        .insert(pid_tgid as u32, call, 0)
-        .map_err(|_| Fault::InflightFull)?;
-    unsafe { (*sock_track(&sock, sock.ino()?, IPPROTO_TCP)?).write_end = u64::MAX };
-    Ok(())
+    open_call(&sock, pid_tgid as u32, call)
 }
 
 /// `sendmsg`/`writev`: the bytes an user iovec array asks for, when it is short enough to add.

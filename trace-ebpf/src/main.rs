@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod agg;
 mod entry;
 mod fentry;
 mod filter;

@@ -37,6 +37,8 @@ pub struct Inflight {
     /// Without a msghdr: `write_seq` at entry, to tell how much of the call was copied.
     pub seq0: u32,
     pub _pad: u32,
+    /// The socket's inode, read once when the call opens (it cannot change during it).
+    pub ino: u64,
     pub start_ns: u64,
     pub requested: u64,
     pub msg_flags: u32,

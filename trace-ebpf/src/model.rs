@@ -18,7 +18,7 @@ use trace_common::{
 };
 
 use crate::{
-    filter,
+    agg, filter,
     kernel::{self, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
     life,
     maps::{EVENTS, INFLIGHT, Inflight, LOST, LOST_EVENTS, READ_ERRORS, SOCKS, SockTrack},
@@ -46,6 +46,10 @@ pub fn run<C: EbpfContext>(ctx: &C, f: impl FnOnce() -> Result<(), Fault>) -> u3
                     warn!(ctx, "INFLIGHT map full: send calls untraced ({} so far)", n)
                 }
                 Fault::SocksFull => warn!(ctx, "SOCKS map refused an entry ({} so far)", n),
+                Fault::AggFull => warn!(
+                    ctx,
+                    "AGG or PENDING map full: the summary misses a socket ({} so far)", n
+                ),
             }
         }
     }
@@ -130,6 +134,7 @@ pub fn send_begin(sk: u64, msg: u64) -> Result<(), Fault> {
         msg,
         seq0: 0,
         _pad: 0,
+        ino: 0,
         start_ns: unsafe { bpf_ktime_get_ns() },
         requested: kernel::msg_left(msg)?,
         msg_flags: kernel::msg_flags(msg)?,
@@ -138,12 +143,25 @@ pub fn send_begin(sk: u64, msg: u64) -> Result<(), Fault> {
         block_left: 0,
         block_queue: SendQueue::default(),
     };
+    open_call(&sock, tid, call)
+}
+
+/// Opens thread `tid`'s traced send `call` on `sock` (whichever hook saw it begin).
+#[inline(always)]
+pub fn open_call(sock: &Sock, tid: u32, mut call: Inflight) -> Result<(), Fault> {
+    let ino = sock.ino()?;
+    call.ino = ino;
     INFLIGHT
         .insert(tid, call, 0)
         .map_err(|_| Fault::InflightFull)?;
     // While the call copies, every ACK counts (on loopback it can come back before the
     // return). The inode check in sock_track catches a struct sock reused by a new socket.
-    unsafe { (*sock_track(&sock, sock.ino()?, IPPROTO_TCP)?).write_end = u64::MAX };
+    unsafe { (*sock_track(sock, ino, IPPROTO_TCP)?).write_end = u64::MAX };
+    if agg::on() {
+        // Made now, so an ACK during the call is seen; if there is no room, the return
+        // counts the write as untimed.
+        let _ = agg::pending(sock.ptr, ino);
+    }
     Ok(())
 }
 
@@ -172,14 +190,7 @@ pub fn block_begin() -> Result<(), Fault> {
     call.flags |= SEND_F_BLOCKED;
     // Said now, not only at the wake-up: a writer stuck on a peer that never reads would
     // otherwise never show up.
-    emit_block(
-        EventKind::BlockStart,
-        call,
-        pid_tgid,
-        comm(),
-        sock.ino()?,
-        0,
-    );
+    emit_block(EventKind::BlockStart, call, pid_tgid, comm(), call.ino, 0);
     Ok(())
 }
 
@@ -257,8 +268,7 @@ pub fn close_block_of(call: &mut Inflight, pid_tgid: u64, comm: [u8; COMM_LEN], 
     if call.block_start == 0 {
         return;
     }
-    let ino = Sock::new(call.sk).ino().unwrap_or(0);
-    emit_block(EventKind::Block, call, pid_tgid, comm, ino, now);
+    emit_block(EventKind::Block, call, pid_tgid, comm, call.ino, now);
     call.block_start = 0;
 }
 
@@ -269,11 +279,17 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
     let tid = pid_tgid as u32;
     let now = unsafe { bpf_ktime_get_ns() };
     let sock = Sock::new(sk);
-    let (start_ns, requested, msg_flags, flags) = match INFLIGHT.get_ptr_mut(tid) {
+    let (start_ns, requested, msg_flags, flags, ino) = match INFLIGHT.get_ptr_mut(tid) {
         Some(call) if unsafe { (*call).sk } == sk => {
             let call = unsafe { &mut *call };
             close_block(call, pid_tgid, now);
-            let r = (call.start_ns, call.requested, call.msg_flags, call.flags);
+            let r = (
+                call.start_ns,
+                call.requested,
+                call.msg_flags,
+                call.flags,
+                call.ino,
+            );
             let _ = INFLIGHT.remove(tid);
             r
         }
@@ -297,10 +313,13 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
             if !filter::sock_passes(&sock)? {
                 return Ok(());
             }
-            (0, 0, 0, 0)
+            (0, 0, 0, 0, sock.ino()?)
         }
     };
-    let ino = sock.ino()?;
+    if agg::takes(ret) {
+        let track = unsafe { &*sock_track(&sock, ino, IPPROTO_TCP)? };
+        return agg::send(&sock, track, pid_tgid, start_ns, requested, ret);
+    }
     let queue = sock.send_queue()?;
     let seq_end = queue.acked + u64::from(queue.send_q);
     let track = unsafe { &mut *sock_track(&sock, ino, IPPROTO_TCP)? };
@@ -355,6 +374,9 @@ pub fn ack(sk: u64, skb: u64) -> Result<(), Fault> {
     let track = unsafe { &mut *track };
     let sock = Sock::new(sk);
     life::fin_in(&sock, track, skb)?;
+    if agg::on() {
+        return agg::ack(&sock, track, skb);
+    }
     let bytes_acked = sock.bytes_acked()?;
     if track.write_end <= bytes_acked || track.write_end == 0 {
         return Ok(()); // nothing traced is waiting for an ACK

@@ -4,7 +4,7 @@ use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use trace_common::{EventKind, RecvEvent};
 
 use crate::{
-    filter,
+    agg, filter,
     kernel::{Fault, IPPROTO_TCP, Sock},
     maps::{put_call, take_call},
     model::{comm, emit, header, sock_track},
@@ -23,6 +23,9 @@ pub fn recv_end(sk: u64, ret: i64, msg_flags: u32) -> Result<(), Fault> {
         return Ok(());
     }
     let track = unsafe { &*sock_track(&sock, sock.ino()?, proto)? };
+    if agg::takes(ret) {
+        return agg::recv(track, pid_tgid, ret);
+    }
     let queue = sock.recv_queue(proto == IPPROTO_TCP)?;
     let (addrs, ino) = (track.addrs, track.ino);
     emit(|e: &mut RecvEvent| {

@@ -20,6 +20,7 @@ pub fn run(json: bool) -> anyhow::Result<bool> {
         attach: attach::AttachMode::Auto,
         ring_bytes: 1 << 16,
         kernel_log: false,
+        aggregate: false,
     };
     let mut ebpf = loader::load_object(&opts)?;
     let checks = attach::check_all(&mut ebpf);

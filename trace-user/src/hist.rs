@@ -7,7 +7,6 @@ use std::io::{self, Write};
 pub struct Log2Hist {
     buckets: [u64; 65],
     pub count: u64,
-    pub sum: u64,
 }
 
 impl Default for Log2Hist {
@@ -15,7 +14,6 @@ impl Default for Log2Hist {
         Self {
             buckets: [0; 65],
             count: 0,
-            sum: 0,
         }
     }
 }
@@ -24,7 +22,14 @@ impl Log2Hist {
     pub fn add(&mut self, v: u64) {
         self.buckets[(u64::BITS - v.leading_zeros()) as usize] += 1;
         self.count += 1;
-        self.sum = self.sum.saturating_add(v);
+    }
+
+    /// Adds counts by bucket, numbered as here (the kernel's `trace_common::agg` histograms).
+    pub fn add_buckets(&mut self, counts: &[u64]) {
+        for (b, &n) in self.buckets.iter_mut().zip(counts) {
+            *b += n;
+            self.count += n;
+        }
     }
 
     /// (low, high, count) of each bucket from the first to the last non-empty one.

@@ -40,6 +40,7 @@ impl Lab {
             attach: tracer.attach,
             ring_bytes: tracer.ring_size,
             kernel_log: verbose > 0,
+            aggregate: false,
         };
         let session = Session::start(&opts)?;
         let t0 = monotonic_ns();

@@ -5,10 +5,14 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use aya_log::EbpfLogger;
-use trace_common::{Filter, globals, maps, standby};
+use trace_common::{
+    Filter,
+    agg::{Pending, SockAgg},
+    globals, maps, standby,
+};
 
 use crate::{
     attach::{self, AttachMode},
@@ -25,6 +29,8 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Whether the programs' own diagnostics are wanted (aya-log at -v).
     pub kernel_log: bool,
+    /// Count the per-call events in the kernel instead of streaming them (`--summary`).
+    pub aggregate: bool,
 }
 
 /// Counters the programs keep per CPU.
@@ -38,6 +44,13 @@ pub struct KernelCounters {
     /// (preempted, or interrupted) is not entered again, and no standby copy took the run
     /// over (`trace_common::standby`). Those events never existed.
     pub missed: u64,
+}
+
+/// `--summary`: each socket's counts (by inode), one per CPU, and each socket's writes still
+/// waiting for their ACK.
+pub struct Counted {
+    pub per_cpu: Vec<(u64, SockAgg)>,
+    pub waiting: Vec<Pending>,
 }
 
 /// Wake the reader when a sixteenth of the ring holds data (and otherwise on its drain timer):
@@ -63,6 +76,7 @@ pub fn load_object(opts: &LoadOptions) -> anyhow::Result<Ebpf> {
         .override_global(globals::KOFFSETS, &offsets, true)
         .override_global(aya_log::LEVEL, &log_level, false)
         .override_global(globals::WAKEUP_BYTES, &wakeup_bytes(opts.ring_bytes), true)
+        .override_global(globals::AGGREGATE, &u32::from(opts.aggregate), true)
         .map_max_entries(maps::EVENTS, opts.ring_bytes)
         .load(aya::include_bytes_aligned!(concat!(
             env!("OUT_DIR"),
@@ -116,6 +130,31 @@ impl Tracer {
     /// The programs' log channel (aya-log), forwarding to the `log` crate.
     pub fn take_logger(&mut self) -> Option<EbpfLogger<&'static dyn log::Log>> {
         self.logger.take()
+    }
+
+    /// `--summary`: what the kernel counted.
+    pub fn aggregates(&self) -> anyhow::Result<Counted> {
+        let map = self.ebpf.map(maps::AGG).context("AGG map missing")?;
+        let agg = PerCpuHashMap::<_, u64, SockAgg>::try_from(map)?;
+        let mut out = Vec::new();
+        for entry in agg.iter() {
+            let (ino, per_cpu) = entry.context("reading the AGG map")?;
+            out.extend(per_cpu.iter().map(|a| (ino, *a)));
+        }
+        let map = self
+            .ebpf
+            .map(maps::PENDING)
+            .context("PENDING map missing")?;
+        let pending = HashMap::<_, u64, Pending>::try_from(map)?;
+        let waiting = pending
+            .iter()
+            .map(|e| e.map(|(_, p)| p))
+            .collect::<Result<_, _>>()
+            .context("reading the PENDING map")?;
+        Ok(Counted {
+            per_cpu: out,
+            waiting,
+        })
     }
 
     pub fn counters(&self) -> anyhow::Result<KernelCounters> {

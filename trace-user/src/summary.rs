@@ -4,7 +4,11 @@
 use std::{collections::BTreeMap, io::Write};
 
 use serde::Serialize;
-use trace_common::{EventKind, Header, SockAddrs, user::Event};
+use trace_common::{
+    EventKind, Header, SockAddrs,
+    agg::{Pending, SockAgg},
+    user::Event,
+};
 
 use crate::{
     acks::AckMatcher,
@@ -30,6 +34,9 @@ pub struct SockSummary {
     pub blocks: u64,
     pub blocked_ns: u64,
     pub acked_writes: u64,
+    /// Writes whose time to the ACK the kernel could not take (more than
+    /// `trace_common::agg::PENDING_SLOTS` waiting at once, or the call's start unseen).
+    pub untimed_writes: u64,
     /// Bytes copied per successful call.
     pub copy_bytes: Log2Hist,
     /// Sleeps on a full send buffer, in microseconds.
@@ -195,6 +202,54 @@ struct SummaryJson<'a> {
 }
 
 impl Summary {
+    /// Adds one CPU's in-kernel counts of socket `ino` (`--summary` counts successful sends
+    /// and receives, EAGAINs and ACKed writes in the kernel; the rest arrived as events).
+    pub fn add_counted(&mut self, ino: u64, a: &SockAgg) {
+        let hdr = Header {
+            pid: a.pid,
+            sock_id: ino,
+            ..Header::default()
+        };
+        let s = sock(&mut self.socks, &hdr, &a.comm, &a.addrs);
+        s.sends += a.sends;
+        s.requested_bytes += a.requested;
+        s.copied_bytes += a.copied;
+        s.eagain += a.eagain;
+        s.copy_bytes.add_buckets(&a.copy_bytes);
+        s.recvs += a.recvs;
+        s.received_bytes += a.received;
+        s.recv_bytes.add_buckets(&a.recv_bytes);
+        if a.recv_eagain > 0 {
+            *s.recv_errors
+                .entry(ErrName(-i64::from(libc::EAGAIN)).to_string())
+                .or_default() += a.recv_eagain;
+        }
+        s.acked_writes += a.acked_writes + a.call_acked_writes;
+        s.untimed_writes += a.untimed_writes;
+        s.ack_us.add_buckets(&a.ack_us);
+        s.ack_us.add_buckets(&a.call_ack_us);
+        self.totals.sends += a.sends;
+        self.totals.acks += a.acked_writes + a.call_acked_writes;
+    }
+
+    /// A socket's writes the kernel still had waiting at the end: those the last ACK covers
+    /// came before they were queued (no later ACK took them off); the rest are unacked,
+    /// returned as a count.
+    pub fn add_waiting(&mut self, p: &Pending) -> u64 {
+        let mut unacked = 0;
+        for (end, start_ns) in p.waiting() {
+            match self.socks.get_mut(&p.ino) {
+                Some(s) if p.covered(end) => {
+                    s.acked_writes += 1;
+                    s.ack_us.add(p.last_ack_ns.saturating_sub(start_ns) / 1000);
+                    self.totals.acks += 1;
+                }
+                _ => unacked += 1,
+            }
+        }
+        unacked
+    }
+
     pub fn write(&self, out: &mut impl Write, json: bool) -> std::io::Result<()> {
         if json {
             let sockets = self.socks.values().collect();
@@ -224,6 +279,14 @@ impl Summary {
                 s.blocked_ns as f64 / 1e6,
                 s.acked_writes
             )?;
+            if s.untimed_writes > 0 {
+                writeln!(
+                    out,
+                    "  {} writes not timed to their ACK (more than {} waiting at once)",
+                    s.untimed_writes,
+                    trace_common::agg::PENDING_SLOTS
+                )?;
+            }
             for (name, n) in &s.errors {
                 writeln!(out, "  {n} × {name}")?;
             }

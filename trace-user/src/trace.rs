@@ -108,17 +108,19 @@ pub fn load_options(
     filter: &crate::cli::FilterArgs,
     tracer: &crate::cli::TracerArgs,
     verbose: u8,
+    aggregate: bool,
 ) -> anyhow::Result<LoadOptions> {
     Ok(LoadOptions {
         filter: filter::build(filter)?,
         attach: tracer.attach,
         ring_bytes: tracer.ring_size,
         kernel_log: verbose > 0,
+        aggregate,
     })
 }
 
 pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
-    let opts = load_options(&args.filter, &args.tracer, verbose)?;
+    let opts = load_options(&args.filter, &args.tracer, verbose, args.summary)?;
     let mut session = Session::start(&opts)?;
     let t0 = monotonic_ns();
     let stdout: Box<dyn Write> = Box::new(std::io::BufWriter::with_capacity(
@@ -137,12 +139,18 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
     }
     let mut summary = Summary::default();
     session.run(&mut summary, stop).await?;
+    let counted = session.tracer().aggregates()?;
+    for (ino, a) in &counted.per_cpu {
+        summary.add_counted(*ino, a);
+    }
+    let unacked = counted.waiting.iter().map(|p| summary.add_waiting(p)).sum();
     let mut out = std::io::stdout().lock();
     summary.write(&mut out, args.json)?;
     out.flush()?;
     drop(out);
     printer.totals = summary.totals;
     printer.acks = summary.acks;
+    printer.totals.unacked = unacked;
     finish(&session, &mut printer, t0)
 }
 
@@ -160,7 +168,7 @@ pub fn finish(session: &Session, printer: &mut Printer, t0: u64) -> anyhow::Resu
             t.missed
         );
     }
-    t.unacked = printer.acks.unacked() as u64;
+    t.unacked += printer.acks.unacked() as u64;
     t.duration_ns = monotonic_ns() - t0;
     if t.lost > 0 {
         log::warn!(

@@ -80,6 +80,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
                 "trace_state",
                 "--test",
                 "trace_recv",
+                "--test",
+                "trace_summary",
             ],
             &[],
             &[

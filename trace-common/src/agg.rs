@@ -1,0 +1,147 @@
+//! In-kernel aggregation for `sockbuf trace --summary`. The per-call events (successful sends
+//! and receives, EAGAINs, and each write's time to its ACK) are counted per CPU in
+//! [`crate::maps::AGG`] instead of crossing the ring buffer one by one; the loader sums the
+//! CPUs at the end. Rare events (other errors, sleeps, state changes, RSTs, FINs, UDP) still
+//! stream, so the summary merges both.
+
+use crate::{COMM_LEN, SockAddrs};
+
+/// Power-of-two buckets per histogram: bucket 0 holds 0, bucket k holds [2^(k-1), 2^k), the
+/// last also everything above (2 GiB per call; 35 minutes).
+pub const BUCKETS: usize = 32;
+
+/// Sockets [`crate::maps::AGG`] holds; entries are allocated as sockets appear, not up front.
+pub const AGG_ENTRIES: u32 = 8_192;
+
+/// Writes per socket whose ACK can be waited for at once (48 KiB); more are counted as
+/// untimed. Loopback with two busy connections on two CPUs had 1 500 waiting.
+pub const PENDING_SLOTS: u32 = 4096;
+
+/// Sockets whose writes [`crate::maps::PENDING`] can time at once (at most 48 MiB); writes on
+/// further sockets are counted as untimed.
+pub const PENDING_ENTRIES: u32 = 1024;
+
+/// One socket's totals on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockAgg {
+    /// The task that first counted here (0 when that was an ACK in softirq).
+    pub pid: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+    pub addrs: SockAddrs,
+    /// Send calls that copied bytes or got EAGAIN (other errors stream as events).
+    pub sends: u64,
+    pub requested: u64,
+    pub copied: u64,
+    pub eagain: u64,
+    /// Receive calls that returned bytes (or 0) or EAGAIN.
+    pub recvs: u64,
+    pub received: u64,
+    pub recv_eagain: u64,
+    /// Writes whose last byte was acked, counted by the ACK path (`ack_us`) or, when the ACK
+    /// came before the call returned, by the send path (`call_ack_us`): separate fields, as
+    /// the ACK path can interrupt the send path on the same CPU.
+    pub acked_writes: u64,
+    pub call_acked_writes: u64,
+    /// Writes that could not be timed (more than [`PENDING_SLOTS`] waiting, or the call's
+    /// start unseen).
+    pub untimed_writes: u64,
+    /// Bytes copied per send call, bytes per receive call, write-to-ACK microseconds.
+    pub copy_bytes: [u64; BUCKETS],
+    pub recv_bytes: [u64; BUCKETS],
+    pub ack_us: [u64; BUCKETS],
+    pub call_ack_us: [u64; BUCKETS],
+}
+
+/// The writes of one socket waiting for their ACK: a ring the send path fills at `head` and
+/// only the ACK path empties, at `tail` (TCP processes one socket's ACKs one at a time).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Pending {
+    pub head: u32,
+    pub tail: u32,
+    /// The last ACK that moved forward, and when. An ACK can arrive before its write is
+    /// queued here (on loopback, within the call): the next ACK, or the loader at the end,
+    /// then finds the write already covered by this one and times it from it.
+    pub last_ack_seq: u32,
+    pub _pad: u32,
+    pub last_ack_ns: u64,
+    /// The socket's inode (the summary's socket id).
+    pub ino: u64,
+    /// `write_seq` after each write, and when its call started.
+    pub seq: [u32; PENDING_SLOTS as usize],
+    pub start_ns: [u64; PENDING_SLOTS as usize],
+}
+
+impl Pending {
+    /// `(end, start_ns)` of each waiting write, oldest first.
+    pub fn waiting(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        (0..self.head.wrapping_sub(self.tail).min(PENDING_SLOTS)).map(|k| {
+            let i = (self.tail.wrapping_add(k) & (PENDING_SLOTS - 1)) as usize;
+            (self.seq[i], self.start_ns[i])
+        })
+    }
+
+    /// Whether the last ACK covers a write ending at `end`.
+    pub fn covered(&self, end: u32) -> bool {
+        covers(self.last_ack_seq, self.last_ack_ns, end)
+    }
+}
+
+/// Whether an ACK of `ack_seq` seen at `ack_ns` (0: none yet) covers a write ending at `end`.
+#[inline(always)]
+pub const fn covers(ack_seq: u32, ack_ns: u64, end: u32) -> bool {
+    ack_ns != 0 && ack_seq.wrapping_sub(end) as i32 >= 0
+}
+
+/// The histogram bucket of `v` (a branchy log2: the BPF target has no count-leading-zeros).
+#[inline(always)]
+pub const fn bucket(v: u64) -> usize {
+    if v == 0 {
+        return 0;
+    }
+    let mut b = 1;
+    let mut x = v;
+    if x >= 1 << 32 {
+        return BUCKETS - 1;
+    }
+    if x >= 1 << 16 {
+        x >>= 16;
+        b += 16;
+    }
+    if x >= 1 << 8 {
+        x >>= 8;
+        b += 8;
+    }
+    if x >= 1 << 4 {
+        x >>= 4;
+        b += 4;
+    }
+    if x >= 1 << 2 {
+        x >>= 2;
+        b += 2;
+    }
+    if x >= 1 << 1 {
+        b += 1;
+    }
+    if b >= BUCKETS { BUCKETS - 1 } else { b }
+}
+
+const _: () = assert!(core::mem::size_of::<SockAgg>() == 64 + 10 * 8 + 4 * BUCKETS * 8);
+const _: () = assert!(core::mem::size_of::<Pending>() == 32 + 12 * PENDING_SLOTS as usize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_is_log2_plus_one() {
+        for v in 1u64..(1 << 20) {
+            assert_eq!(bucket(v), (u64::BITS - v.leading_zeros()) as usize, "{v}");
+        }
+        assert_eq!(bucket(0), 0);
+        assert_eq!(bucket((1 << 31) + 5), 32.min(BUCKETS - 1));
+        assert_eq!(bucket(u64::MAX), BUCKETS - 1);
+    }
+}

@@ -1,0 +1,271 @@
+//! `--summary`: the per-call events counted in the kernel, per CPU and per socket, instead of
+//! one ring-buffer record each (see `trace_common::agg`). Each write's time to its ACK is
+//! measured here too: the send path queues the write's end in [`PENDING`], the ACK path
+//! takes off every write the ACK covers.
+
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, generated::bpf_loop},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+};
+use trace_common::{
+    SockAddrs,
+    agg::{AGG_ENTRIES, PENDING_ENTRIES, PENDING_SLOTS, Pending, SockAgg, bucket, covers},
+};
+
+use crate::{
+    kernel::{self, Fault, Sock},
+    maps::SockTrack,
+    model::comm,
+};
+
+/// 1 under `--summary`; set by the loader.
+#[unsafe(no_mangle)]
+static AGGREGATE: u32 = 0;
+
+/// Entries are created as sockets appear (not preallocated: a `SockAgg` is ~900 B per CPU).
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[map]
+pub static AGG: PerCpuHashMap<u64, SockAgg> =
+    PerCpuHashMap::with_max_entries(AGG_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static PENDING: HashMap<u64, Pending> =
+    HashMap::with_max_entries(PENDING_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// New entries start as copies of these (both too large for the 512-byte stack). `BLANK`'s
+/// counts stay zero, only its identity fields are written, just before the copy; the queue
+/// is never written, so one shared copy does (per-CPU values are limited to 32 KiB).
+#[map]
+static BLANK: PerCpuArray<SockAgg> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static BLANK_PENDING: Array<Pending> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn on() -> bool {
+    unsafe { core::ptr::read_volatile(&raw const AGGREGATE) != 0 }
+}
+
+const EAGAIN: i64 = 11;
+const SLOT_MASK: u32 = PENDING_SLOTS - 1;
+
+/// Whether the per-call aggregation takes a call that returned `ret`: other errors are rare
+/// and stream as events, with their names.
+#[inline(always)]
+pub fn takes(ret: i64) -> bool {
+    on() && (ret >= 0 || ret == -EAGAIN)
+}
+
+/// The current CPU's counts of socket `ino`, created with the task's identity (`pid_tgid` 0:
+/// none, in softirq) and the socket's addresses.
+#[inline(always)]
+fn entry(ino: u64, pid_tgid: u64, addrs: &SockAddrs) -> Result<&'static mut SockAgg, Fault> {
+    if let Some(a) = AGG.get_ptr_mut(ino) {
+        return Ok(unsafe { &mut *a });
+    }
+    let blank = BLANK.get_ptr_mut(0).ok_or(Fault::AggFull)?;
+    let blank = unsafe { &mut *blank };
+    blank.pid = (pid_tgid >> 32) as u32;
+    blank.comm = if pid_tgid == 0 { [0; 16] } else { comm() };
+    blank.addrs = *addrs;
+    // Inserted from the map by reference: by value it would be copied onto the stack.
+    let blank: &SockAgg = blank;
+    AGG.insert(ino, blank, 0).map_err(|_| Fault::AggFull)?;
+    AGG.get_ptr_mut(ino)
+        .map(|a| unsafe { &mut *a })
+        .ok_or(Fault::AggFull)
+}
+
+/// Counts a write acked `ns` after its call started, in the ACK path's fields (`in_call`:
+/// the send path's, which the ACK path, interrupting it, cannot race with).
+#[inline(always)]
+fn acked(a: &mut SockAgg, ns: u64, in_call: bool) {
+    let (n, hist) = if in_call {
+        (&mut a.call_acked_writes, &mut a.call_ack_us)
+    } else {
+        (&mut a.acked_writes, &mut a.ack_us)
+    };
+    *n += 1;
+    if let Some(c) = hist.get_mut(bucket(ns / 1000)) {
+        *c += 1;
+    }
+}
+
+/// Socket `sk`'s (inode `ino`) queue of writes waiting for their ACK, created at its first
+/// traced write.
+#[inline(always)]
+pub fn pending(sk: u64, ino: u64) -> Result<&'static mut Pending, Fault> {
+    if let Some(p) = PENDING.get_ptr_mut(sk) {
+        return Ok(unsafe { &mut *p });
+    }
+    // All zeroes: never written.
+    let blank: &Pending = unsafe { &*BLANK_PENDING.get_ptr(0).ok_or(Fault::AggFull)? };
+    PENDING.insert(sk, blank, 0).map_err(|_| Fault::AggFull)?;
+    let p = PENDING.get_ptr_mut(sk).ok_or(Fault::AggFull)?;
+    let p = unsafe { &mut *p };
+    p.ino = ino;
+    Ok(p)
+}
+
+/// A TCP send call returned `ret` (bytes, or -EAGAIN); it started at `start_ns` (0: unseen).
+#[inline(always)]
+pub fn send(
+    sock: &Sock,
+    track: &SockTrack,
+    pid_tgid: u64,
+    start_ns: u64,
+    requested: u64,
+    ret: i64,
+) -> Result<(), Fault> {
+    let a = entry(track.ino, pid_tgid, &track.addrs)?;
+    a.sends += 1;
+    a.requested += requested;
+    if ret < 0 {
+        a.eagain += 1;
+        return Ok(());
+    }
+    a.copied += ret as u64;
+    if let Some(c) = a.copy_bytes.get_mut(bucket(ret as u64)) {
+        *c += 1;
+    }
+    if ret == 0 {
+        return Ok(());
+    }
+    if start_ns == 0 {
+        a.untimed_writes += 1;
+        return Ok(());
+    }
+    let Ok(p) = pending(sock.ptr, track.ino) else {
+        a.untimed_writes += 1; // no room for another socket's queue
+        return Ok(());
+    };
+    let end = sock.write_seq()?;
+    if end.wrapping_sub(sock.snd_una()?) as i32 <= 0 {
+        // Acked before the call returned (loopback answers within the call): by the last ACK
+        // (the first to cover it: no later data was sent yet, unless another thread wrote).
+        if p.covered(end) && p.last_ack_ns >= start_ns {
+            acked(a, p.last_ack_ns - start_ns, true);
+        } else {
+            a.untimed_writes += 1;
+        }
+        return Ok(());
+    }
+    let head = unsafe { core::ptr::read_volatile(&raw const p.head) };
+    let tail = unsafe { core::ptr::read_volatile(&raw const p.tail) };
+    if head.wrapping_sub(tail) >= PENDING_SLOTS {
+        a.untimed_writes += 1;
+        return Ok(());
+    }
+    let i = (head & SLOT_MASK) as usize;
+    if let (Some(s), Some(t)) = (p.seq.get_mut(i), p.start_ns.get_mut(i)) {
+        (*s, *t) = (end, start_ns);
+    }
+    // The slot is written before the ACK path can see it (x86 keeps stores in order).
+    unsafe { core::ptr::write_volatile(&raw mut p.head, head.wrapping_add(1)) };
+    Ok(())
+}
+
+/// A receive call returned `ret` (bytes, or -EAGAIN).
+#[inline(always)]
+pub fn recv(track: &SockTrack, pid_tgid: u64, ret: i64) -> Result<(), Fault> {
+    let a = entry(track.ino, pid_tgid, &track.addrs)?;
+    a.recvs += 1;
+    if ret < 0 {
+        a.recv_eagain += 1;
+        return Ok(());
+    }
+    a.received += ret as u64;
+    if let Some(c) = a.recv_bytes.get_mut(bucket(ret as u64)) {
+        *c += 1;
+    }
+    Ok(())
+}
+
+/// A segment arrives on tracked socket `sk`: every waiting write its ACK covers is acked.
+#[inline(always)]
+pub fn ack(sock: &Sock, track: &SockTrack, skb: u64) -> Result<(), Fault> {
+    let Some(p) = PENDING.get_ptr_mut(sock.ptr) else {
+        return Ok(()); // no traced write on this socket
+    };
+    let p = unsafe { &mut *p };
+    let Some(ack_seq) = kernel::skb_ack_seq(skb)? else {
+        return Ok(());
+    };
+    // Same test as tcp_ack(): an ACK of data never sent is ignored.
+    if ack_seq.wrapping_sub(sock.snd_nxt()?) as i32 > 0 {
+        return Ok(());
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    // The ACK before this one: it covers the writes queued after it came.
+    let (before_seq, before_ns) = (p.last_ack_seq, p.last_ack_ns);
+    if before_ns == 0 || ack_seq.wrapping_sub(before_seq) as i32 > 0 {
+        (p.last_ack_seq, p.last_ack_ns) = (ack_seq, now);
+    }
+    let head = unsafe { core::ptr::read_volatile(&raw const p.head) };
+    let tail = p.tail;
+    if tail == head {
+        return Ok(());
+    }
+    let queue: *mut Pending = p;
+    let mut pop = Pop {
+        p: queue,
+        a: entry(track.ino, 0, &track.addrs)?,
+        ack_seq,
+        before_seq,
+        before_ns,
+        now,
+        head,
+        tail,
+    };
+    // One ACK can cover every waiting write: a bpf_loop callback is verified once, where an
+    // open-coded loop of PENDING_SLOTS passes is verified pass by pass (past the limit).
+    unsafe {
+        bpf_loop(
+            PENDING_SLOTS,
+            pop_one as *mut c_void,
+            (&raw mut pop).cast(),
+            0,
+        )
+    };
+    unsafe { core::ptr::write_volatile(&raw mut (*queue).tail, pop.tail) };
+    Ok(())
+}
+
+/// What [`pop_one`] works on: the ACK and the socket's queue and counts.
+struct Pop {
+    p: *const Pending,
+    a: &'static mut SockAgg,
+    ack_seq: u32,
+    before_seq: u32,
+    before_ns: u64,
+    now: u64,
+    head: u32,
+    tail: u32,
+}
+
+/// Takes the oldest waiting write off if the ACK covers it; 1 (stop) when none is left to take.
+extern "C" fn pop_one(_: u32, ctx: *mut c_void) -> i64 {
+    let pop = unsafe { &mut *ctx.cast::<Pop>() };
+    if pop.tail == pop.head {
+        return 1;
+    }
+    let i = (pop.tail & SLOT_MASK) as usize;
+    let q = unsafe { &*pop.p };
+    let (Some(&end), Some(&start)) = (q.seq.get(i), q.start_ns.get(i)) else {
+        return 1;
+    };
+    if (pop.ack_seq.wrapping_sub(end) as i32) < 0 {
+        return 1;
+    }
+    // Queued after the ACK before this one came, which already covered it.
+    let at = if covers(pop.before_seq, pop.before_ns, end) {
+        pop.before_ns
+    } else {
+        pop.now
+    };
+    acked(pop.a, at.saturating_sub(start), false);
+    pop.tail = pop.tail.wrapping_add(1);
+    0
+}

@@ -1,0 +1,220 @@
+//! `sockbuf trace --summary`: per-socket totals and histograms, the per-call events counted
+//! in the kernel, checked against what the test's own sockets did.
+
+mod common;
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+/// `sockbuf trace --json --summary ARGS`, started and attached.
+struct SummaryRun {
+    child: Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl SummaryRun {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(SOCKBUF)
+            .args(["trace", "--json", "--summary"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn sockbuf");
+        // The start object comes once the programs are attached (seconds in an emulated guest).
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut start = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut start).expect("read the start object");
+        assert!(start.contains("\"start\""), "no start object: {start:?}");
+        Self { child, stdout }
+    }
+
+    /// Stops it as Ctrl-C would: (the summary's sockets, the end object).
+    fn stop(mut self) -> (Vec<Value>, Value) {
+        thread::sleep(Duration::from_millis(200));
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let mut rest = String::new();
+        self.stdout
+            .read_to_string(&mut rest)
+            .expect("read sockbuf's output");
+        let status = self.child.wait().expect("wait sockbuf");
+        assert!(status.success(), "sockbuf exited with {status}");
+        let lines: Vec<Value> = rest
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect();
+        let summary = lines
+            .iter()
+            .find(|v| v["kind"] == "summary")
+            .expect("summary object");
+        let end = lines.last().expect("end object").clone();
+        assert_eq!(end["kind"], "end");
+        assert_eq!(end["lost"], 0, "{end}");
+        assert_eq!(end["faults"], 0, "{end}");
+        (summary["sockets"].as_array().expect("sockets").clone(), end)
+    }
+}
+
+/// The summary's entry for socket `ino`.
+fn sock_of(socks: &[Value], ino: u64) -> &Value {
+    socks
+        .iter()
+        .find(|s| s["sock_id"] == ino)
+        .unwrap_or_else(|| panic!("socket {ino} not in the summary: {socks:?}"))
+}
+
+/// Sum of a JSON histogram's counts.
+fn hist_total(hist: &serde_json::Value) -> u64 {
+    hist.as_array()
+        .expect("histogram rows")
+        .iter()
+        .map(|r| u(&r["count"]))
+        .sum()
+}
+
+#[test]
+fn summary_totals_and_histograms_per_socket() {
+    let pid = std::process::id().to_string();
+    let run = SummaryRun::start(&["-p", &pid]);
+    let (mut c, mut s) = tcp_pair();
+    let sizes = [100usize, 1000, 1000, 5000, 70_000];
+    let server_ino = ino(&s);
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 17];
+        let (mut n, mut calls) = (0, 0);
+        while n < 77_100 {
+            n += s.read(&mut buf).unwrap();
+            calls += 1;
+        }
+        calls
+    });
+    for size in sizes {
+        c.write_all(&vec![0u8; size]).unwrap();
+    }
+    let reads = reader.join().unwrap();
+    wait_until(Duration::from_secs(2), "all acked", || {
+        tcp_info(&c).tcpi_unacked == 0
+    });
+    let (socks, end) = run.stop();
+    let sock = sock_of(&socks, ino(&c));
+    let server = sock_of(&socks, server_ino);
+    assert_eq!(
+        u(&server["recvs"]),
+        reads,
+        "one receive per read call: {server}"
+    );
+    assert_eq!(u(&server["received_bytes"]), 77_100);
+    assert_eq!(hist_total(&server["recv_bytes"]), reads);
+    let calls = u(&sock["sends"]);
+    assert!(
+        calls >= sizes.len() as u64,
+        "write_all may split a write: {sock}"
+    );
+    assert_eq!(u(&sock["copied_bytes"]), 77_100);
+    assert_eq!(
+        hist_total(&sock["copy_bytes"]),
+        calls,
+        "every call lands in the bytes histogram"
+    );
+    let row_100 = sock["copy_bytes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| u(&r["lo"]) == 64)
+        .unwrap();
+    assert_eq!(
+        u(&row_100["count"]),
+        1,
+        "the 100-byte write is in [64, 127]"
+    );
+    assert_eq!(u(&sock["acked_writes"]), calls, "every write was acked");
+    assert_eq!(
+        hist_total(&sock["ack_us"]),
+        calls,
+        "every acked write lands in the ACK histogram"
+    );
+    assert_eq!(u(&end["unacked"]), 0, "{end}");
+}
+
+#[test]
+fn many_small_writes_are_counted_in_the_kernel_and_each_acked() {
+    const WRITES: u64 = 5_000;
+    let pid = std::process::id().to_string();
+    let run = SummaryRun::start(&["-p", &pid]);
+    let (mut c, mut s) = tcp_pair();
+    c.set_nodelay(true).unwrap();
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0;
+        while n < WRITES * 64 {
+            n += s.read(&mut buf).unwrap() as u64;
+        }
+        s
+    });
+    let mut calls = 0;
+    for _ in 0..WRITES {
+        assert_eq!(c.write(&[7u8; 64]).unwrap(), 64);
+        calls += 1;
+    }
+    let _s = reader.join().unwrap();
+    wait_until(Duration::from_secs(2), "all acked", || {
+        tcp_info(&c).tcpi_unacked == 0
+    });
+    let (socks, end) = run.stop();
+    let sock = sock_of(&socks, ino(&c));
+    assert_eq!(u(&sock["sends"]), calls, "one count per write call: {sock}");
+    assert_eq!(u(&sock["copied_bytes"]), calls * 64);
+    assert_eq!(u(&sock["requested_bytes"]), calls * 64);
+    assert_eq!(hist_total(&sock["copy_bytes"]), calls);
+    // Every write's ACK came while the socket was established (TCP_INFO says none is left):
+    // each one is timed, none left waiting.
+    assert_eq!(u(&sock["acked_writes"]), calls, "{sock}");
+    assert_eq!(u(&sock["untimed_writes"]), 0, "{sock}");
+    assert_eq!(hist_total(&sock["ack_us"]), calls);
+    assert_eq!(u(&end["unacked"]), 0, "{end}");
+    assert_eq!(u(&end["sends"]), calls, "{end}");
+    // Counted in the kernel: the ring buffer carried the few lifecycle events, not a record
+    // per call.
+    assert!(u(&end["records"]) < 50, "{end}");
+}
+
+#[test]
+fn eagain_is_counted_in_the_kernel() {
+    let pid = std::process::id().to_string();
+    let run = SummaryRun::start(&["-p", &pid]);
+    let (mut c, _s) = tcp_pair_with_buffers(16 * 1024, 16 * 1024);
+    c.set_nonblocking(true).unwrap();
+    let (mut calls, mut copied, mut eagain) = (0u64, 0u64, 0u64);
+    while eagain < 40 {
+        calls += 1;
+        match c.write(&[1u8; 4096]) {
+            Ok(n) => copied += n as u64,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                eagain += 1;
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let (socks, _) = run.stop();
+    let sock = sock_of(&socks, ino(&c));
+    assert_eq!(u(&sock["sends"]), calls, "{sock}");
+    assert_eq!(u(&sock["eagain"]), eagain, "{sock}");
+    assert_eq!(u(&sock["copied_bytes"]), copied, "{sock}");
+    assert_eq!(
+        u(&sock["copied_bytes"]),
+        outq(&c) + inq(&_s),
+        "SIOCOUTQ + peer's SIOCINQ"
+    );
+    assert_eq!(
+        hist_total(&sock["copy_bytes"]),
+        calls - eagain,
+        "a bytes row per successful call"
+    );
+}

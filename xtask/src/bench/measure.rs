@@ -1,0 +1,189 @@
+//! One measured run: a tracer started, the workload run under it, the tracer stopped.
+
+use std::{
+    fs,
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use super::{
+    BenchArgs, COMM, Config,
+    stats::{ProgStats, bpf_run_times, spent_by_name},
+};
+
+/// One measured run.
+pub struct Run {
+    pub config: Config,
+    pub ns_per_write: f64,
+    pub writes: u64,
+    pub elapsed_s: f64,
+    /// Sends the tracer traced: events delivered, or counted in the kernel (`--summary`).
+    pub events: Option<u64>,
+    pub lost: Option<u64>,
+    pub cpu_ms: f64,
+    pub rss_kib: u64,
+    /// The workload's own CPU time (its syscalls, and the probes that run inside them).
+    pub workload_cpu_ms: f64,
+    /// Time the kernel spent in the tracer's BPF programs (kernel.bpf_stats_enabled; 0 when
+    /// the accounting is off).
+    pub bpf_ns: u64,
+    /// The same per program name: (name, ns, runs) during the workload.
+    pub by_program: Vec<(String, u64, u64)>,
+}
+
+/// Starts the tracer for `config`, writing to `out`, and waits until it is attached.
+fn start_tracer(config: Config, sockbuf: &Path, out: &Path) -> anyhow::Result<Option<Child>> {
+    let file = || fs::File::create(out);
+    let child = match config {
+        Config::Untraced => return Ok(None),
+        Config::SockbufStream | Config::SockbufSummary => {
+            let mut c = Command::new(sockbuf);
+            c.args(["trace", "--json", "-c", COMM]);
+            if config == Config::SockbufSummary {
+                c.arg("--summary");
+            }
+            c.stdout(file()?).stderr(Stdio::null()).spawn()?
+        }
+        Config::BpftraceStream | Config::BpftraceHist => {
+            let action = if config == Config::BpftraceStream {
+                r#"printf("%d %d\n", tid, args->ret);"#
+            } else {
+                "@bytes = hist(args->ret);"
+            };
+            let prog =
+                format!(r#"tracepoint:sock:sock_send_length /comm == "{COMM}"/ {{ {action} }}"#);
+            Command::new("bpftrace")
+                .args(["-e", &prog])
+                .stdout(file()?)
+                .stderr(Stdio::null())
+                .spawn()?
+        }
+    };
+    // Both print a first line once attached: sockbuf its start object, bpftrace "Attaching…".
+    let t0 = Instant::now();
+    while fs::metadata(out).map(|m| m.len()).unwrap_or(0) == 0 {
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("{} did not start within 60 s", config.name());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Some(child))
+}
+
+/// CPU time (ms) and peak RSS (KiB) of a running process, from /proc.
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" of the comm: utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    (ticks * 1000.0 / hz, hwm)
+}
+
+pub fn run_once(
+    config: Config,
+    a: &BenchArgs,
+    sockbuf: &Path,
+    workload: &Path,
+    out: &Path,
+) -> anyhow::Result<Run> {
+    let before: Vec<u64> = bpf_run_times().into_iter().map(|p| p.id).collect();
+    let tracer = start_tracer(config, sockbuf, out)?;
+    // Programs this tracer loaded, and their run time before the workload starts.
+    let at_start: Vec<ProgStats> = bpf_run_times()
+        .into_iter()
+        .filter(|p| !before.contains(&p.id))
+        .collect();
+    // The tracer's CPU from here on: its start-up (BTF parsing, loading) is not overhead.
+    let cpu_at_start = tracer.as_ref().map_or(0.0, |c| usage(c.id()).0);
+    let w = Command::new(workload)
+        .args([
+            "-n",
+            &a.writes.to_string(),
+            "-s",
+            &a.size.to_string(),
+            "-c",
+            &a.conns.to_string(),
+        ])
+        .output()
+        .context("running the workload")?;
+    if !w.status.success() {
+        bail!("workload failed: {}", String::from_utf8_lossy(&w.stderr));
+    }
+    let wj: Value = serde_json::from_slice(&w.stdout)?;
+    let mut run = Run {
+        config,
+        ns_per_write: wj["ns_per_write"].as_f64().unwrap_or(0.0),
+        writes: wj["writes"].as_u64().unwrap_or(0),
+        elapsed_s: wj["elapsed_ns"].as_f64().unwrap_or(0.0) / 1e9,
+        events: None,
+        lost: None,
+        cpu_ms: 0.0,
+        rss_kib: 0,
+        workload_cpu_ms: wj["cpu_ns"].as_f64().unwrap_or(0.0) / 1e6,
+        bpf_ns: 0,
+        by_program: spent_by_name(&at_start),
+    };
+    run.bpf_ns = run.by_program.iter().map(|(_, ns, _)| ns).sum();
+    if let Some(mut child) = tracer {
+        // Let the last events and ACKs arrive before stopping.
+        thread::sleep(Duration::from_millis(300));
+        (run.cpu_ms, run.rss_kib) = usage(child.id());
+        run.cpu_ms -= cpu_at_start;
+        stop(&mut child)?;
+        let text = fs::read_to_string(out)?;
+        match config {
+            Config::SockbufStream | Config::SockbufSummary => {
+                let end: Value = text
+                    .lines()
+                    .last()
+                    .map(serde_json::from_str)
+                    .transpose()?
+                    .unwrap_or_default();
+                run.events = Some(end["sends"].as_u64().unwrap_or(0));
+                run.lost = end["lost"].as_u64();
+            }
+            Config::BpftraceStream => {
+                let lines = text
+                    .lines()
+                    .filter(|l| l.split(' ').count() == 2 && !l.starts_with("Attaching"))
+                    .count() as u64;
+                run.events = Some(lines);
+                run.lost = Some(run.writes.saturating_sub(lines));
+            }
+            _ => {}
+        }
+    }
+    Ok(run)
+}
+
+/// SIGINT, as Ctrl-C; again if ignored (bpftrace can miss one), then SIGKILL.
+fn stop(child: &mut Child) -> anyhow::Result<()> {
+    for signal in [libc::SIGINT, libc::SIGINT, libc::SIGKILL] {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    child.wait()?;
+    Ok(())
+}

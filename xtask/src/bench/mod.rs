@@ -1,0 +1,189 @@
+//! `cargo xtask bench`: sockbuf's overhead beside an untraced run and bpftrace, measured side
+//! by side in one run, rounds alternating, medians and ratios reported.
+
+mod measure;
+mod report;
+mod stats;
+
+use std::{fs, path::PathBuf, process::Command};
+
+use anyhow::bail;
+
+use self::{measure::Run, stats::BpfStats};
+use crate::{cmd, setup};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// CI mode: small run, sockbuf only; checks traced sends == writes and nothing lost; no
+    /// timings.
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds; each runs every configuration once, in rotating order.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Writes per connection.
+    #[arg(long, default_value_t = 200_000)]
+    pub writes: u64,
+    /// Bytes per write.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Connections.
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
+}
+
+impl BenchArgs {
+    /// What `cargo xtask test` runs.
+    pub fn quick() -> Self {
+        Self {
+            quick: true,
+            rounds: 1,
+            writes: 20_000,
+            size: 64,
+            conns: 1,
+        }
+    }
+}
+
+/// The workload's threads are named so; every tracer filters on it in the kernel.
+pub const COMM: &str = "sbwork";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Config {
+    Untraced,
+    SockbufStream,
+    SockbufSummary,
+    BpftraceStream,
+    BpftraceHist,
+}
+
+impl Config {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Untraced => "untraced",
+            Self::SockbufStream => "sockbuf trace --json (every event to a file)",
+            Self::SockbufSummary => "sockbuf trace --summary",
+            Self::BpftraceStream => "bpftrace printf per event (to a file)",
+            Self::BpftraceHist => "bpftrace hist() in the kernel",
+        }
+    }
+}
+
+fn bins() -> anyhow::Result<(PathBuf, PathBuf)> {
+    cmd::run(cmd::cargo().args(["build", "--release", "-p", "trace-user", "--bin", "sockbuf"]))?;
+    cmd::run(cmd::cargo().args(["build", "--release", "-p", "xtask", "--bin", "workload"]))?;
+    let dir = PathBuf::from("target/release");
+    Ok((dir.join("sockbuf"), dir.join("workload")))
+}
+
+/// bpftrace (the comparison) and bpftool (per-program run times), from Debian.
+fn ensure_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = ["bpftrace", "bpftool"]
+        .into_iter()
+        .filter(|t| !cmd::succeeds(Command::new(t).arg("--version")))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing Debian's {} for the benchmark",
+        missing.join(" and ")
+    );
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
+    if !cmd::is_root() {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    if !a.quick {
+        setup::run()?;
+    }
+    let configs: Vec<Config> = if a.quick {
+        a.rounds = 1;
+        a.writes = a.writes.min(20_000);
+        vec![
+            Config::Untraced,
+            Config::SockbufStream,
+            Config::SockbufSummary,
+        ]
+    } else {
+        ensure_tools()?;
+        vec![
+            Config::Untraced,
+            Config::SockbufStream,
+            Config::SockbufSummary,
+            Config::BpftraceStream,
+            Config::BpftraceHist,
+        ]
+    };
+    let (sockbuf, workload) = bins()?;
+    let out_dir = PathBuf::from("target/bench");
+    fs::create_dir_all(&out_dir)?;
+    let out = out_dir.join("tracer.out");
+    let run = |c: Config, round: &str| -> anyhow::Result<Run> {
+        let r = measure::run_once(c, &a, &sockbuf, &workload, &out)?;
+        eprintln!(
+            "xtask: {round} {:<45} {:>8.0} ns/write",
+            c.name(),
+            r.ns_per_write
+        );
+        Ok(r)
+    };
+    // The timed rounds run with the kernel's run-time accounting off: it adds two clock reads
+    // to every program run, which would weigh on sockbuf's many short programs more than on
+    // bpftrace's one.
+    let mut runs = Vec::new();
+    for round in 0..a.rounds {
+        // Rotate the order so no configuration always runs right after the same other one.
+        for i in 0..configs.len() {
+            runs.push(run(
+                configs[(i + round) % configs.len()],
+                &format!("round {}", round + 1),
+            )?);
+        }
+    }
+    if a.quick {
+        return check_quick(&runs);
+    }
+    // Then each traced configuration once more with the accounting on, for the kernel time.
+    let accounted = {
+        let _stats = BpfStats::enable()?;
+        configs
+            .iter()
+            .filter(|&&c| c != Config::Untraced)
+            .map(|&c| run(c, "accounted"))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let table = report::report(&configs, &runs, &accounted, &a);
+    println!("{table}");
+    fs::write(out_dir.join("last.md"), &table)?;
+    eprintln!("xtask: table written to target/bench/last.md");
+    Ok(())
+}
+
+/// `--quick`: every write arrived as a send event (streaming) or was counted (summary), and
+/// nothing was lost.
+fn check_quick(runs: &[Run]) -> anyhow::Result<()> {
+    for r in runs.iter().filter(|r| r.config != Config::Untraced) {
+        let (events, lost) = (r.events.unwrap_or(0), r.lost.unwrap_or(u64::MAX));
+        println!(
+            "bench --quick: {}: {} writes, {events} sends traced, {lost} lost",
+            r.config.name(),
+            r.writes
+        );
+        if events != r.writes || lost != 0 {
+            bail!(
+                "{} missed writes: {events} of {} traced, {lost} lost",
+                r.config.name(),
+                r.writes
+            );
+        }
+    }
+    Ok(())
+}
