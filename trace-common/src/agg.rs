@@ -101,29 +101,17 @@ pub const fn bucket(v: u64) -> usize {
     if v == 0 {
         return 0;
     }
-    let mut b = 1;
-    let mut x = v;
-    if x >= 1 << 32 {
+    if v >= 1 << 32 {
         return BUCKETS - 1;
     }
-    if x >= 1 << 16 {
-        x >>= 16;
-        b += 16;
-    }
-    if x >= 1 << 8 {
-        x >>= 8;
-        b += 8;
-    }
-    if x >= 1 << 4 {
-        x >>= 4;
-        b += 4;
-    }
-    if x >= 1 << 2 {
-        x >>= 2;
-        b += 2;
-    }
-    if x >= 1 << 1 {
-        b += 1;
+    // Binary search for the highest set bit: halves of 16, 8, 4, 2, 1 bits (unrolled).
+    let (mut b, mut x, mut shift) = (1, v, 16);
+    while shift > 0 {
+        if x >= 1 << shift {
+            x >>= shift;
+            b += shift;
+        }
+        shift /= 2;
     }
     if b >= BUCKETS { BUCKETS - 1 } else { b }
 }
