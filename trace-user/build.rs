@@ -9,12 +9,21 @@ fn main() -> anyhow::Result<()> {
     let root_dir = root_dir
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+    // The nightly pinned in trace-ebpf/rust-toolchain.toml (its LLVM must match bpf-linker's).
+    let pin = root_dir.to_owned() + "/rust-toolchain.toml";
+    println!("cargo:rerun-if-changed={pin}");
+    let pin = std::fs::read_to_string(&pin)?;
+    let channel = pin
+        .lines()
+        .find_map(|l| l.strip_prefix("channel = "))
+        .map(|c| c.trim_matches('"'))
+        .ok_or_else(|| anyhow::anyhow!("no channel in trace-ebpf/rust-toolchain.toml"))?;
     aya_build::build_ebpf(
         [Package {
             name: "trace-ebpf",
             root_dir,
             ..Default::default()
         }],
-        Toolchain::default(),
+        Toolchain::Custom(channel),
     )
 }

@@ -41,6 +41,24 @@ fn show(cmd: &Command) -> String {
     s
 }
 
+/// The nightly that builds and lints the eBPF programs, pinned in
+/// trace-ebpf/rust-toolchain.toml (trace-user/build.rs reads the same line).
+pub fn ebpf_toolchain() -> anyhow::Result<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../trace-ebpf/rust-toolchain.toml");
+    let pin = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    pin.lines()
+        .find_map(|l| l.strip_prefix("channel = "))
+        .map(|c| c.trim_matches('"').to_owned())
+        .with_context(|| format!("no channel in {path}"))
+}
+
+/// `cargo` of the eBPF programs' pinned nightly.
+pub fn ebpf_cargo() -> anyhow::Result<Command> {
+    let mut c = Command::new("rustup");
+    c.args(["run", &ebpf_toolchain()?, "cargo"]);
+    Ok(c)
+}
+
 pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
 }

@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and running sockbuf needs (rust-src for nightly, llvm-22-dev,
+    /// Install what building and running sockbuf needs (the pinned nightly with rust-src, llvm-22-dev,
     /// bpf-linker, iproute2) and mount tracefs and bpffs; says what it does.
     Setup,
     /// Set up, then build and run sockbuf (as root) with the given arguments; by default

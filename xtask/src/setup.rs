@@ -26,27 +26,33 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The eBPF crate builds core from source on nightly (`-Z build-std=core`).
+/// The eBPF crate builds core from source on nightly (`-Z build-std=core`), on the nightly
+/// pinned in trace-ebpf/rust-toolchain.toml (its LLVM must be bpf-linker's), with rustfmt and
+/// clippy for the lint.
 fn rust_src() -> anyhow::Result<()> {
+    let toolchain = cmd::ebpf_toolchain()?;
     let installed = cmd::output(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        &toolchain,
         "--installed",
     ]));
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
+    let has = |c: &str| installed.lines().any(|l| l.starts_with(c));
+    if has("rust-src") && has("rustfmt") && has("clippy") {
         return Ok(());
     }
-    eprintln!("xtask: installing the nightly toolchain's rust-src (to build the eBPF programs)");
+    eprintln!(
+        "xtask: installing {toolchain} with rust-src, rustfmt and clippy (to build and lint the eBPF programs)"
+    );
     cmd::run(Command::new("rustup").args([
         "toolchain",
         "install",
-        "nightly",
+        &toolchain,
         "--profile",
         "minimal",
         "--component",
-        "rust-src",
+        "rust-src,rustfmt,clippy",
     ]))
 }
 
