@@ -6,6 +6,18 @@
 
 use crate::{COMM_LEN, SockAddrs};
 
+/// Values of the `AGGREGATE` global: what `--summary` counts in the kernel.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Streaming: nothing is counted in the kernel.
+    Off = 0,
+    /// `--summary`: calls, bytes and EAGAINs per socket, from the calls' return hooks only.
+    Counts = 1,
+    /// `--summary --full`: also each write's time to its ACK (with every hook streaming uses).
+    Full = 2,
+}
+
 /// Power-of-two buckets per histogram: bucket 0 holds 0, bucket k holds [2^(k-1), 2^k), the
 /// last also everything above (2 GiB per call; 35 minutes).
 pub const BUCKETS: usize = 32;

@@ -135,9 +135,12 @@ pub mod globals {
     pub const KOFFSETS: &str = "KOFFSETS";
     /// u64: bytes in the ring buffer before the reader is woken (0: the kernel's default).
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
-    /// u32: 1 to count the per-call events in [`crate::maps::AGG`] instead of streaming them
-    /// (`--summary`).
+    /// u32: whether the per-call events are counted in [`crate::maps::AGG`] instead of
+    /// streamed (`--summary`), and how much: one of [`crate::agg::Level`].
     pub const AGGREGATE: &str = "AGGREGATE";
+    /// u32: 1 when the standby copies are attached, so the programs mark each call they run
+    /// for (see [`crate::standby`]).
+    pub const MARK_CALLS: &str = "MARK_CALLS";
 }
 
 /// Capacity of [`maps::INFLIGHT`]: one entry per thread inside a send call.

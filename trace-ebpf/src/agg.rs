@@ -11,16 +11,16 @@ use aya_ebpf::{
 };
 use trace_common::{
     SockAddrs,
-    agg::{AGG_ENTRIES, PENDING_ENTRIES, PENDING_SLOTS, Pending, SockAgg, bucket, covers},
+    agg::{AGG_ENTRIES, Level, PENDING_ENTRIES, PENDING_SLOTS, Pending, SockAgg, bucket, covers},
 };
 
 use crate::{
-    kernel::{self, Fault, Sock},
-    maps::SockTrack,
+    kernel::{self, Fault, IPPROTO_TCP, Sock},
+    maps::{SOCKS, SockTrack},
     model::comm,
 };
 
-/// 1 under `--summary`; set by the loader.
+/// A [`Level`]; set by the loader.
 #[unsafe(no_mangle)]
 static AGGREGATE: u32 = 0;
 
@@ -44,8 +44,27 @@ static BLANK: PerCpuArray<SockAgg> = PerCpuArray::with_max_entries(1, 0);
 static BLANK_PENDING: Array<Pending> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
+fn level() -> u32 {
+    unsafe { core::ptr::read_volatile(&raw const AGGREGATE) }
+}
+
+/// `--summary`: the per-call events are counted here.
+#[inline(always)]
 pub fn on() -> bool {
-    unsafe { core::ptr::read_volatile(&raw const AGGREGATE) != 0 }
+    level() != Level::Off as u32
+}
+
+/// `--summary` without `--full`: counts only, from the return hooks (the call's start, the
+/// sleeps and the ACKs are not hooked).
+#[inline(always)]
+pub fn counts_only() -> bool {
+    level() == Level::Counts as u32
+}
+
+/// `--summary --full`: each write is also timed to its ACK.
+#[inline(always)]
+pub fn timed() -> bool {
+    level() == Level::Full as u32
 }
 
 const EAGAIN: i64 = 11;
@@ -56,6 +75,20 @@ const SLOT_MASK: u32 = PENDING_SLOTS - 1;
 #[inline(always)]
 pub fn takes(ret: i64) -> bool {
     on() && (ret >= 0 || ret == -EAGAIN)
+}
+
+/// `--summary` without `--full`: the tracking entry of TCP socket `sk` when sockbuf already
+/// knows it and counts a call that returned `ret`, so that the call is counted without
+/// reading the socket at all. The entry is trusted to still be this socket (with `--full`
+/// and when streaming, its inode is read and compared at each call): the lifecycle hook
+/// drops it when the connection reaches CLOSE, before its `struct sock` can be reused.
+#[inline(always)]
+pub fn counted_sock(sk: u64, ret: i64) -> Option<&'static SockTrack> {
+    if !counts_only() || !(ret >= 0 || ret == -EAGAIN) {
+        return None;
+    }
+    let track = unsafe { SOCKS.get(sk)? };
+    (track.proto == u32::from(IPPROTO_TCP)).then_some(track)
 }
 
 /// The current CPU's counts of socket `ino`, created with the task's identity (`pid_tgid` 0:
@@ -130,7 +163,7 @@ pub fn send(
     if let Some(c) = a.copy_bytes.get_mut(bucket(ret as u64)) {
         *c += 1;
     }
-    if ret == 0 {
+    if ret == 0 || !timed() {
         return Ok(());
     }
     if start_ns == 0 {

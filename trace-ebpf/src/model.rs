@@ -157,7 +157,7 @@ pub fn open_call(sock: &Sock, tid: u32, mut call: Inflight) -> Result<(), Fault>
     // While the call copies, every ACK counts (on loopback it can come back before the
     // return). The inode check in sock_track catches a struct sock reused by a new socket.
     unsafe { (*sock_track(sock, ino, IPPROTO_TCP)?).write_end = u64::MAX };
-    if agg::on() {
+    if agg::timed() {
         // Made now, so an ACK during the call is seen; if there is no room, the return
         // counts the write as untimed.
         let _ = agg::pending(sock.ptr, ino);
@@ -302,6 +302,9 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
             }
             if !filter::task_passes((pid_tgid >> 32) as u32) {
                 return Ok(());
+            }
+            if let Some(track) = agg::counted_sock(sk, ret) {
+                return agg::send(&sock, track, pid_tgid, 0, 0, ret);
             }
             match sock.protocol()? {
                 IPPROTO_TCP => {}

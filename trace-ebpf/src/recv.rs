@@ -17,6 +17,9 @@ pub fn recv_end(sk: u64, ret: i64, msg_flags: u32) -> Result<(), Fault> {
     if !filter::task_passes((pid_tgid >> 32) as u32) {
         return Ok(());
     }
+    if let Some(track) = agg::counted_sock(sk, ret) {
+        return agg::recv(track, pid_tgid, ret);
+    }
     let sock = Sock::new(sk);
     let proto = sock.protocol()?;
     if proto == 0 || !filter::sock_passes(&sock)? {

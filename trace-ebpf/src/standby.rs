@@ -30,10 +30,17 @@ fn mark(slot: u32) -> Option<*mut u64> {
     STANDBY_MARKS.get_ptr_mut(slot * THREADS + who % THREADS)
 }
 
-/// The program itself: marks this call as run, then runs `f`.
+/// 1 when the copies are attached; set by the loader. Where programs are not preempted
+/// they are left out, and the programs need not mark their calls.
+#[unsafe(no_mangle)]
+static MARK_CALLS: u32 = 0;
+
+/// The program itself: marks this call as run (for its copy, if attached), then runs `f`.
 #[inline(always)]
 pub fn primary(slot: u32, call: u64, f: impl FnOnce() -> u32) -> u32 {
-    if let Some(m) = mark(slot) {
+    if unsafe { core::ptr::read_volatile(&raw const MARK_CALLS) } != 0
+        && let Some(m) = mark(slot)
+    {
         unsafe { *m = call };
     }
     f()

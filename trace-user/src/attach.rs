@@ -8,7 +8,7 @@ use aya::{
     Btf, Ebpf,
     programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint},
 };
-use trace_common::standby;
+use trace_common::{agg::Level, standby};
 
 use crate::{error::SetupError, preflight};
 
@@ -37,8 +37,14 @@ impl AttachMode {
         }
     }
 
+    /// The hooks of this backend that `--summary` needs at `level`.
+    fn hooks(self, level: Level) -> impl Iterator<Item = &'static Hook> {
+        self.all_hooks()
+            .filter(move |h| level != Level::Counts || !COUNTS_SKIP.contains(&h.program))
+    }
+
     /// The backend's own hooks, then the lifecycle hooks every backend shares.
-    fn hooks(self) -> impl Iterator<Item = &'static Hook> {
+    fn all_hooks(self) -> impl Iterator<Item = &'static Hook> {
         let (own, common): (&[Hook], &[Hook]) = match self {
             Self::Auto => return [&[][..]; 4].into_iter().flatten(),
             Self::Fentry => (FENTRY, &[]),
@@ -178,14 +184,34 @@ const LIFECYCLE: &[Hook] = &[
     raw("life_net_dev_queue", "net", "net_dev_queue"),
 ];
 
+/// Programs `--summary` leaves out unless `--full`: the call's start (requested bytes, sleeps),
+/// the ACKs and the packets leaving. It counts calls from their returns alone, the few
+/// hooks that run once per call; the lifecycle's rare events still stream.
+const COUNTS_SKIP: &[&str] = &[
+    "send_tcp_sendmsg_fentry",
+    "block_sk_stream_wait_memory_fentry",
+    "block_sk_stream_wait_memory_fexit",
+    "ack_tcp_rcv_established_fentry",
+    // kretprobes do not see the socket: the send kprobe stays.
+    "block_sk_stream_wait_memory_kprobe",
+    "block_sk_stream_wait_memory_kretprobe",
+    "ack_tcp_rcv_established_kprobe",
+    "send_tcp_sendmsg_locked",
+    "block_sched_switch",
+    "entry_sys_enter",
+    "entry_sched_switch",
+    "ack_tcp_probe",
+    "life_net_dev_queue",
+];
+
 /// Why `mode` cannot work here, found without loading anything.
-fn precheck(mode: AttachMode) -> Result<(), String> {
+fn precheck(mode: AttachMode, level: Level) -> Result<(), String> {
     match mode {
         AttachMode::Kprobe if !Path::new("/sys/bus/event_source/devices/kprobe").exists() => {
             Err("the kernel has no kprobe PMU (CONFIG_KPROBES is off)".to_owned())
         }
         _ => {
-            for h in mode.hooks() {
+            for h in mode.hooks(level) {
                 if let Kind::RawTracepoint { category } = h.kind
                     && !preflight::has_tracepoint(category, h.target)
                 {
@@ -224,11 +250,14 @@ fn reason(program: &str, h: &Hook, e: &ProgramError) -> String {
     format!("{program} on {}: {what}", h.target)
 }
 
-/// A hook's program and, where it has one, its standby copy (`trace_common::standby`), in
-/// the order that makes the copy run after the program: a tracepoint calls its programs in
-/// the order they were attached, a BPF trampoline (fentry/fexit) the newest first.
-fn programs(h: &Hook) -> impl Iterator<Item = &'static str> {
-    let copy = standby::of(h.program).map(|(_, copy)| copy);
+/// A hook's program and, where it has one and `standby`, its standby copy
+/// (`trace_common::standby`), in the order that makes the copy run after the program: a
+/// tracepoint calls its programs in the order they were attached, a BPF trampoline
+/// (fentry/fexit) the newest first.
+fn programs(h: &Hook, standby: bool) -> impl Iterator<Item = &'static str> {
+    let copy = standby::of(h.program)
+        .map(|(_, copy)| copy)
+        .filter(|_| standby);
     let (first, then) = match h.kind {
         Kind::FEntry | Kind::FExit => (copy, Some(h.program)),
         _ => (Some(h.program), copy),
@@ -241,10 +270,12 @@ fn programs(h: &Hook) -> impl Iterator<Item = &'static str> {
 fn load_and_attach(
     ebpf: &mut Ebpf,
     h: &Hook,
+    plan: Plan,
     btf: Option<&Btf>,
     verify_only: bool,
 ) -> Result<(), String> {
-    programs(h).try_for_each(|program| load_and_attach_one(ebpf, program, h, btf, verify_only))
+    programs(h, plan.standby)
+        .try_for_each(|program| load_and_attach_one(ebpf, program, h, btf, verify_only))
 }
 
 fn load_and_attach_one(
@@ -296,7 +327,7 @@ fn load_and_attach_one(
 
 /// Unloads (and so detaches) whatever of `mode` got loaded before a failure.
 fn unload(ebpf: &mut Ebpf, mode: AttachMode) {
-    for program in mode.hooks().flat_map(programs) {
+    for program in mode.all_hooks().flat_map(|h| programs(h, true)) {
         if let Some(p) = ebpf.program_mut(program) {
             let _ = match p {
                 aya::programs::Program::RawTracePoint(p) => p.unload(),
@@ -309,10 +340,23 @@ fn unload(ebpf: &mut Ebpf, mode: AttachMode) {
     }
 }
 
-fn try_mode(ebpf: &mut Ebpf, mode: AttachMode, btf: Option<&Btf>) -> Result<(), String> {
-    precheck(mode)?;
-    for h in mode.hooks() {
-        if let Err(e) = load_and_attach(ebpf, h, btf, false) {
+/// What to attach besides the backend: the hooks `--summary` needs at `level`, and whether
+/// the standby copies.
+#[derive(Clone, Copy)]
+struct Plan {
+    level: Level,
+    standby: bool,
+}
+
+fn try_mode(
+    ebpf: &mut Ebpf,
+    mode: AttachMode,
+    plan: Plan,
+    btf: Option<&Btf>,
+) -> Result<(), String> {
+    precheck(mode, plan.level)?;
+    for h in mode.hooks(plan.level) {
+        if let Err(e) = load_and_attach(ebpf, h, plan, btf, false) {
             unload(ebpf, mode);
             return Err(e);
         }
@@ -333,9 +377,14 @@ pub struct BackendCheck {
     pub why: Option<String>,
 }
 
-/// Loads each backend's programs (verify), attaches them, and unloads them again.
-pub fn check_all(ebpf: &mut Ebpf) -> Vec<BackendCheck> {
+/// Loads each backend's programs (verify), attaches them, and unloads them again; the standby
+/// copies too if `standby`.
+pub fn check_all(ebpf: &mut Ebpf, standby: bool) -> Vec<BackendCheck> {
     let btf = Btf::from_sys_fs().ok();
+    let plan = Plan {
+        level: Level::Off,
+        standby,
+    };
     [
         AttachMode::Fentry,
         AttachMode::Kprobe,
@@ -344,12 +393,12 @@ pub fn check_all(ebpf: &mut Ebpf) -> Vec<BackendCheck> {
     .into_iter()
     .map(|mode| {
         let verified = mode
-            .hooks()
-            .try_for_each(|h| load_and_attach(ebpf, h, btf.as_ref(), true));
+            .all_hooks()
+            .try_for_each(|h| load_and_attach(ebpf, h, plan, btf.as_ref(), true));
         unload(ebpf, mode);
         let attached = verified
             .clone()
-            .and_then(|()| try_mode(ebpf, mode, btf.as_ref()));
+            .and_then(|()| try_mode(ebpf, mode, plan, btf.as_ref()));
         unload(ebpf, mode);
         BackendCheck {
             attach: mode.name(),
@@ -362,14 +411,18 @@ pub fn check_all(ebpf: &mut Ebpf) -> Vec<BackendCheck> {
 }
 
 /// Attaches the requested backend, or with `auto` the best one that works, and says why each
-/// better one was passed over. The other backends' programs are never left loaded.
+/// better one was passed over: the hooks `--summary` needs at `level`, with the standby
+/// copies if `standby`. The other backends' programs are never left loaded.
 pub fn attach(
     ebpf: &mut Ebpf,
     requested: AttachMode,
+    level: Level,
+    standby: bool,
 ) -> Result<(AttachMode, Vec<String>), SetupError> {
     let btf = Btf::from_sys_fs().ok();
+    let plan = Plan { level, standby };
     if requested != AttachMode::Auto {
-        return match try_mode(ebpf, requested, btf.as_ref()) {
+        return match try_mode(ebpf, requested, plan, btf.as_ref()) {
             Ok(()) => Ok((requested, Vec::new())),
             Err(why) => Err(SetupError::AttachUnavailable {
                 mode: requested.name(),
@@ -383,7 +436,7 @@ pub fn attach(
         AttachMode::Kprobe,
         AttachMode::Tracepoint,
     ] {
-        match try_mode(ebpf, mode, btf.as_ref()) {
+        match try_mode(ebpf, mode, plan, btf.as_ref()) {
             Ok(()) => return Ok((mode, refused)),
             Err(why) => refused.push(format!("{}: {why}", mode.name())),
         }

@@ -8,22 +8,24 @@ use trace_common::Filter;
 use crate::{
     attach,
     loader::{self, LoadOptions},
-    preflight::{self, TracefsMount},
+    preflight::{self, Mount},
 };
 
 /// Prints one line (or JSON object) per backend; `Ok(false)` when none can attach.
 pub fn run(json: bool) -> anyhow::Result<bool> {
     preflight::check_privileges()?;
-    let _tracefs = TracefsMount::ensure()?;
+    let _tracefs = Mount::tracefs()?;
     let opts = LoadOptions {
         filter: Filter::default(),
         attach: attach::AttachMode::Auto,
         ring_bytes: 1 << 16,
         kernel_log: false,
-        aggregate: false,
+        aggregate: trace_common::agg::Level::Off,
     };
-    let mut ebpf = loader::load_object(&opts)?;
-    let checks = attach::check_all(&mut ebpf);
+    // The programs as `trace` would attach them here, copies or not.
+    let standby = preflight::programs_preemptible();
+    let mut ebpf = loader::load_object(&opts, standby)?;
+    let checks = attach::check_all(&mut ebpf, standby);
     let mut out = std::io::stdout().lock();
     for c in &checks {
         if json {

@@ -32,7 +32,8 @@ pub enum Command {
     ///   sockbuf trace -p 1234            # one process, aligned text
     ///   sockbuf trace --port 5432 --json # one port, NDJSON
     ///   sockbuf trace -d 10s             # ten seconds, then totals
-    ///   sockbuf trace -s -d 30s          # histograms per socket after 30 s
+    ///   sockbuf trace -s -d 30s          # counts and histograms per socket after 30 s
+    ///   sockbuf trace -s --full -p 1234  # also sleeps and write-to-ACK times
     #[command(verbatim_doc_comment)]
     Trace(TraceArgs),
 
@@ -239,10 +240,17 @@ pub struct TraceArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// No line per event: at the end, per-socket totals and log2 histograms of bytes per
-    /// copy, block durations and write-to-ACK latencies.
+    /// No line per event: at the end, per-socket totals and log2 histograms, counted in the
+    /// kernel: send and receive calls, bytes, EAGAINs, bytes per call. Hooks only the calls'
+    /// returns (and the rare state changes and RSTs), to stay cheap.
     #[arg(short, long)]
     pub summary: bool,
+
+    /// With --summary: also requested bytes, sleeps on a full send buffer, FINs, UDP
+    /// datagrams out, and each write's time to the ACK of its last byte. Uses every hook
+    /// streaming does, so it costs about as much as streaming.
+    #[arg(long, requires = "summary")]
+    pub full: bool,
 
     /// Stop after this long (e.g. 500ms, 10s, 2m); default: until Ctrl-C.
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]

@@ -40,7 +40,7 @@ impl Lab {
             attach: tracer.attach,
             ring_bytes: tracer.ring_size,
             kernel_log: verbose > 0,
-            aggregate: false,
+            aggregate: trace_common::agg::Level::Off,
         };
         let session = Session::start(&opts)?;
         let t0 = monotonic_ns();

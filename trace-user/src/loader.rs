@@ -10,14 +10,14 @@ use aya::{
 use aya_log::EbpfLogger;
 use trace_common::{
     Filter,
-    agg::{Pending, SockAgg},
+    agg::{Level, Pending, SockAgg},
     globals, maps, standby,
 };
 
 use crate::{
     attach::{self, AttachMode},
     btf::KernelBtf,
-    preflight::{self, TracefsMount},
+    preflight::{self, Mount},
 };
 
 /// What to load.
@@ -29,8 +29,9 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Whether the programs' own diagnostics are wanted (aya-log at -v).
     pub kernel_log: bool,
-    /// Count the per-call events in the kernel instead of streaming them (`--summary`).
-    pub aggregate: bool,
+    /// Whether the per-call events are counted in the kernel instead of streamed
+    /// (`--summary`), and how much of them (`--full`).
+    pub aggregate: Level,
 }
 
 /// Counters the programs keep per CPU.
@@ -63,7 +64,8 @@ fn wakeup_bytes(ring_bytes: u32) -> u64 {
 pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The eBPF object with its globals set and its maps created; no program loaded yet.
-pub fn load_object(opts: &LoadOptions) -> anyhow::Result<Ebpf> {
+/// `standby`: the standby copies will be attached, so the programs mark their calls.
+pub fn load_object(opts: &LoadOptions, standby: bool) -> anyhow::Result<Ebpf> {
     let offsets = KernelBtf::from_sys()?.kernel_offsets()?;
     // aya-log's level is a global too: off unless asked for, so the programs skip the work.
     let log_level: u8 = if opts.kernel_log {
@@ -76,7 +78,8 @@ pub fn load_object(opts: &LoadOptions) -> anyhow::Result<Ebpf> {
         .override_global(globals::KOFFSETS, &offsets, true)
         .override_global(aya_log::LEVEL, &log_level, false)
         .override_global(globals::WAKEUP_BYTES, &wakeup_bytes(opts.ring_bytes), true)
-        .override_global(globals::AGGREGATE, &u32::from(opts.aggregate), true)
+        .override_global(globals::AGGREGATE, &(opts.aggregate as u32), true)
+        .override_global(globals::MARK_CALLS, &u32::from(standby), true)
         .map_max_entries(maps::EVENTS, opts.ring_bytes)
         .load(aya::include_bytes_aligned!(concat!(
             env!("OUT_DIR"),
@@ -92,14 +95,25 @@ pub struct Tracer {
     /// Why better backends were not used (for `--attach auto`).
     pub refused: Vec<String>,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
-    _tracefs: TracefsMount,
+    _tracefs: Mount,
 }
 
 impl Tracer {
     pub fn load(opts: &LoadOptions) -> anyhow::Result<Self> {
         preflight::check_privileges()?;
-        let tracefs = TracefsMount::ensure()?;
-        let mut ebpf = load_object(opts)?;
+        let tracefs = Mount::tracefs()?;
+        // The copies cost a map update per program run; only where a program can be
+        // preempted are they worth it.
+        let standby = preflight::programs_preemptible();
+        log::info!(
+            "standby copies {}",
+            if standby {
+                "attached: the kernel may preempt a task inside a BPF program"
+            } else {
+                "not attached: the kernel does not preempt tasks inside BPF programs"
+            }
+        );
+        let mut ebpf = load_object(opts, standby)?;
         // Taken before the programs load: they refer to the log map by fd.
         let logger = match EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
@@ -108,7 +122,7 @@ impl Tracer {
                 None
             }
         };
-        let (mode, refused) = attach::attach(&mut ebpf, opts.attach)?;
+        let (mode, refused) = attach::attach(&mut ebpf, opts.attach, opts.aggregate, standby)?;
         Ok(Self {
             ebpf,
             mode,
@@ -167,28 +181,30 @@ impl Tracer {
             .context("STANDBY map missing")?;
         let standby_map = PerCpuArray::<_, u64>::try_from(standby_map)?;
         let mut missed = 0;
+        // None: not loaded (a copy left out where programs are not preempted).
         let misses = |name: &str| {
             self.ebpf
                 .program(name)
                 .and_then(|p| p.fd().ok())
-                .map_or(0, |fd| recursion_misses(fd.as_fd()))
+                .map(|fd| recursion_misses(fd.as_fd()))
         };
         for (name, _) in self.ebpf.programs() {
             if standby::is_copy(name) {
                 continue;
             }
-            let skipped = misses(name);
+            let skipped = misses(name).unwrap_or(0);
             // A run the copy did not take is one the kernel skipped for the copy too (or one
             // a stale note of a skipped copy hid): at most the copy's own skips. Both bounds
             // hold; the smaller is the count. The program's count alone would also hold
             // skips the program's guard turns away anyway (sys_enter: every syscall).
-            let (taken, bound) = match standby::of(name) {
-                Some((slot, copy)) => (
-                    standby_map.get(&slot, 0).map(|v| v.iter().sum::<u64>())?,
-                    misses(copy),
-                ),
-                None => (0, u64::MAX),
-            };
+            let (taken, bound) =
+                match standby::of(name).and_then(|(slot, copy)| Some((slot, misses(copy)?))) {
+                    Some((slot, copy_skipped)) => (
+                        standby_map.get(&slot, 0).map(|v| v.iter().sum::<u64>())?,
+                        copy_skipped,
+                    ),
+                    None => (0, u64::MAX),
+                };
             if taken > 0 {
                 log::debug!("{name}: its standby copy took {taken} of {skipped} skipped runs");
             }

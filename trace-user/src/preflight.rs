@@ -1,4 +1,4 @@
-//! Checks and set-up before anything is loaded: privileges, tracefs.
+//! Checks and set-up before anything is loaded: privileges, tracefs, preemption.
 
 use std::{ffi::CString, io, path::Path};
 
@@ -31,47 +31,111 @@ pub fn check_privileges() -> Result<(), SetupError> {
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
-/// tracefs mounted by sockbuf, unmounted again when dropped; a mount that was already there is
-/// left alone.
-pub struct TracefsMount {
+/// A filesystem sockbuf mounted, unmounted again when dropped; one that was already mounted
+/// is left alone.
+pub struct Mount {
+    target: &'static str,
     mounted_here: bool,
 }
 
-impl TracefsMount {
-    pub fn ensure() -> Result<Self, SetupError> {
-        if Path::new(TRACEFS).join("events").is_dir() {
+impl Mount {
+    /// tracefs, where the tracepoints are listed.
+    pub fn tracefs() -> Result<Self, SetupError> {
+        Self::ensure("tracefs", TRACEFS, "events").map_err(SetupError::Tracefs)
+    }
+
+    /// Mounts `fstype` at `target` unless `target/probe` is there already.
+    fn ensure(fstype: &str, target: &'static str, probe: &str) -> io::Result<Self> {
+        if Path::new(target).join(probe).exists() {
             return Ok(Self {
+                target,
                 mounted_here: false,
             });
         }
         let c = |s: &str| CString::new(s).expect("no NUL");
-        let (src, target, fstype) = (c("tracefs"), c(TRACEFS), c("tracefs"));
+        let (src, dir, fs) = (c(fstype), c(target), c(fstype));
         // SAFETY: valid NUL-terminated strings; no data argument.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
+        let rc =
+            unsafe { libc::mount(src.as_ptr(), dir.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
         if rc != 0 {
-            return Err(SetupError::Tracefs(io::Error::last_os_error()));
+            return Err(io::Error::last_os_error());
         }
-        log::info!("mounted tracefs at {TRACEFS} (unmounted again at exit)");
-        Ok(Self { mounted_here: true })
+        log::info!("mounted {fstype} at {target} (unmounted again at exit)");
+        Ok(Self {
+            target,
+            mounted_here: true,
+        })
     }
 }
 
-impl Drop for TracefsMount {
+impl Drop for Mount {
     fn drop(&mut self) {
         if self.mounted_here {
-            let target = CString::new(TRACEFS).expect("no NUL");
+            let target = CString::new(self.target).expect("no NUL");
             // SAFETY: valid path; failure only leaves the mount in place.
             unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
         }
     }
+}
+
+/// Whether the kernel may preempt a task inside a BPF program (full, lazy or RT preemption),
+/// so that it skips the program for other tasks meanwhile: then the standby copies are
+/// attached (`trace_common::standby`). Read from the scheduler's debugfs file, whose current
+/// mode is in parentheses (`none voluntary (full) lazy`), debugfs mounted for the moment if it
+/// is not; without it, from the kernel's build (`PREEMPT…` in its version string).
+/// `SOCKBUF_STANDBY=0|1` decides instead.
+pub fn programs_preemptible() -> bool {
+    if let Some(v) = std::env::var_os("SOCKBUF_STANDBY") {
+        return v != "0";
+    }
+    let mode = Mount::ensure("debugfs", "/sys/kernel/debug", "sched")
+        .ok()
+        .and_then(|_debugfs| std::fs::read_to_string("/sys/kernel/debug/sched/preempt").ok())
+        .and_then(|modes| {
+            modes.split_whitespace().find_map(|m| {
+                m.strip_prefix('(')
+                    .and_then(|m| m.strip_suffix(')'))
+                    .map(str::to_owned)
+            })
+        });
+    // Unreadable (some kernels refuse it): the boot's choice, else the build's default.
+    let mode = mode
+        .or_else(|| {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+            let m = cmdline
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("preempt="))?;
+            Some(m.to_owned())
+        })
+        .or_else(build_preemption);
+    if let Some(mode) = mode {
+        log::debug!("preemption mode: {mode}");
+        return !matches!(mode.as_str(), "none" | "voluntary");
+    }
+    std::fs::read_to_string("/proc/sys/kernel/version")
+        .is_ok_and(|v| v.split_whitespace().any(|w| w.starts_with("PREEMPT")))
+}
+
+/// The preemption mode the kernel was built with (the default of a dynamic one), from its
+/// config: /proc/config.gz where the kernel carries it, else the file in /boot Debian installs.
+fn build_preemption() -> Option<String> {
+    let config = std::fs::File::open("/proc/config.gz")
+        .ok()
+        .and_then(|f| io::read_to_string(flate2::read::GzDecoder::new(f)).ok())
+        .or_else(|| {
+            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+            std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok()
+        })?;
+    [
+        ("CONFIG_PREEMPT_RT=y", "full"),
+        ("CONFIG_PREEMPT_NONE=y", "none"),
+        ("CONFIG_PREEMPT_VOLUNTARY=y", "voluntary"),
+        ("CONFIG_PREEMPT=y", "full"),
+        ("CONFIG_PREEMPT_LAZY=y", "lazy"),
+    ]
+    .into_iter()
+    .find(|(line, _)| config.lines().any(|l| l == *line))
+    .map(|(_, mode)| mode.to_owned())
 }
 
 /// Whether the kernel has tracepoint `category/name`.

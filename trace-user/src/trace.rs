@@ -3,7 +3,7 @@
 use std::{io::Write, rc::Rc};
 
 use tokio::sync::Notify;
-use trace_common::user::Event;
+use trace_common::{agg::Level, user::Event};
 
 use crate::{
     acks::AckMatcher,
@@ -108,7 +108,7 @@ pub fn load_options(
     filter: &crate::cli::FilterArgs,
     tracer: &crate::cli::TracerArgs,
     verbose: u8,
-    aggregate: bool,
+    aggregate: Level,
 ) -> anyhow::Result<LoadOptions> {
     Ok(LoadOptions {
         filter: filter::build(filter)?,
@@ -120,7 +120,12 @@ pub fn load_options(
 }
 
 pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
-    let opts = load_options(&args.filter, &args.tracer, verbose, args.summary)?;
+    let level = match (args.summary, args.full) {
+        (false, _) => Level::Off,
+        (true, false) => Level::Counts,
+        (true, true) => Level::Full,
+    };
+    let opts = load_options(&args.filter, &args.tracer, verbose, level)?;
     let mut session = Session::start(&opts)?;
     let t0 = monotonic_ns();
     let stdout: Box<dyn Write> = Box::new(std::io::BufWriter::with_capacity(
@@ -137,7 +142,10 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         session.run(&mut printer, stop).await?;
         return finish(&session, &mut printer, t0);
     }
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        full: args.full,
+        ..Summary::default()
+    };
     session.run(&mut summary, stop).await?;
     let counted = session.tracer().aggregates()?;
     for (ino, a) in &counted.per_cpu {

@@ -36,7 +36,13 @@ impl SummaryRun {
     }
 
     /// Stops it as Ctrl-C would: (the summary's sockets, the end object).
-    fn stop(mut self) -> (Vec<Value>, Value) {
+    fn stop(self) -> (Vec<Value>, Value) {
+        let (summary, end) = self.stop_whole();
+        (summary["sockets"].as_array().expect("sockets").clone(), end)
+    }
+
+    /// Stops it as Ctrl-C would: (the summary object, the end object).
+    fn stop_whole(mut self) -> (Value, Value) {
         thread::sleep(Duration::from_millis(200));
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let mut rest = String::new();
@@ -52,12 +58,13 @@ impl SummaryRun {
         let summary = lines
             .iter()
             .find(|v| v["kind"] == "summary")
-            .expect("summary object");
+            .expect("summary object")
+            .clone();
         let end = lines.last().expect("end object").clone();
         assert_eq!(end["kind"], "end");
         assert_eq!(end["lost"], 0, "{end}");
         assert_eq!(end["faults"], 0, "{end}");
-        (summary["sockets"].as_array().expect("sockets").clone(), end)
+        (summary, end)
     }
 }
 
@@ -81,7 +88,7 @@ fn hist_total(hist: &serde_json::Value) -> u64 {
 #[test]
 fn summary_totals_and_histograms_per_socket() {
     let pid = std::process::id().to_string();
-    let run = SummaryRun::start(&["-p", &pid]);
+    let run = SummaryRun::start(&["--full", "-p", &pid]);
     let (mut c, mut s) = tcp_pair();
     let sizes = [100usize, 1000, 1000, 5000, 70_000];
     let server_ino = ino(&s);
@@ -146,7 +153,7 @@ fn summary_totals_and_histograms_per_socket() {
 fn many_small_writes_are_counted_in_the_kernel_and_each_acked() {
     const WRITES: u64 = 5_000;
     let pid = std::process::id().to_string();
-    let run = SummaryRun::start(&["-p", &pid]);
+    let run = SummaryRun::start(&["--full", "-p", &pid]);
     let (mut c, mut s) = tcp_pair();
     c.set_nodelay(true).unwrap();
     let reader = thread::spawn(move || {
@@ -206,6 +213,8 @@ fn eagain_is_counted_in_the_kernel() {
     let sock = sock_of(&socks, ino(&c));
     assert_eq!(u(&sock["sends"]), calls, "{sock}");
     assert_eq!(u(&sock["eagain"]), eagain, "{sock}");
+    // Without --full the call's start is not hooked.
+    assert!(sock["requested_bytes"].is_null(), "{sock}");
     assert_eq!(u(&sock["copied_bytes"]), copied, "{sock}");
     assert_eq!(
         u(&sock["copied_bytes"]),
@@ -217,4 +226,55 @@ fn eagain_is_counted_in_the_kernel() {
         calls - eagain,
         "a bytes row per successful call"
     );
+}
+
+/// Without `--full`: only the calls' returns are hooked, and every call still counted.
+#[test]
+fn counts_only_summary_counts_every_call_of_both_sides() {
+    const WRITES: u64 = 5_000;
+    let pid = std::process::id().to_string();
+    let run = SummaryRun::start(&["-p", &pid]);
+    let (mut c, mut s) = tcp_pair();
+    c.set_nodelay(true).unwrap();
+    let server_ino = ino(&s);
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let (mut n, mut calls) = (0, 0u64);
+        while n < WRITES * 64 {
+            n += s.read(&mut buf).unwrap() as u64;
+            calls += 1;
+        }
+        calls
+    });
+    for _ in 0..WRITES {
+        assert_eq!(c.write(&[7u8; 64]).unwrap(), 64);
+    }
+    let reads = reader.join().unwrap();
+    let (summary, end) = run.stop_whole();
+    assert_eq!(summary["full"], false, "{summary}");
+    let socks = summary["sockets"].as_array().expect("sockets");
+    let sock = sock_of(socks, ino(&c));
+    assert_eq!(
+        u(&sock["sends"]),
+        WRITES,
+        "one count per write call: {sock}"
+    );
+    assert_eq!(u(&sock["copied_bytes"]), WRITES * 64);
+    assert_eq!(hist_total(&sock["copy_bytes"]), WRITES);
+    let server = sock_of(socks, server_ino);
+    assert_eq!(u(&server["recvs"]), reads, "one per read call: {server}");
+    assert_eq!(u(&server["received_bytes"]), WRITES * 64);
+    assert_eq!(hist_total(&server["recv_bytes"]), reads);
+    // What needs the hooks --full adds is not measured, and says so.
+    for field in [
+        "requested_bytes",
+        "blocks",
+        "acked_writes",
+        "ack_us",
+        "fin_sent",
+    ] {
+        assert!(sock[field].is_null(), "{field}: {sock}");
+    }
+    assert_eq!(u(&end["sends"]), WRITES, "{end}");
+    assert!(u(&end["records"]) < 50, "{end}");
 }

@@ -44,7 +44,10 @@ fn show(cmd: &Command) -> String {
 /// The nightly that builds and lints the eBPF programs, pinned in
 /// trace-ebpf/rust-toolchain.toml (trace-user/build.rs reads the same line).
 pub fn ebpf_toolchain() -> anyhow::Result<String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../trace-ebpf/rust-toolchain.toml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../trace-ebpf/rust-toolchain.toml"
+    );
     let pin = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     pin.lines()
         .find_map(|l| l.strip_prefix("channel = "))

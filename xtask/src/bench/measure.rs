@@ -41,12 +41,14 @@ fn start_tracer(config: Config, sockbuf: &Path, out: &Path) -> anyhow::Result<Op
     let file = || fs::File::create(out);
     let child = match config {
         Config::Untraced => return Ok(None),
-        Config::SockbufStream | Config::SockbufSummary => {
+        Config::SockbufStream | Config::SockbufSummary | Config::SockbufFull => {
             let mut c = Command::new(sockbuf);
             c.args(["trace", "--json", "-c", COMM]);
-            if config == Config::SockbufSummary {
-                c.arg("--summary");
-            }
+            match config {
+                Config::SockbufSummary => c.arg("--summary"),
+                Config::SockbufFull => c.args(["--summary", "--full"]),
+                _ => &mut c,
+            };
             c.stdout(file()?).stderr(Stdio::null()).spawn()?
         }
         Config::BpftraceStream | Config::BpftraceHist => {
@@ -147,7 +149,7 @@ pub fn run_once(
         stop(&mut child)?;
         let text = fs::read_to_string(out)?;
         match config {
-            Config::SockbufStream | Config::SockbufSummary => {
+            Config::SockbufStream | Config::SockbufSummary | Config::SockbufFull => {
                 let end: Value = text
                     .lines()
                     .last()

@@ -53,6 +53,7 @@ pub enum Config {
     Untraced,
     SockbufStream,
     SockbufSummary,
+    SockbufFull,
     BpftraceStream,
     BpftraceHist,
 }
@@ -63,6 +64,7 @@ impl Config {
             Self::Untraced => "untraced",
             Self::SockbufStream => "sockbuf trace --json (every event to a file)",
             Self::SockbufSummary => "sockbuf trace --summary",
+            Self::SockbufFull => "sockbuf trace --summary --full",
             Self::BpftraceStream => "bpftrace printf per event (to a file)",
             Self::BpftraceHist => "bpftrace hist() in the kernel",
         }
@@ -111,6 +113,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
             Config::Untraced,
             Config::SockbufStream,
             Config::SockbufSummary,
+            Config::SockbufFull,
         ]
     } else {
         ensure_tools()?;
@@ -118,6 +121,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
             Config::Untraced,
             Config::SockbufStream,
             Config::SockbufSummary,
+            Config::SockbufFull,
             Config::BpftraceStream,
             Config::BpftraceHist,
         ]

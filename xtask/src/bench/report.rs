@@ -68,7 +68,11 @@ pub fn report(configs: &[Config], runs: &[Run], accounted: &[Run], a: &BenchArgs
             ),
         ));
     }
-    for c in [Config::SockbufStream, Config::SockbufSummary] {
+    for c in [
+        Config::SockbufStream,
+        Config::SockbufSummary,
+        Config::SockbufFull,
+    ] {
         t.push_str(&by_program(c, accounted, a));
     }
     t

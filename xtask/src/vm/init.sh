@@ -36,6 +36,8 @@ for m in inet_diag tcp_diag; do
 	insmod "/lib/modules/$(uname -r)/$m.ko" || echo "VMTEST:warn insmod $m failed"
 done
 echo "VMTEST:boot $(uname -r)"
+# Whether sockbuf attaches its standby copies follows from this (the console keeps it).
+echo "preemption: $(cat /sys/kernel/debug/sched/preempt 2>&1)"
 
 filters=$(echo "$VMTEST_FILTER" | tr , ' ')
 for s in $(echo "$VMTEST_SKIP" | tr , ' '); do
