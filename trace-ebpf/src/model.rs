@@ -250,10 +250,15 @@ pub fn block_end() -> Result<(), Fault> {
 #[inline(always)]
 pub fn send_return(ret: i64) -> Result<(), Fault> {
     let tid = bpf_get_current_pid_tgid() as u32;
-    match unsafe { INFLIGHT.get(tid) } {
-        Some(call) => send_end(call.sk, ret),
-        None => Ok(()),
+    let Some(call) = (unsafe { INFLIGHT.get(tid) }) else {
+        return Ok(());
+    };
+    let sk = call.sk;
+    if agg::counts_only() {
+        // send_end may count the call without looking for it.
+        let _ = INFLIGHT.remove(tid);
     }
+    send_end(sk, ret)
 }
 
 /// Emits the block event of a call whose thread runs again (the current one).
@@ -276,9 +281,16 @@ pub fn close_block_of(call: &mut Inflight, pid_tgid: u64, comm: [u8; COMM_LEN], 
 #[inline(always)]
 pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let sock = Sock::new(sk);
+    // `--summary` without `--full`, on a socket it already counts: nothing else to look up
+    // (no call was opened: that hook is not attached, or its return took the call off).
+    if let Some(track) = agg::counted_sock(sk, ret)
+        && filter::task_passes((pid_tgid >> 32) as u32)
+    {
+        return agg::send(&sock, track, pid_tgid, 0, 0, ret);
+    }
     let tid = pid_tgid as u32;
     let now = unsafe { bpf_ktime_get_ns() };
-    let sock = Sock::new(sk);
     let (start_ns, requested, msg_flags, flags, ino) = match INFLIGHT.get_ptr_mut(tid) {
         Some(call) if unsafe { (*call).sk } == sk => {
             let call = unsafe { &mut *call };
@@ -302,9 +314,6 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
             }
             if !filter::task_passes((pid_tgid >> 32) as u32) {
                 return Ok(());
-            }
-            if let Some(track) = agg::counted_sock(sk, ret) {
-                return agg::send(&sock, track, pid_tgid, 0, 0, ret);
             }
             match sock.protocol()? {
                 IPPROTO_TCP => {}
