@@ -105,11 +105,20 @@ pub fn run_once(
 ) -> anyhow::Result<Run> {
     let before: Vec<u64> = bpf_run_times().into_iter().map(|p| p.id).collect();
     let tracer = start_tracer(config, sockbuf, out)?;
-    // Programs this tracer loaded, and their run time before the workload starts.
-    let at_start: Vec<ProgStats> = bpf_run_times()
-        .into_iter()
-        .filter(|p| !before.contains(&p.id))
-        .collect();
+    // Programs this tracer loaded, and their run time before the workload starts. bpftrace
+    // says "Attaching…" before it loads its program: wait until one is there.
+    let loaded = || -> Vec<ProgStats> {
+        bpf_run_times()
+            .into_iter()
+            .filter(|p| !before.contains(&p.id))
+            .collect()
+    };
+    let mut at_start = loaded();
+    let t0 = Instant::now();
+    while tracer.is_some() && at_start.is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        thread::sleep(Duration::from_millis(50));
+        at_start = loaded();
+    }
     // The tracer's CPU from here on: its start-up (BTF parsing, loading) is not overhead.
     let cpu_at_start = tracer.as_ref().map_or(0.0, |c| usage(c.id()).0);
     let w = Command::new(workload)
