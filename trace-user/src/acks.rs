@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use trace_common::{AckEvent, SendEvent};
+use trace_common::{AckEvent, EventKind, SendEvent, SockEvent};
 
 /// A write whose bytes the peer has acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +44,8 @@ pub struct AckMatcher {
     socks: HashMap<u64, SockAcks>,
     /// Writes dropped from a full pending queue: never matched to an ACK.
     pub dropped: u64,
+    /// Writes still waiting when their socket closed.
+    closed_unacked: u64,
 }
 
 impl AckMatcher {
@@ -90,15 +92,32 @@ impl AckMatcher {
         }
     }
 
-    /// Writes still waiting for an ACK.
+    /// A lifecycle event: the socket's state goes when it reaches CLOSE.
+    pub fn on_sock(&mut self, e: &SockEvent) {
+        const TCP_CLOSE: u32 = 7;
+        if e.hdr.kind == EventKind::State as u32 && e.new_state == TCP_CLOSE {
+            self.close(e.hdr.sock_id);
+        }
+    }
+
+    /// The socket reached CLOSE: no ACK of it is reported any more (the kernel reports those
+    /// of established sockets), so what is kept for it goes, and a long trace of many short
+    /// connections does not grow. Its waiting writes stay counted as unacked.
+    pub fn close(&mut self, sock_id: u64) {
+        if let Some(s) = self.socks.remove(&sock_id) {
+            self.closed_unacked += s.pending.len() as u64;
+        }
+    }
+
+    /// Writes still waiting for an ACK, or left waiting when their socket closed.
     pub fn unacked(&self) -> usize {
-        self.socks.values().map(|s| s.pending.len()).sum()
+        self.socks.values().map(|s| s.pending.len()).sum::<usize>() + self.closed_unacked as usize
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use trace_common::{EventKind, Header, SendQueue, SockAddrs};
+    use trace_common::{Header, SendQueue, SockAddrs};
 
     use super::*;
 
@@ -162,6 +181,19 @@ mod tests {
         m.on_send(&send(20, 100, 100), |w| got.push(*w));
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].ack_ts_ns, 15);
+    }
+
+    #[test]
+    fn a_closed_socket_is_forgotten_its_waiting_writes_still_unacked() {
+        let mut m = AckMatcher::default();
+        m.on_send(&send(10, 100, 100), |_| {});
+        m.on_send(&send(20, 100, 200), |_| {});
+        m.on_ack(&ack(30, 100), |_| {});
+        m.close(7);
+        assert!(m.socks.is_empty());
+        assert_eq!(m.unacked(), 1);
+        m.close(7);
+        assert_eq!(m.unacked(), 1, "closing twice counts once");
     }
 
     #[test]

@@ -168,6 +168,7 @@ impl EventHandler for Summary {
                 }
             }
             Event::Sock(e) => {
+                acks.on_sock(e);
                 let s = sock(socks, &e.hdr, &e.comm, &e.addrs);
                 match EventKind::from_u32(e.hdr.kind) {
                     Some(EventKind::State) => {

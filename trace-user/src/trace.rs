@@ -76,7 +76,10 @@ impl EventHandler for Printer {
             }
             Event::BlockStart(e) => res = out.block(e),
             Event::Recv(e) => res = out.recv(e),
-            Event::Sock(e) => res = out.sock(e),
+            Event::Sock(e) => {
+                res = out.sock(e);
+                acks.on_sock(e);
+            }
             Event::Udp(e) => res = out.udp(e),
             Event::Ack(e) => {
                 log::trace!(
