@@ -83,12 +83,12 @@ pub fn takes(ret: i64) -> bool {
 /// and when streaming, its inode is read and compared at each call): the lifecycle hook
 /// drops it when the connection reaches CLOSE, before its `struct sock` can be reused.
 #[inline(always)]
-pub fn counted_sock(sk: u64, ret: i64) -> Option<&'static SockTrack> {
+pub fn counted_sock(sk: u64, ret: i64) -> Option<*mut SockTrack> {
     if !counts_only() || !(ret >= 0 || ret == -EAGAIN) {
         return None;
     }
-    let track = unsafe { SOCKS.get(sk)? };
-    (track.proto == u32::from(IPPROTO_TCP)).then_some(track)
+    let track = SOCKS.get_ptr_mut(sk)?;
+    (unsafe { (*track).proto } == u32::from(IPPROTO_TCP)).then_some(track)
 }
 
 /// The current CPU's counts of socket `ino`, created with the task's identity (`pid_tgid` 0:

@@ -1,12 +1,20 @@
 //! In-kernel filters, set by the loader as a read-only global before load.
 
+use core::{
+    mem::MaybeUninit,
+    ptr::{read_volatile, write_volatile},
+};
+
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, generated},
 };
 use trace_common::{COMM_LEN, Filter};
 
-use crate::kernel::{Fault, Sock};
+use crate::{
+    kernel::{Fault, Sock},
+    maps::SockTrack,
+};
 
 #[unsafe(no_mangle)]
 static FILTER: Global<Filter> = Global::new(Filter {
@@ -17,29 +25,93 @@ static FILTER: Global<Filter> = Global::new(Filter {
     comm: [0; COMM_LEN],
 });
 
+/// When a task was last renamed (exec, `prctl(PR_SET_NAME)`, `/proc/…/comm`), as the low 32
+/// bits of the clock, odd; 0 before any: a thread's pass of the comm filter remembered on a
+/// socket holds while this stays the same. A time, not a count: the BPF target has no atomic
+/// add, and two renames racing to store the same count would leave it unchanged.
+static mut RENAMED_AT: u64 = 0;
+
+// The filter is read field by field: `Global::load` would copy all of it, byte by byte.
+#[inline(always)]
+fn filter() -> *const Filter {
+    (&raw const FILTER).cast()
+}
+
+/// The comm filter as two words (all zero: none), compared without a byte loop.
+#[inline(always)]
+fn comm_filter() -> [u64; 2] {
+    const _: () = assert!(COMM_LEN == 16 && core::mem::offset_of!(Filter, comm) % 8 == 0);
+    unsafe { read_volatile((&raw const (*filter()).comm).cast::<[u64; 2]>()) }
+}
+
+/// The pid and cgroup filters: a few loads and at most one cheap helper.
+#[inline(always)]
+fn pid_cgroup_pass(pid: u32) -> bool {
+    let want_pid = unsafe { read_volatile(&raw const (*filter()).pid) };
+    if want_pid != 0 && want_pid != pid {
+        return false;
+    }
+    let cgroup = unsafe { read_volatile(&raw const (*filter()).cgroup) };
+    cgroup == 0 || cgroup == unsafe { bpf_get_current_cgroup_id() }
+}
+
+/// The current task's name is the comm filter's (or there is none).
+#[inline(always)]
+fn comm_passes() -> bool {
+    let want = comm_filter();
+    if want[0] == 0 {
+        return true; // the name is NUL-padded: no first byte, no filter
+    }
+    let mut comm = MaybeUninit::<[u64; 2]>::uninit();
+    // The helper writes all 16 bytes (NUL-padded): nothing to zero first.
+    let ret = unsafe { generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), 16) };
+    ret == 0 && unsafe { comm.assume_init() } == want
+}
+
 /// Task-level filters: cheap, evaluated before any kernel memory is read.
 #[inline(always)]
 pub fn task_passes(pid: u32) -> bool {
-    let f = FILTER.load();
-    if f.pid != 0 && f.pid != pid {
+    pid_cgroup_pass(pid) && comm_passes()
+}
+
+/// [`task_passes`] for a call on a tracked socket. Reading the task's name costs more than
+/// the rest of a counted call, so the socket remembers the last thread that passed the comm
+/// filter, with the rename count then; the pid and cgroup are checked every time.
+#[inline(always)]
+pub fn task_passes_on(track: *mut SockTrack, pid_tgid: u64) -> bool {
+    if !pid_cgroup_pass((pid_tgid >> 32) as u32) {
         return false;
     }
-    if f.cgroup != 0 && f.cgroup != unsafe { bpf_get_current_cgroup_id() } {
+    if comm_filter()[0] == 0 {
+        return true;
+    }
+    // Read before the name: a rename stamped after it makes the entry stale at once. (A
+    // rename of this thread by another one, through /proc, between the stamp and the copy
+    // of the new name can leave the old name's pass until the next rename.)
+    let key = (unsafe { read_volatile(&raw const RENAMED_AT) } << 32) | (pid_tgid & 0xffff_ffff);
+    let seen = unsafe { &raw mut (*track).task_passed };
+    if unsafe { read_volatile(seen) } == key {
+        return true;
+    }
+    if !comm_passes() {
         return false;
     }
-    if f.comm[0] != 0 {
-        match bpf_get_current_comm() {
-            Ok(comm) if comm == f.comm => {}
-            _ => return false,
-        }
-    }
+    // One aligned 8-byte store: another CPU reads the old key or the new one.
+    unsafe { write_volatile(seen, key) };
     true
+}
+
+/// A task is renamed: every remembered pass of the comm filter is void.
+#[inline(always)]
+pub fn renamed() {
+    let now = unsafe { bpf_ktime_get_ns() } & 0xffff_ffff;
+    unsafe { write_volatile(&raw mut RENAMED_AT, now | 1) };
 }
 
 /// Socket-level filter: local or remote port.
 #[inline(always)]
 pub fn sock_passes(sk: &Sock) -> Result<bool, Fault> {
-    let port = FILTER.load().port;
+    let port = unsafe { read_volatile(&raw const (*filter()).port) };
     Ok(port == 0 || sk.lport()? == port || sk.rport()? == port)
 }
 
@@ -47,6 +119,7 @@ pub fn sock_passes(sk: &Sock) -> Result<bool, Fault> {
 /// task is whichever one was interrupted, may start tracking a socket only then.
 #[inline(always)]
 pub fn no_task_filter() -> bool {
-    let f = FILTER.load();
-    f.pid == 0 && f.cgroup == 0 && f.comm[0] == 0
+    let pid = unsafe { read_volatile(&raw const (*filter()).pid) };
+    let cgroup = unsafe { read_volatile(&raw const (*filter()).cgroup) };
+    pid == 0 && cgroup == 0 && comm_filter()[0] == 0
 }

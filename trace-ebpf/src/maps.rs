@@ -66,6 +66,9 @@ pub struct SockTrack {
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub proto: u32,
     pub _pad: u32,
+    /// The last thread that passed the comm filter on this socket, with the rename count at
+    /// the time (`filter::task_passes_on`); 0: none yet.
+    pub task_passed: u64,
 }
 
 /// LRU so it stays bounded however many sockets come and go without a close being seen.

@@ -285,9 +285,9 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
     // `--summary` without `--full`, on a socket it already counts: nothing else to look up
     // (no call was opened: that hook is not attached, or its return took the call off).
     if let Some(track) = agg::counted_sock(sk, ret)
-        && filter::task_passes((pid_tgid >> 32) as u32)
+        && filter::task_passes_on(track, pid_tgid)
     {
-        return agg::send(&sock, track, pid_tgid, 0, 0, ret);
+        return agg::send(&sock, unsafe { &*track }, pid_tgid, 0, 0, ret);
     }
     let tid = pid_tgid as u32;
     let now = unsafe { bpf_ktime_get_ns() };
@@ -370,6 +370,7 @@ pub fn sock_track(sock: &Sock, ino: u64, proto: u16) -> Result<*mut SockTrack, F
         addrs: sock.addrs()?,
         proto: u32::from(proto),
         _pad: 0,
+        task_passed: 0,
     };
     SOCKS
         .insert(sock.ptr, track, 0)

@@ -14,11 +14,13 @@ use crate::{
 #[inline(always)]
 pub fn recv_end(sk: u64, ret: i64, msg_flags: u32) -> Result<(), Fault> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(track) = agg::counted_sock(sk, ret)
+        && filter::task_passes_on(track, pid_tgid)
+    {
+        return agg::recv(unsafe { &*track }, pid_tgid, ret);
+    }
     if !filter::task_passes((pid_tgid >> 32) as u32) {
         return Ok(());
-    }
-    if let Some(track) = agg::counted_sock(sk, ret) {
-        return agg::recv(track, pid_tgid, ret);
     }
     let sock = Sock::new(sk);
     let proto = sock.protocol()?;

@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::{
-    entry,
+    entry, filter,
     kernel::{self, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV},
     life, model, recv,
     standby::with_standby,
@@ -111,6 +111,14 @@ with_standby! {
     fn life_net_dev_queue, sb_life_net_dev_queue(ctx: RawTracePointContext) {
         model::run(&ctx, || life::xmit(ctx.arg(0)))
     }
+}
+
+/// `task_rename(task, comm)`: a task's name changes, so passes of the comm filter remembered
+/// on sockets are void. Attached in every mode; one run per rename, none per call.
+#[raw_tracepoint(tracepoint = "task_rename")]
+pub fn filter_task_rename(_ctx: RawTracePointContext) -> u32 {
+    filter::renamed();
+    0
 }
 
 // Kernels without `tcp_sendmsg_locked`: the send call opens at the syscall's entry instead,

@@ -177,11 +177,13 @@ const RESET: [Hook; 1] = [raw("life_tcp_send_reset", "tcp", "tcp_send_reset")];
 
 const RESET_WITH_REASON: [Hook; 1] = [raw("life_tcp_send_reset_reason", "tcp", "tcp_send_reset")];
 
-/// Lifecycle hooks, attached with every backend: tracepoints all supported kernels have.
+/// Lifecycle hooks, and the task renames the comm filter follows, attached with every
+/// backend: tracepoints all supported kernels have.
 const LIFECYCLE: &[Hook] = &[
     raw("life_inet_sock_set_state", "sock", "inet_sock_set_state"),
     raw("life_tcp_receive_reset", "tcp", "tcp_receive_reset"),
     raw("life_net_dev_queue", "net", "net_dev_queue"),
+    raw("filter_task_rename", "task", "task_rename"),
 ];
 
 /// Programs `--summary` leaves out unless `--full`: the call's start (requested bytes, sleeps),

@@ -278,3 +278,57 @@ fn counts_only_summary_counts_every_call_of_both_sides() {
     assert_eq!(u(&end["sends"]), WRITES, "{end}");
     assert!(u(&end["records"]) < 50, "{end}");
 }
+
+/// `-c`: a counted call on a known socket skips reading the task's name when the same thread
+/// passed on that socket before; a rename (and another thread) must still be seen at once.
+#[test]
+fn comm_filter_follows_threads_renamed_mid_connection() {
+    let (before, renamed, after, other_writes): (u64, u64, u64, u64) = (300, 200, 100, 50);
+    let run = SummaryRun::start(&["-c", "sbren-a"]);
+    let (c, mut s) = tcp_pair();
+    c.set_nodelay(true).unwrap();
+    let total = (before + renamed + after + other_writes) * 64;
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0;
+        while n < total {
+            n += s.read(&mut buf).unwrap() as u64;
+        }
+    });
+    let write = |mut sock: &std::net::TcpStream, n: u64| {
+        for _ in 0..n {
+            assert_eq!(sock.write(&[7u8; 64]).unwrap(), 64);
+        }
+    };
+    let client_ino = ino(&c);
+    let other = c.try_clone().unwrap();
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                set_thread_name("sbren-a");
+                write(&c, before);
+                set_thread_name("sbren-b");
+                write(&c, renamed);
+                set_thread_name("sbren-a");
+                write(&c, after);
+            })
+            .join()
+            .unwrap();
+        scope
+            .spawn(|| {
+                set_thread_name("sbren-other");
+                write(&other, other_writes);
+            })
+            .join()
+            .unwrap();
+    });
+    reader.join().unwrap();
+    let (socks, _) = run.stop();
+    let sock = sock_of(&socks, client_ino);
+    assert_eq!(
+        u(&sock["sends"]),
+        before + after,
+        "only the calls made while the thread was named sbren-a: {sock}"
+    );
+    assert_eq!(u(&sock["copied_bytes"]), (before + after) * 64);
+}

@@ -2,6 +2,7 @@
 
 use std::{
     fs,
+    os::unix::process::CommandExt as _,
     path::Path,
     process::{Child, Command, Stdio},
     thread,
@@ -9,10 +10,14 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use nix::{
+    sched::{CpuSet, sched_setaffinity},
+    unistd::Pid,
+};
 use serde_json::Value;
 
 use super::{
-    BenchArgs, COMM, Config,
+    BenchArgs, COMM, Config, floor,
     stats::{ProgStats, bpf_run_times, spent_by_name},
 };
 
@@ -36,11 +41,53 @@ pub struct Run {
     pub by_program: Vec<(String, u64, u64)>,
 }
 
+/// What traces a run: nothing, a tracer process, or the floor's programs in this one.
+enum Tracer {
+    None,
+    Process(Child),
+    Floor(#[allow(dead_code, reason = "attached while held")] aya::Ebpf),
+}
+
+impl Tracer {
+    fn process(&self) -> Option<&Child> {
+        match self {
+            Self::Process(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// The workload's CPU, unless `--spread` (or there is only one).
+fn workload_cpu(a: &BenchArgs) -> Option<usize> {
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    (!a.spread && cpus > 1).then_some(0)
+}
+
+/// Keeps a tracer process off the workload's CPU: its own work is not the workload's.
+fn off_cpu(c: &mut Command, workload: usize) -> anyhow::Result<()> {
+    let mut set = CpuSet::new();
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    for cpu in (0..cpus).filter(|&cpu| cpu != workload) {
+        set.set(cpu)?;
+    }
+    // SAFETY: the closure only makes the sched_setaffinity system call.
+    unsafe {
+        c.pre_exec(move || Ok(sched_setaffinity(Pid::from_raw(0), &set)?));
+    }
+    Ok(())
+}
+
 /// Starts the tracer for `config`, writing to `out`, and waits until it is attached.
-fn start_tracer(config: Config, sockbuf: &Path, out: &Path) -> anyhow::Result<Option<Child>> {
+fn start_tracer(
+    config: Config,
+    a: &BenchArgs,
+    sockbuf: &Path,
+    out: &Path,
+) -> anyhow::Result<Tracer> {
     let file = || fs::File::create(out);
-    let child = match config {
-        Config::Untraced => return Ok(None),
+    let mut c = match config {
+        Config::Untraced => return Ok(Tracer::None),
+        Config::Floor => return Ok(Tracer::Floor(floor::attach()?)),
         Config::SockbufStream | Config::SockbufSummary | Config::SockbufFull => {
             let mut c = Command::new(sockbuf);
             c.args(["trace", "--json", "-c", COMM]);
@@ -49,7 +96,7 @@ fn start_tracer(config: Config, sockbuf: &Path, out: &Path) -> anyhow::Result<Op
                 Config::SockbufFull => c.args(["--summary", "--full"]),
                 _ => &mut c,
             };
-            c.stdout(file()?).stderr(Stdio::null()).spawn()?
+            c
         }
         Config::BpftraceStream | Config::BpftraceHist => {
             let action = if config == Config::BpftraceStream {
@@ -59,13 +106,15 @@ fn start_tracer(config: Config, sockbuf: &Path, out: &Path) -> anyhow::Result<Op
             };
             let prog =
                 format!(r#"tracepoint:sock:sock_send_length /comm == "{COMM}"/ {{ {action} }}"#);
-            Command::new("bpftrace")
-                .args(["-e", &prog])
-                .stdout(file()?)
-                .stderr(Stdio::null())
-                .spawn()?
+            let mut c = Command::new("bpftrace");
+            c.args(["-e", &prog]);
+            c
         }
     };
+    if let Some(cpu) = workload_cpu(a) {
+        off_cpu(&mut c, cpu)?;
+    }
+    let child = c.stdout(file()?).stderr(Stdio::null()).spawn()?;
     // Both print a first line once attached: sockbuf its start object, bpftrace "Attaching…".
     let t0 = Instant::now();
     while fs::metadata(out).map(|m| m.len()).unwrap_or(0) == 0 {
@@ -74,7 +123,7 @@ fn start_tracer(config: Config, sockbuf: &Path, out: &Path) -> anyhow::Result<Op
         }
         thread::sleep(Duration::from_millis(20));
     }
-    Ok(Some(child))
+    Ok(Tracer::Process(child))
 }
 
 /// CPU time (ms) and peak RSS (KiB) of a running process, from /proc.
@@ -104,7 +153,7 @@ pub fn run_once(
     out: &Path,
 ) -> anyhow::Result<Run> {
     let before: Vec<u64> = bpf_run_times().into_iter().map(|p| p.id).collect();
-    let tracer = start_tracer(config, sockbuf, out)?;
+    let tracer = start_tracer(config, a, sockbuf, out)?;
     // Programs this tracer loaded, and their run time before the workload starts. bpftrace
     // says "Attaching…" before it loads its program: wait until one is there.
     let loaded = || -> Vec<ProgStats> {
@@ -115,13 +164,20 @@ pub fn run_once(
     };
     let mut at_start = loaded();
     let t0 = Instant::now();
-    while tracer.is_some() && at_start.is_empty() && t0.elapsed() < Duration::from_secs(10) {
+    while !matches!(tracer, Tracer::None)
+        && at_start.is_empty()
+        && t0.elapsed() < Duration::from_secs(10)
+    {
         thread::sleep(Duration::from_millis(50));
         at_start = loaded();
     }
     // The tracer's CPU from here on: its start-up (BTF parsing, loading) is not overhead.
-    let cpu_at_start = tracer.as_ref().map_or(0.0, |c| usage(c.id()).0);
-    let w = Command::new(workload)
+    let cpu_at_start = tracer.process().map_or(0.0, |c| usage(c.id()).0);
+    let mut w = Command::new(workload);
+    if let Some(cpu) = workload_cpu(a) {
+        w.args(["--cpu", &cpu.to_string()]);
+    }
+    let w = w
         .args([
             "-n",
             &a.writes.to_string(),
@@ -150,7 +206,7 @@ pub fn run_once(
         by_program: spent_by_name(&at_start),
     };
     run.bpf_ns = run.by_program.iter().map(|(_, ns, _)| ns).sum();
-    if let Some(mut child) = tracer {
+    if let Tracer::Process(mut child) = tracer {
         // Let the last events and ACKs arrive before stopping.
         thread::sleep(Duration::from_millis(300));
         (run.cpu_ms, run.rss_kib) = usage(child.id());

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: sockbuf's overhead beside an untraced run and bpftrace, measured side
 //! by side in one run, rounds alternating, medians and ratios reported.
 
+mod floor;
 mod measure;
 mod report;
 mod stats;
@@ -30,6 +31,10 @@ pub struct BenchArgs {
     /// Connections.
     #[arg(long, default_value_t = 1)]
     pub conns: usize,
+    /// Let the scheduler place the workload's threads (default: all on CPU 0, the tracer on
+    /// the other CPUs, which makes the runs repeatable).
+    #[arg(long)]
+    pub spread: bool,
 }
 
 impl BenchArgs {
@@ -41,6 +46,7 @@ impl BenchArgs {
             writes: 20_000,
             size: 64,
             conns: 1,
+            spread: false,
         }
     }
 }
@@ -51,6 +57,7 @@ pub const COMM: &str = "sbwork";
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Config {
     Untraced,
+    Floor,
     SockbufStream,
     SockbufSummary,
     SockbufFull,
@@ -62,6 +69,7 @@ impl Config {
     pub fn name(self) -> &'static str {
         match self {
             Self::Untraced => "untraced",
+            Self::Floor => "floor: empty programs on --summary's hooks",
             Self::SockbufStream => "sockbuf trace --json (every event to a file)",
             Self::SockbufSummary => "sockbuf trace --summary",
             Self::SockbufFull => "sockbuf trace --summary --full",
@@ -119,6 +127,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         ensure_tools()?;
         vec![
             Config::Untraced,
+            Config::Floor,
             Config::SockbufStream,
             Config::SockbufSummary,
             Config::SockbufFull,

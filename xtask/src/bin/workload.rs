@@ -11,6 +11,10 @@ use std::{
 };
 
 use clap::Parser;
+use nix::{
+    sched::{CpuSet, sched_setaffinity},
+    unistd::Pid,
+};
 
 #[derive(Parser)]
 struct Args {
@@ -23,6 +27,9 @@ struct Args {
     /// Connections, each with its own writer and reader thread.
     #[arg(short, long, default_value_t = 1)]
     conns: usize,
+    /// Runs every thread on this CPU (default: wherever the scheduler puts them).
+    #[arg(long)]
+    cpu: Option<usize>,
 }
 
 fn name_thread(name: &str) {
@@ -43,6 +50,12 @@ fn cpu_ns() -> u64 {
 fn main() {
     let args = Args::parse();
     name_thread("sbwork");
+    if let Some(cpu) = args.cpu {
+        // Threads inherit it: set before any is spawned.
+        let mut set = CpuSet::new();
+        set.set(cpu).expect("--cpu: no such CPU");
+        sched_setaffinity(Pid::from_raw(0), &set).expect("--cpu: sched_setaffinity");
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let total = args.writes * args.size as u64;
