@@ -1,9 +1,6 @@
 //! In-kernel filters, set by the loader as a read-only global before load.
 
-use core::{
-    mem::MaybeUninit,
-    ptr::{read_volatile, write_volatile},
-};
+use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     Global,
@@ -62,10 +59,11 @@ fn comm_passes() -> bool {
     if want[0] == 0 {
         return true; // the name is NUL-padded: no first byte, no filter
     }
-    let mut comm = MaybeUninit::<[u64; 2]>::uninit();
-    // The helper writes all 16 bytes (NUL-padded): nothing to zero first.
+    // Zeroed first: older kernels' helper (6.1's) copies up to the NUL and leaves the rest,
+    // so the comparison would see stack garbage after the name. Two stores, not a byte loop.
+    let mut comm = [0u64; 2];
     let ret = unsafe { generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), 16) };
-    ret == 0 && unsafe { comm.assume_init() } == want
+    ret == 0 && comm == want
 }
 
 /// Task-level filters: cheap, evaluated before any kernel memory is read.

@@ -87,7 +87,8 @@ fn start_tracer(
     let file = || fs::File::create(out);
     let mut c = match config {
         Config::Untraced => return Ok(Tracer::None),
-        Config::Floor => return Ok(Tracer::Floor(floor::attach()?)),
+        Config::FloorSummary => return Ok(Tracer::Floor(floor::attach(floor::SUMMARY_HOOKS)?)),
+        Config::FloorStream => return Ok(Tracer::Floor(floor::attach(floor::STREAM_HOOKS)?)),
         Config::SockbufStream | Config::SockbufSummary | Config::SockbufFull => {
             let mut c = Command::new(sockbuf);
             c.args(["trace", "--json", "-c", COMM]);

@@ -57,7 +57,8 @@ pub const COMM: &str = "sbwork";
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Config {
     Untraced,
-    Floor,
+    FloorSummary,
+    FloorStream,
     SockbufStream,
     SockbufSummary,
     SockbufFull,
@@ -69,7 +70,8 @@ impl Config {
     pub fn name(self) -> &'static str {
         match self {
             Self::Untraced => "untraced",
-            Self::Floor => "floor: empty programs on --summary's hooks",
+            Self::FloorSummary => "floor: empty programs on --summary's hooks",
+            Self::FloorStream => "floor: empty programs on streaming's hooks",
             Self::SockbufStream => "sockbuf trace --json (every event to a file)",
             Self::SockbufSummary => "sockbuf trace --summary",
             Self::SockbufFull => "sockbuf trace --summary --full",
@@ -127,7 +129,8 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         ensure_tools()?;
         vec![
             Config::Untraced,
-            Config::Floor,
+            Config::FloorSummary,
+            Config::FloorStream,
             Config::SockbufStream,
             Config::SockbufSummary,
             Config::SockbufFull,
