@@ -74,7 +74,7 @@ pub fn task_passes(pid: u32) -> bool {
 
 /// [`task_passes`] for a call on a tracked socket. Reading the task's name costs more than
 /// the rest of a counted call, so the socket remembers the last thread that passed the comm
-/// filter, with the rename count then; the pid and cgroup are checked every time.
+/// filter, with the last rename's stamp then; the pid and cgroup are checked every time.
 #[inline(always)]
 pub fn task_passes_on(track: *mut SockTrack, pid_tgid: u64) -> bool {
     if !pid_cgroup_pass((pid_tgid >> 32) as u32) {
