@@ -22,7 +22,8 @@ pub enum Level {
 /// last also everything above (2 GiB per call; 35 minutes).
 pub const BUCKETS: usize = 32;
 
-/// Sockets [`crate::maps::AGG`] holds; entries are allocated as sockets appear, not up front.
+/// Sockets [`crate::maps::AGG`] holds by default (`--max-sockets`); entries are allocated
+/// as sockets appear, not up front, and freed by userspace when the socket closes.
 pub const AGG_ENTRIES: u32 = 8_192;
 
 /// Writes per socket whose ACK can be waited for at once (48 KiB); more are counted as
@@ -40,6 +41,9 @@ pub struct SockAgg {
     /// The task that first counted here (0 when that was an ACK in softirq).
     pub pid: u32,
     pub _pad: u32,
+    /// The socket's inode number when last counted here (0: not known yet: accepted, not
+    /// yet `accept()`ed, when the entry was made).
+    pub ino: u64,
     pub comm: [u8; COMM_LEN],
     pub addrs: SockAddrs,
     /// Send calls that copied bytes or got EAGAIN (other errors stream as events).
@@ -59,6 +63,11 @@ pub struct SockAgg {
     /// Writes that could not be timed (more than [`PENDING_SLOTS`] waiting, or the call's
     /// start unseen).
     pub untimed_writes: u64,
+    /// Writes still waiting when the socket reached CLOSE: those its `snd_una` then covers
+    /// were acked after the connection left ESTABLISHED, where no ACK hook sees them
+    /// (settled by the close, not timed), the others never were.
+    pub close_acked_writes: u64,
+    pub unacked_writes: u64,
     /// Bytes copied per send call, bytes per receive call, write-to-ACK microseconds.
     pub copy_bytes: [u64; BUCKETS],
     pub recv_bytes: [u64; BUCKETS],
@@ -79,8 +88,8 @@ pub struct Pending {
     pub last_ack_seq: u32,
     pub _pad: u32,
     pub last_ack_ns: u64,
-    /// The socket's inode (the summary's socket id).
-    pub ino: u64,
+    /// The socket's `sock_id`.
+    pub id: u64,
     /// `write_seq` after each write, and when its call started.
     pub seq: [u32; PENDING_SLOTS as usize],
     pub start_ns: [u64; PENDING_SLOTS as usize],
@@ -128,7 +137,7 @@ pub const fn bucket(v: u64) -> usize {
     if b >= BUCKETS { BUCKETS - 1 } else { b }
 }
 
-const _: () = assert!(core::mem::size_of::<SockAgg>() == 64 + 10 * 8 + 4 * BUCKETS * 8);
+const _: () = assert!(core::mem::size_of::<SockAgg>() == 72 + 12 * 8 + 4 * BUCKETS * 8);
 const _: () = assert!(core::mem::size_of::<Pending>() == 32 + 12 * PENDING_SLOTS as usize);
 
 #[cfg(test)]

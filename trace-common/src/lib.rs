@@ -16,7 +16,8 @@ pub const COMM_LEN: usize = 16;
 pub mod maps {
     /// Ring buffer that carries every event to userspace.
     pub const EVENTS: &str = "EVENTS";
-    /// Per-CPU counter of events dropped because the ring buffer was full.
+    /// Per-CPU counters: events dropped because the ring buffer was full, and the others
+    /// of [`crate::counters`].
     pub const LOST: &str = "LOST";
     /// Send calls in progress, keyed by thread id.
     pub const INFLIGHT: &str = "INFLIGHT";
@@ -30,9 +31,11 @@ pub mod maps {
     /// Per program with a standby copy and per thread (its id modulo
     /// [`crate::standby::THREADS`]): the call the program last ran for.
     pub const STANDBY_MARKS: &str = "STANDBY_MARKS";
-    /// `--summary`: per CPU and per socket (inode), the counts of [`crate::agg::SockAgg`].
+    /// `--summary`: per CPU and per socket (`sock_id`), the counts of [`crate::agg::SockAgg`].
+    /// Userspace takes a socket's entry out when it sees the socket reach CLOSE.
     pub const AGG: &str = "AGG";
-    /// `--summary`: per socket (`struct sock` address), its writes waiting for their ACK.
+    /// `--summary --full`: per socket (`sock_id`), its writes waiting for their ACK; taken
+    /// out by userspace with the socket's AGG entry.
     pub const PENDING: &str = "PENDING";
 }
 
@@ -47,6 +50,7 @@ pub mod maps {
 pub mod standby {
     /// (program, its standby copy). The index is the program's slot in [`crate::maps::STANDBY`].
     pub const PROGRAMS: &[(&str, &str)] = &[
+        // At most 32: MARK_CALLS has a bit per slot.
         ("send_tcp_sendmsg_locked", "sb_send_tcp_sendmsg_locked"),
         ("send_sock_send_length", "sb_send_sock_send_length"),
         ("ack_tcp_probe", "sb_ack_tcp_probe"),
@@ -81,12 +85,44 @@ pub mod standby {
         ("recv_udpv6_recvmsg_fexit", "sb_recv_udpv6_recvmsg_fexit"),
     ];
 
+    /// Programs whose copy is attached on every kernel, preemptible or not: a state change
+    /// in a task (`close()`) can be interrupted by a softirq changing another socket's state
+    /// on the same CPU, and the kernel skips the program there. Under connection churn that
+    /// lost about one CLOSE in 10 000, and the summary needs every CLOSE to free a socket's
+    /// counts. They are rare events: their copies cost little.
+    pub const ALWAYS: &[&str] = &[
+        "life_inet_sock_set_state",
+        "life_tcp_send_reset",
+        "life_tcp_send_reset_reason",
+        "life_tcp_receive_reset",
+    ];
+
+    /// Whether `program`'s copy is attached when copies are not attached in general.
+    pub fn always(program: &str) -> bool {
+        ALWAYS.contains(&program)
+    }
+
+    /// The `MARK_CALLS` global: a bit per slot whose program must mark its calls (every
+    /// slot when all copies are attached, else those of [`ALWAYS`]).
+    pub fn mark_mask(all: bool) -> u32 {
+        if all {
+            return u32::MAX;
+        }
+        ALWAYS
+            .iter()
+            .filter_map(|p| of(p))
+            .fold(0, |m, (slot, _)| m | 1 << slot)
+    }
+
+    const _: () = assert!(PROGRAMS.len() <= 32);
+
     /// Threads told apart per program in [`crate::maps::STANDBY_MARKS`].
     pub const THREADS: u32 = 4096;
     /// Entries of [`crate::maps::STANDBY`] per CPU.
     pub const COUNTERS: u32 = PROGRAMS.len() as u32;
-    /// Entries of [`crate::maps::STANDBY_MARKS`].
-    pub const MARKS: u32 = THREADS * PROGRAMS.len() as u32;
+    /// Entries of [`crate::maps::STANDBY_MARKS`]: two per program and thread (a call, and
+    /// the one it interrupted).
+    pub const MARKS: u32 = 2 * THREADS * PROGRAMS.len() as u32;
 
     /// `program`'s slot; a compile error (in a const) for a program not listed.
     pub const fn slot(program: &str) -> u32 {
@@ -138,10 +174,25 @@ pub mod globals {
     /// u32: whether the per-call events are counted in [`crate::maps::AGG`] instead of
     /// streamed (`--summary`), and how much: one of [`crate::agg::Level`].
     pub const AGGREGATE: &str = "AGGREGATE";
-    /// u32: 1 when the standby copies are attached, so the programs mark each call they run
-    /// for (see [`crate::standby`]).
+    /// u32: a bit per standby slot whose copy is attached, so that its program marks each
+    /// call it runs for (see [`crate::standby::mark_mask`]).
     pub const MARK_CALLS: &str = "MARK_CALLS";
 }
+
+/// Slots of the per-CPU counter array [`maps::LOST`].
+pub mod counters {
+    /// Events dropped because the ring buffer was full.
+    pub const LOST_EVENTS: u32 = 0;
+    /// Events abandoned: a kernel read failed, or a map refused an entry.
+    pub const READ_ERRORS: u32 = 1;
+    /// `--summary`: calls streamed as events because AGG had no room for their socket.
+    pub const AGG_STREAMED: u32 = 2;
+    /// The per-CPU count behind synthetic socket ids (not a counter to report).
+    pub const NEXT_ID: u32 = 3;
+}
+
+/// Entries of [`maps::LOST`].
+pub const COUNTER_SLOTS: u32 = 4;
 
 /// Capacity of [`maps::INFLIGHT`]: one entry per thread inside a send call.
 pub const INFLIGHT_ENTRIES: u32 = 16_384;
@@ -213,9 +264,18 @@ pub struct Header {
     pub pid: u32,
     /// Kernel task id (what userspace calls the tid).
     pub tid: u32,
-    /// The socket's inode number: the `ino` that `ss -e` prints and `fstat` returns.
+    /// The socket's identity for the whole session, known from its first event: its inode
+    /// number (the `ino` that `ss -e` prints and `fstat` returns) when it had one when
+    /// sockbuf first met it; otherwise (an accepted connection met before `accept()` gave
+    /// it a file) a number from [`SYNTHETIC_IDS`] up, never an inode.
     pub sock_id: u64,
+    /// The socket's inode number as now known; 0 before `accept()` and after `close()`.
+    pub ino: u64,
 }
+
+/// Socket ids from here up are sockbuf's own (inode numbers of sockets are 32-bit): the
+/// CPU that met the socket in bits 32..40, a per-CPU count below.
+pub const SYNTHETIC_IDS: u64 = 1 << 40;
 
 /// Where a socket's bytes go. Addresses are in network byte order; IPv4 uses the first 4 bytes.
 #[repr(C)]
@@ -487,16 +547,16 @@ pub struct KernelOffsets {
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<Header>() == 32);
+    assert!(core::mem::size_of::<Header>() == 40);
     assert!(core::mem::size_of::<SockAddrs>() == 40);
     assert!(core::mem::size_of::<SendQueue>() == 32);
-    assert!(core::mem::size_of::<SendEvent>() == 160);
-    assert!(core::mem::size_of::<BlockEvent>() == 104);
-    assert!(core::mem::size_of::<AckEvent>() == 48);
+    assert!(core::mem::size_of::<SendEvent>() == 168);
+    assert!(core::mem::size_of::<BlockEvent>() == 112);
+    assert!(core::mem::size_of::<AckEvent>() == 56);
     assert!(core::mem::size_of::<Filter>() == 32);
     assert!(core::mem::size_of::<RecvQueue>() == 24);
-    assert!(core::mem::size_of::<RecvEvent>() == 128);
-    assert!(core::mem::size_of::<SockEvent>() == 168);
-    assert!(core::mem::size_of::<UdpEvent>() == 120);
+    assert!(core::mem::size_of::<RecvEvent>() == 136);
+    assert!(core::mem::size_of::<SockEvent>() == 176);
+    assert!(core::mem::size_of::<UdpEvent>() == 128);
     assert!(core::mem::size_of::<KernelOffsets>() == 200);
 };

@@ -118,6 +118,7 @@ mod tests {
             pid: 42,
             tid: 43,
             sock_id: 9_999,
+            ino: 9_999,
         }
     }
 

@@ -9,14 +9,13 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
-use trace_common::{
-    SockAddrs,
-    agg::{AGG_ENTRIES, Level, PENDING_ENTRIES, PENDING_SLOTS, Pending, SockAgg, bucket, covers},
+use trace_common::agg::{
+    AGG_ENTRIES, Level, PENDING_ENTRIES, PENDING_SLOTS, Pending, SockAgg, bucket, covers,
 };
 
 use crate::{
     kernel::{self, Fault, IPPROTO_TCP, Sock},
-    maps::{SOCKS, SockTrack},
+    maps::{AGG_STREAMED, LOST, SOCKS, SockTrack},
     model::comm,
 };
 
@@ -24,12 +23,15 @@ use crate::{
 #[unsafe(no_mangle)]
 static AGGREGATE: u32 = 0;
 
-/// Entries are created as sockets appear (not preallocated: a `SockAgg` is ~900 B per CPU).
+/// PENDING's entries are created as sockets appear (not preallocated: 48 KiB each).
 const BPF_F_NO_PREALLOC: u32 = 1;
 
+/// Preallocated (`--max-sockets` entries): an entry made from a BPF program never waits on
+/// the kernel's allocator (which can come up empty in a burst of new sockets), and the
+/// delete when a socket closes only returns it to a free list (freeing a per-CPU element
+/// back to the allocator cost more than the rest of the summary's work per connection).
 #[map]
-pub static AGG: PerCpuHashMap<u64, SockAgg> =
-    PerCpuHashMap::with_max_entries(AGG_ENTRIES, BPF_F_NO_PREALLOC);
+pub static AGG: PerCpuHashMap<u64, SockAgg> = PerCpuHashMap::with_max_entries(AGG_ENTRIES, 0);
 
 #[map]
 pub static PENDING: HashMap<u64, Pending> =
@@ -88,27 +90,36 @@ pub fn counted_sock(sk: u64, ret: i64) -> Option<*mut SockTrack> {
         return None;
     }
     let track = SOCKS.get_ptr_mut(sk)?;
-    (unsafe { (*track).proto } == u32::from(IPPROTO_TCP)).then_some(track)
+    // An entry without an inode yet takes the full path once, which notes it.
+    let t = unsafe { &*track };
+    (t.proto == u32::from(IPPROTO_TCP) && t.ino != 0).then_some(track)
 }
 
-/// The current CPU's counts of socket `ino`, created with the task's identity (`pid_tgid` 0:
-/// none, in softirq) and the socket's addresses.
+/// The current CPU's counts of socket `track`, created with the task's identity
+/// (`pid_tgid` 0: none, in softirq) and the socket's addresses; `None` when AGG has no room
+/// (full, or the kernel could not allocate the entry at that moment): the caller streams
+/// the call as an event instead, so that it is still counted, and says so.
 #[inline(always)]
-fn entry(ino: u64, pid_tgid: u64, addrs: &SockAddrs) -> Result<&'static mut SockAgg, Fault> {
-    if let Some(a) = AGG.get_ptr_mut(ino) {
-        return Ok(unsafe { &mut *a });
+fn entry(track: &SockTrack, pid_tgid: u64) -> Option<&'static mut SockAgg> {
+    if let Some(a) = AGG.get_ptr_mut(track.id) {
+        let a = unsafe { &mut *a };
+        a.ino = track.ino;
+        return Some(a);
     }
-    let blank = BLANK.get_ptr_mut(0).ok_or(Fault::AggFull)?;
-    let blank = unsafe { &mut *blank };
+    let blank = unsafe { &mut *BLANK.get_ptr_mut(0)? };
     blank.pid = (pid_tgid >> 32) as u32;
+    blank.ino = track.ino;
     blank.comm = if pid_tgid == 0 { [0; 16] } else { comm() };
-    blank.addrs = *addrs;
+    blank.addrs = track.addrs;
     // Inserted from the map by reference: by value it would be copied onto the stack.
     let blank: &SockAgg = blank;
-    AGG.insert(ino, blank, 0).map_err(|_| Fault::AggFull)?;
-    AGG.get_ptr_mut(ino)
-        .map(|a| unsafe { &mut *a })
-        .ok_or(Fault::AggFull)
+    if AGG.insert(track.id, blank, 0).is_err() {
+        if let Some(n) = LOST.get_ptr_mut(AGG_STREAMED) {
+            unsafe { *n += 1 };
+        }
+        return None;
+    }
+    AGG.get_ptr_mut(track.id).map(|a| unsafe { &mut *a })
 }
 
 /// Counts a write acked `ns` after its call started, in the ACK path's fields (`in_call`:
@@ -126,23 +137,23 @@ fn acked(a: &mut SockAgg, ns: u64, in_call: bool) {
     }
 }
 
-/// Socket `sk`'s (inode `ino`) queue of writes waiting for their ACK, created at its first
-/// traced write.
+/// Socket `id`'s queue of writes waiting for their ACK, created at its first traced write;
+/// `None` when PENDING has no room (the write is then counted as untimed).
 #[inline(always)]
-pub fn pending(sk: u64, ino: u64) -> Result<&'static mut Pending, Fault> {
-    if let Some(p) = PENDING.get_ptr_mut(sk) {
-        return Ok(unsafe { &mut *p });
+pub fn pending(id: u64) -> Option<&'static mut Pending> {
+    if let Some(p) = PENDING.get_ptr_mut(id) {
+        return Some(unsafe { &mut *p });
     }
     // All zeroes: never written.
-    let blank: &Pending = unsafe { &*BLANK_PENDING.get_ptr(0).ok_or(Fault::AggFull)? };
-    PENDING.insert(sk, blank, 0).map_err(|_| Fault::AggFull)?;
-    let p = PENDING.get_ptr_mut(sk).ok_or(Fault::AggFull)?;
-    let p = unsafe { &mut *p };
-    p.ino = ino;
-    Ok(p)
+    let blank: &Pending = unsafe { &*BLANK_PENDING.get_ptr(0)? };
+    PENDING.insert(id, blank, 0).ok()?;
+    let p = unsafe { &mut *PENDING.get_ptr_mut(id)? };
+    p.id = id;
+    Some(p)
 }
 
 /// A TCP send call returned `ret` (bytes, or -EAGAIN); it started at `start_ns` (0: unseen).
+/// `false`: not counted (no room for the socket), to be streamed instead.
 #[inline(always)]
 pub fn send(
     sock: &Sock,
@@ -151,28 +162,30 @@ pub fn send(
     start_ns: u64,
     requested: u64,
     ret: i64,
-) -> Result<(), Fault> {
-    let a = entry(track.ino, pid_tgid, &track.addrs)?;
+) -> Result<bool, Fault> {
+    let Some(a) = entry(track, pid_tgid) else {
+        return Ok(false);
+    };
     a.sends += 1;
     a.requested += requested;
     if ret < 0 {
         a.eagain += 1;
-        return Ok(());
+        return Ok(true);
     }
     a.copied += ret as u64;
     if let Some(c) = a.copy_bytes.get_mut(bucket(ret as u64)) {
         *c += 1;
     }
     if ret == 0 || !timed() {
-        return Ok(());
+        return Ok(true);
     }
     if start_ns == 0 {
         a.untimed_writes += 1;
-        return Ok(());
+        return Ok(true);
     }
-    let Ok(p) = pending(sock.ptr, track.ino) else {
+    let Some(p) = pending(track.id) else {
         a.untimed_writes += 1; // no room for another socket's queue
-        return Ok(());
+        return Ok(true);
     };
     let end = sock.write_seq()?;
     if end.wrapping_sub(sock.snd_una()?) as i32 <= 0 {
@@ -183,13 +196,13 @@ pub fn send(
         } else {
             a.untimed_writes += 1;
         }
-        return Ok(());
+        return Ok(true);
     }
     let head = unsafe { core::ptr::read_volatile(&raw const p.head) };
     let tail = unsafe { core::ptr::read_volatile(&raw const p.tail) };
     if head.wrapping_sub(tail) >= PENDING_SLOTS {
         a.untimed_writes += 1;
-        return Ok(());
+        return Ok(true);
     }
     let i = (head & SLOT_MASK) as usize;
     if let (Some(s), Some(t)) = (p.seq.get_mut(i), p.start_ns.get_mut(i)) {
@@ -197,29 +210,32 @@ pub fn send(
     }
     // The slot is written before the ACK path can see it (x86 keeps stores in order).
     unsafe { core::ptr::write_volatile(&raw mut p.head, head.wrapping_add(1)) };
-    Ok(())
+    Ok(true)
 }
 
-/// A receive call returned `ret` (bytes, or -EAGAIN).
+/// A receive call returned `ret` (bytes, or -EAGAIN). `false`: not counted (no room for
+/// the socket), to be streamed instead.
 #[inline(always)]
-pub fn recv(track: &SockTrack, pid_tgid: u64, ret: i64) -> Result<(), Fault> {
-    let a = entry(track.ino, pid_tgid, &track.addrs)?;
+pub fn recv(track: &SockTrack, pid_tgid: u64, ret: i64) -> bool {
+    let Some(a) = entry(track, pid_tgid) else {
+        return false;
+    };
     a.recvs += 1;
     if ret < 0 {
         a.recv_eagain += 1;
-        return Ok(());
+        return true;
     }
     a.received += ret as u64;
     if let Some(c) = a.recv_bytes.get_mut(bucket(ret as u64)) {
         *c += 1;
     }
-    Ok(())
+    true
 }
 
 /// A segment arrives on tracked socket `sk`: every waiting write its ACK covers is acked.
 #[inline(always)]
 pub fn ack(sock: &Sock, track: &SockTrack, skb: u64) -> Result<(), Fault> {
-    let Some(p) = PENDING.get_ptr_mut(sock.ptr) else {
+    let Some(p) = PENDING.get_ptr_mut(track.id) else {
         return Ok(()); // no traced write on this socket
     };
     let p = unsafe { &mut *p };
@@ -236,21 +252,43 @@ pub fn ack(sock: &Sock, track: &SockTrack, skb: u64) -> Result<(), Fault> {
     if before_ns == 0 || ack_seq.wrapping_sub(before_seq) as i32 > 0 {
         (p.last_ack_seq, p.last_ack_ns) = (ack_seq, now);
     }
+    settle(p, track, ack_seq, before_seq, before_ns, now, false);
+    Ok(())
+}
+
+/// Takes off every waiting write of `p` that an ACK of `ack_seq` at `now` covers (the one
+/// before it, of `before_seq` at `before_ns`, may have covered some already); `closing`:
+/// settled by the socket's close, not timed. Returns the writes left waiting.
+#[inline(always)]
+fn settle(
+    p: &mut Pending,
+    track: &SockTrack,
+    ack_seq: u32,
+    before_seq: u32,
+    before_ns: u64,
+    now: u64,
+    closing: bool,
+) -> u32 {
     let head = unsafe { core::ptr::read_volatile(&raw const p.head) };
     let tail = p.tail;
     if tail == head {
-        return Ok(());
+        return 0;
     }
+    // No room: the waiting writes stay queued, timed by a later ACK or at the end.
+    let Some(a) = entry(track, 0) else {
+        return head.wrapping_sub(tail);
+    };
     let queue: *mut Pending = p;
     let mut pop = Pop {
         p: queue,
-        a: entry(track.ino, 0, &track.addrs)?,
+        a,
         ack_seq,
         before_seq,
         before_ns,
         now,
         head,
         tail,
+        closing,
     };
     // One ACK can cover every waiting write: a bpf_loop callback is verified once, where an
     // open-coded loop of PENDING_SLOTS passes is verified pass by pass (past the limit).
@@ -263,6 +301,30 @@ pub fn ack(sock: &Sock, track: &SockTrack, skb: u64) -> Result<(), Fault> {
         )
     };
     unsafe { core::ptr::write_volatile(&raw mut (*queue).tail, pop.tail) };
+    head.wrapping_sub(pop.tail)
+}
+
+/// Socket `track` reaches CLOSE (`--summary --full`): its waiting writes are settled by
+/// what its `snd_una` says was acked (ACKs after ESTABLISHED reach no ACK hook), the rest
+/// counted as never acked, and its queue freed.
+#[inline(always)]
+pub fn closed(sock: &Sock, track: &SockTrack) -> Result<(), Fault> {
+    if !timed() {
+        return Ok(());
+    }
+    let Some(p) = PENDING.get_ptr_mut(track.id) else {
+        return Ok(());
+    };
+    let p = unsafe { &mut *p };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (before_seq, before_ns) = (p.last_ack_seq, p.last_ack_ns);
+    let left = settle(p, track, sock.snd_una()?, before_seq, before_ns, now, true);
+    if left > 0
+        && let Some(a) = entry(track, 0)
+    {
+        a.unacked_writes += u64::from(left);
+    }
+    let _ = PENDING.remove(track.id);
     Ok(())
 }
 
@@ -276,6 +338,7 @@ struct Pop {
     now: u64,
     head: u32,
     tail: u32,
+    closing: bool,
 }
 
 /// Takes the oldest waiting write off if the ACK covers it; 1 (stop) when none is left to take.
@@ -293,12 +356,13 @@ extern "C" fn pop_one(_: u32, ctx: *mut c_void) -> i64 {
         return 1;
     }
     // Queued after the ACK before this one came, which already covered it.
-    let at = if covers(pop.before_seq, pop.before_ns, end) {
-        pop.before_ns
+    if covers(pop.before_seq, pop.before_ns, end) {
+        acked(pop.a, pop.before_ns.saturating_sub(start), false);
+    } else if pop.closing {
+        pop.a.close_acked_writes += 1;
     } else {
-        pop.now
-    };
-    acked(pop.a, at.saturating_sub(start), false);
+        acked(pop.a, pop.now.saturating_sub(start), false);
+    }
     pop.tail = pop.tail.wrapping_add(1);
     0
 }

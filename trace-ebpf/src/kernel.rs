@@ -82,8 +82,6 @@ pub enum Fault {
     InflightFull,
     /// The socket map refused an entry.
     SocksFull,
-    /// `--summary`: a socket's counts or waiting writes found no room.
-    AggFull,
 }
 
 /// Reads a `T` at `base + off`.

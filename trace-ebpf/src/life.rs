@@ -11,10 +11,10 @@ use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use trace_common::{COMM_LEN, EventKind, SockEvent};
 
 use crate::{
-    filter,
+    agg, filter,
     kernel::{self, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
     maps::{SOCKS, SockTrack},
-    model::{comm, emit, header, sock_track},
+    model::{comm, emit, header, known_track, sock_track},
 };
 
 const TCP_ESTABLISHED: u32 = 1;
@@ -33,13 +33,10 @@ pub enum Context {
 
 /// The tracking entry of a TCP socket an event concerns, or `None` when it is not traced.
 #[inline(always)]
-fn tracked(sock: &Sock, ctx: Context) -> Result<Option<(*mut SockTrack, u64)>, Fault> {
+fn tracked(sock: &Sock, ctx: Context) -> Result<Option<*mut SockTrack>, Fault> {
     let ino = sock.ino()?;
-    if let Some(t) = SOCKS.get_ptr_mut(sock.ptr) {
-        let known = unsafe { (*t).ino };
-        if ino == 0 || ino == known {
-            return Ok(Some((t, known)));
-        }
+    if let Some(t) = known_track(sock, ino)? {
+        return Ok(Some(t));
     }
     let may_start = match ctx {
         Context::Task => filter::task_passes((bpf_get_current_pid_tgid() >> 32) as u32),
@@ -48,7 +45,7 @@ fn tracked(sock: &Sock, ctx: Context) -> Result<Option<(*mut SockTrack, u64)>, F
     if !may_start || sock.protocol()? != IPPROTO_TCP || !filter::sock_passes(sock)? {
         return Ok(None);
     }
-    Ok(Some((sock_track(sock, ino, IPPROTO_TCP)?, ino)))
+    Ok(Some(sock_track(sock, ino, IPPROTO_TCP)?))
 }
 
 /// Emits a lifecycle event with both queues as they are now.
@@ -57,7 +54,6 @@ fn emit_sock(
     kind: EventKind,
     sock: &Sock,
     track: &SockTrack,
-    ino: u64,
     ctx: Context,
     fill: impl FnOnce(&mut SockEvent),
 ) -> Result<(), Fault> {
@@ -69,9 +65,9 @@ fn emit_sock(
         Context::Task => (bpf_get_current_pid_tgid(), comm()),
         Context::Packet => (0, [0; COMM_LEN]),
     };
-    let addrs = track.addrs;
+    let (addrs, id, ino) = (track.addrs, track.id, track.ino);
     emit(|e: &mut SockEvent| {
-        e.hdr = header(kind, pid_tgid, ino, unsafe { bpf_ktime_get_ns() });
+        e.hdr = header(kind, pid_tgid, id, ino, unsafe { bpf_ktime_get_ns() });
         e.comm = comm;
         e.addrs = addrs;
         e.old_state = 0;
@@ -91,6 +87,12 @@ fn emit_sock(
 /// task-filter rule (see the module) decides by the state it moves to.
 #[inline(always)]
 pub fn state(sk: u64, old: u32, new: u32) -> Result<(), Fault> {
+    // `--summary` without `--full` follows a connection from ESTABLISHED (its side: from
+    // SYN_SENT a client, from SYN_RECV a server) to CLOSE (which frees its counts): under
+    // churn the other changes would triple the ring's records for nothing it reports.
+    if agg::counts_only() && new != TCP_ESTABLISHED && new != TCP_CLOSE {
+        return Ok(());
+    }
     let sock = Sock::new(sk);
     // SYN_SENT (connect), FIN_WAIT1 and LAST_ACK (close), CLOSE from CLOSE_WAIT/ESTABLISHED
     // (close with unread data) are a syscall's; the rest follow a packet or a timer.
@@ -98,14 +100,18 @@ pub fn state(sk: u64, old: u32, new: u32) -> Result<(), Fault> {
         (_, 2 | 4 | 9 | 10) | (1 | 8 | 10, TCP_CLOSE) => Context::Task,
         _ => Context::Packet,
     };
-    let Some((track, ino)) = tracked(&sock, ctx)? else {
+    let Some(track) = tracked(&sock, ctx)? else {
         return Ok(());
     };
     if new == TCP_ESTABLISHED {
         // connect() enters SYN_SENT before it picks the local port: cache the final ones.
         unsafe { (*track).addrs = sock.addrs()? };
     }
-    emit_sock(EventKind::State, &sock, unsafe { &*track }, ino, ctx, |e| {
+    if new == TCP_CLOSE {
+        // Before the event: userspace takes the socket's counts out when it reads it.
+        agg::closed(&sock, unsafe { &*track })?;
+    }
+    emit_sock(EventKind::State, &sock, unsafe { &*track }, ctx, |e| {
         e.old_state = old;
         e.new_state = new;
     })?;
@@ -129,14 +135,13 @@ pub fn rst_out(sk: u64, reason: u32) -> Result<(), Fault> {
         return Ok(());
     }
     // An active reset (close with unread data, abort) runs in the closing task.
-    let Some((track, ino)) = tracked(&sock, Context::Task)? else {
+    let Some(track) = tracked(&sock, Context::Task)? else {
         return Ok(());
     };
     emit_sock(
         EventKind::RstOut,
         &sock,
         unsafe { &*track },
-        ino,
         Context::Task,
         |e| {
             e.reason = reason;
@@ -148,14 +153,13 @@ pub fn rst_out(sk: u64, reason: u32) -> Result<(), Fault> {
 #[inline(always)]
 pub fn rst_in(sk: u64) -> Result<(), Fault> {
     let sock = Sock::new(sk);
-    let Some((track, ino)) = tracked(&sock, Context::Packet)? else {
+    let Some(track) = tracked(&sock, Context::Packet)? else {
         return Ok(());
     };
     emit_sock(
         EventKind::RstIn,
         &sock,
         unsafe { &*track },
-        ino,
         Context::Packet,
         |_| {},
     )
@@ -170,8 +174,7 @@ pub fn fin_in(sock: &Sock, track: &SockTrack, skb: u64) -> Result<(), Fault> {
     // Data bytes before the FIN: all received so far, plus what lies between rcv_nxt and it.
     let recv = sock.recv_queue(true)?;
     let seq = recv.received + u64::from(fin_seq.wrapping_sub(sock.rcv_nxt()?));
-    let ino = track.ino;
-    emit_sock(EventKind::FinIn, sock, track, ino, Context::Packet, |e| {
+    emit_sock(EventKind::FinIn, sock, track, Context::Packet, |e| {
         e.seq = seq
     })
 }
@@ -183,7 +186,7 @@ pub fn untracked_fin(sk: u64, skb: u64) -> Result<(), Fault> {
         return Ok(());
     }
     let sock = Sock::new(sk);
-    let Some((track, _)) = tracked(&sock, Context::Packet)? else {
+    let Some(track) = tracked(&sock, Context::Packet)? else {
         return Ok(());
     };
     fin_in(&sock, unsafe { &*track }, skb)
@@ -211,8 +214,7 @@ pub fn xmit(skb: u64) -> Result<(), Fault> {
             // the last write.
             let q = sock.send_queue()?;
             let seq = q.acked + u64::from(q.send_q.wrapping_sub(1));
-            let ino = track.ino;
-            emit_sock(EventKind::FinOut, &sock, track, ino, Context::Packet, |e| {
+            emit_sock(EventKind::FinOut, &sock, track, Context::Packet, |e| {
                 e.seq = seq
             })
         }

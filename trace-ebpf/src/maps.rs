@@ -10,11 +10,14 @@ use trace_common::{INFLIGHT_ENTRIES, SOCKS_ENTRIES, SendQueue, SockAddrs};
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
-/// Per-CPU counters: [`LOST_EVENTS`] and [`READ_ERRORS`].
+/// Per-CPU counters: [`LOST_EVENTS`], [`READ_ERRORS`], [`AGG_STREAMED`], and the count
+/// behind synthetic socket ids ([`NEXT_ID`]).
 #[map]
-pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
-pub const LOST_EVENTS: u32 = 0;
-pub const READ_ERRORS: u32 = 1;
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(trace_common::COUNTER_SLOTS, 0);
+pub const LOST_EVENTS: u32 = trace_common::counters::LOST_EVENTS;
+pub const READ_ERRORS: u32 = trace_common::counters::READ_ERRORS;
+pub const AGG_STREAMED: u32 = trace_common::counters::AGG_STREAMED;
+pub const NEXT_ID: u32 = trace_common::counters::NEXT_ID;
 
 /// Per CPU, per program with a standby copy: the runs the copy took.
 #[map]
@@ -37,7 +40,9 @@ pub struct Inflight {
     /// Without a msghdr: `write_seq` at entry, to tell how much of the call was copied.
     pub seq0: u32,
     pub _pad: u32,
-    /// The socket's inode, read once when the call opens (it cannot change during it).
+    /// The socket's `sock_id` and inode, read once when the call opens (they cannot change
+    /// during it).
+    pub id: u64,
     pub ino: u64,
     pub start_ns: u64,
     pub requested: u64,
@@ -56,7 +61,10 @@ pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(INFLIGHT
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct SockTrack {
-    /// Inode number when the entry was written; a mismatch means the `struct sock` was reused.
+    /// The socket's `sock_id` (see `trace_common::Header`), fixed when the entry is made.
+    pub id: u64,
+    /// Inode number (0 until an accepted socket gets its file); another one means the
+    /// `struct sock` was reused.
     pub ino: u64,
     /// Stream offset just past the last traced write; `u64::MAX` while a traced call is
     /// copying, because on loopback the ACK can come back before the call returns.

@@ -13,15 +13,15 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use trace_common::{
-    AckEvent, BlockEvent, COMM_LEN, EventKind, Header, SEND_F_BLOCKED, SEND_F_REQUESTED, SendEvent,
-    SendQueue,
+    AckEvent, BlockEvent, COMM_LEN, EventKind, Header, SEND_F_BLOCKED, SEND_F_REQUESTED,
+    SYNTHETIC_IDS, SendEvent, SendQueue,
 };
 
 use crate::{
     agg, filter,
     kernel::{self, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
     life,
-    maps::{EVENTS, INFLIGHT, Inflight, LOST, LOST_EVENTS, READ_ERRORS, SOCKS, SockTrack},
+    maps::{EVENTS, INFLIGHT, Inflight, LOST, LOST_EVENTS, NEXT_ID, READ_ERRORS, SOCKS, SockTrack},
     udp,
 };
 
@@ -46,18 +46,15 @@ pub fn run<C: EbpfContext>(ctx: &C, f: impl FnOnce() -> Result<(), Fault>) -> u3
                     warn!(ctx, "INFLIGHT map full: send calls untraced ({} so far)", n)
                 }
                 Fault::SocksFull => warn!(ctx, "SOCKS map refused an entry ({} so far)", n),
-                Fault::AggFull => warn!(
-                    ctx,
-                    "AGG or PENDING map full: the summary misses a socket ({} so far)", n
-                ),
             }
         }
     }
     0
 }
 
+/// An event's header for the socket `sock_id` whose inode is now known as `ino`.
 #[inline(always)]
-pub fn header(kind: EventKind, pid_tgid: u64, sock_id: u64, now: u64) -> Header {
+pub fn header(kind: EventKind, pid_tgid: u64, sock_id: u64, ino: u64, now: u64) -> Header {
     Header {
         kind: kind as u32,
         cpu: unsafe { bpf_get_smp_processor_id() },
@@ -65,6 +62,7 @@ pub fn header(kind: EventKind, pid_tgid: u64, sock_id: u64, now: u64) -> Header 
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         sock_id,
+        ino,
     }
 }
 
@@ -134,6 +132,7 @@ pub fn send_begin(sk: u64, msg: u64) -> Result<(), Fault> {
         msg,
         seq0: 0,
         _pad: 0,
+        id: 0,
         ino: 0,
         start_ns: unsafe { bpf_ktime_get_ns() },
         requested: kernel::msg_left(msg)?,
@@ -149,18 +148,19 @@ pub fn send_begin(sk: u64, msg: u64) -> Result<(), Fault> {
 /// Opens thread `tid`'s traced send `call` on `sock` (whichever hook saw it begin).
 #[inline(always)]
 pub fn open_call(sock: &Sock, tid: u32, mut call: Inflight) -> Result<(), Fault> {
-    let ino = sock.ino()?;
-    call.ino = ino;
+    // The inode check in sock_track catches a struct sock reused by a new socket.
+    let track = unsafe { &mut *sock_track(sock, sock.ino()?, IPPROTO_TCP)? };
+    (call.id, call.ino) = (track.id, track.ino);
     INFLIGHT
         .insert(tid, call, 0)
         .map_err(|_| Fault::InflightFull)?;
     // While the call copies, every ACK counts (on loopback it can come back before the
-    // return). The inode check in sock_track catches a struct sock reused by a new socket.
-    unsafe { (*sock_track(sock, ino, IPPROTO_TCP)?).write_end = u64::MAX };
+    // return).
+    track.write_end = u64::MAX;
     if agg::timed() {
         // Made now, so an ACK during the call is seen; if there is no room, the return
         // counts the write as untimed.
-        let _ = agg::pending(sock.ptr, ino);
+        let _ = agg::pending(track.id);
     }
     Ok(())
 }
@@ -190,25 +190,19 @@ pub fn block_begin() -> Result<(), Fault> {
     call.flags |= SEND_F_BLOCKED;
     // Said now, not only at the wake-up: a writer stuck on a peer that never reads would
     // otherwise never show up.
-    emit_block(EventKind::BlockStart, call, pid_tgid, comm(), call.ino, 0);
+    emit_block(EventKind::BlockStart, call, pid_tgid, comm(), 0);
     Ok(())
 }
 
 /// A block event of `call`: its start (`end_ns` 0) or its end.
 #[inline(always)]
-fn emit_block(
-    kind: EventKind,
-    call: &Inflight,
-    pid_tgid: u64,
-    comm: [u8; COMM_LEN],
-    ino: u64,
-    end_ns: u64,
-) {
+fn emit_block(kind: EventKind, call: &Inflight, pid_tgid: u64, comm: [u8; COMM_LEN], end_ns: u64) {
     emit(|e: &mut BlockEvent| {
         e.hdr = header(
             kind,
             pid_tgid,
-            ino,
+            call.id,
+            call.ino,
             if end_ns == 0 {
                 call.block_start
             } else {
@@ -273,7 +267,7 @@ pub fn close_block_of(call: &mut Inflight, pid_tgid: u64, comm: [u8; COMM_LEN], 
     if call.block_start == 0 {
         return;
     }
-    emit_block(EventKind::Block, call, pid_tgid, comm, call.ino, now);
+    emit_block(EventKind::Block, call, pid_tgid, comm, now);
     call.block_start = 0;
 }
 
@@ -286,8 +280,9 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
     // (no call was opened: that hook is not attached, or its return took the call off).
     if let Some(track) = agg::counted_sock(sk, ret)
         && filter::task_passes_on(track, pid_tgid)
+        && agg::send(&sock, unsafe { &*track }, pid_tgid, 0, 0, ret)?
     {
-        return agg::send(&sock, unsafe { &*track }, pid_tgid, 0, 0, ret);
+        return Ok(());
     }
     let tid = pid_tgid as u32;
     let now = unsafe { bpf_ktime_get_ns() };
@@ -328,19 +323,19 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
             (0, 0, 0, 0, sock.ino()?)
         }
     };
-    if agg::takes(ret) {
-        let track = unsafe { &*sock_track(&sock, ino, IPPROTO_TCP)? };
-        return agg::send(&sock, track, pid_tgid, start_ns, requested, ret);
+    let track = unsafe { &mut *sock_track(&sock, ino, IPPROTO_TCP)? };
+    // A call the summary cannot count (no room for its socket) streams as an event.
+    if agg::takes(ret) && agg::send(&sock, track, pid_tgid, start_ns, requested, ret)? {
+        return Ok(());
     }
     let queue = sock.send_queue()?;
     let seq_end = queue.acked + u64::from(queue.send_q);
-    let track = unsafe { &mut *sock_track(&sock, ino, IPPROTO_TCP)? };
     if ret > 0 || start_ns != 0 {
         track.write_end = seq_end;
     }
-    let addrs = track.addrs;
+    let (addrs, id, ino) = (track.addrs, track.id, track.ino);
     emit(|e: &mut SendEvent| {
-        e.hdr = header(EventKind::Send, pid_tgid, ino, now);
+        e.hdr = header(EventKind::Send, pid_tgid, id, ino, now);
         e.comm = comm();
         e.addrs = addrs;
         e.start_ns = start_ns;
@@ -354,17 +349,49 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
     Ok(())
 }
 
+/// The tracking entry of `sock`, whose inode now reads `ino`, if sockbuf knows this socket:
+/// the entry is its when the inode is the same, or 0 (the socket lost its file on
+/// `close()`), or when the entry was made before the socket had one (an accepted connection
+/// met before `accept()`) and the ports still match; then the inode is noted.
+#[inline(always)]
+pub fn known_track(sock: &Sock, ino: u64) -> Result<Option<*mut SockTrack>, Fault> {
+    let Some(t) = SOCKS.get_ptr_mut(sock.ptr) else {
+        return Ok(None);
+    };
+    let track = unsafe { &mut *t };
+    if ino == 0 || track.ino == ino {
+        return Ok(Some(t));
+    }
+    if track.ino == 0 && track.addrs.lport == sock.lport()? && track.addrs.rport == sock.rport()? {
+        track.ino = ino;
+        return Ok(Some(t));
+    }
+    Ok(None) // its struct sock now belongs to another socket
+}
+
+/// A new socket id where the socket has no inode yet: see `trace_common::SYNTHETIC_IDS`.
+#[inline(always)]
+fn synthetic_id() -> u64 {
+    let cpu = u64::from(unsafe { bpf_get_smp_processor_id() } & 0xff);
+    let n = match LOST.get_ptr_mut(NEXT_ID) {
+        Some(n) => unsafe {
+            *n += 1;
+            *n
+        },
+        None => 0,
+    };
+    SYNTHETIC_IDS | (cpu << 32) | (n & 0xffff_ffff)
+}
+
 /// The socket's tracking entry, its addresses read once and cached: created when the socket
-/// is new to sockbuf, or when its `struct sock` now belongs to another socket (another inode;
-/// 0 means the socket lost its file on `close()` but is still the same connection).
+/// is new to sockbuf, or when its `struct sock` now belongs to another socket.
 #[inline(always)]
 pub fn sock_track(sock: &Sock, ino: u64, proto: u16) -> Result<*mut SockTrack, Fault> {
-    if let Some(t) = SOCKS.get_ptr_mut(sock.ptr)
-        && (ino == 0 || unsafe { (*t).ino } == ino)
-    {
+    if let Some(t) = known_track(sock, ino)? {
         return Ok(t);
     }
     let track = SockTrack {
+        id: if ino != 0 { ino } else { synthetic_id() },
         ino,
         write_end: 0,
         addrs: sock.addrs()?,
@@ -403,15 +430,14 @@ pub fn ack(sk: u64, skb: u64) -> Result<(), Fault> {
     if advance == 0 || advance > sock.snd_nxt()?.wrapping_sub(snd_una) {
         return Ok(());
     }
-    let ino = sock.ino()?;
-    if ino != track.ino && ino != 0 {
+    if known_track(&sock, sock.ino()?)?.is_none() {
         let _ = SOCKS.remove(sk); // the struct sock was reused by another socket
         return Ok(());
     }
-    let ino = track.ino;
+    let (id, ino) = (track.id, track.ino);
     let acked = bytes_acked + u64::from(advance);
     emit(|e: &mut AckEvent| {
-        e.hdr = header(EventKind::Ack, 0, ino, unsafe { bpf_ktime_get_ns() });
+        e.hdr = header(EventKind::Ack, 0, id, ino, unsafe { bpf_ktime_get_ns() });
         e.prev_acked = bytes_acked;
         e.acked = acked;
     });

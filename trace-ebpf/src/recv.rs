@@ -16,8 +16,9 @@ pub fn recv_end(sk: u64, ret: i64, msg_flags: u32) -> Result<(), Fault> {
     let pid_tgid = bpf_get_current_pid_tgid();
     if let Some(track) = agg::counted_sock(sk, ret)
         && filter::task_passes_on(track, pid_tgid)
+        && agg::recv(unsafe { &*track }, pid_tgid, ret)
     {
-        return agg::recv(unsafe { &*track }, pid_tgid, ret);
+        return Ok(());
     }
     if !filter::task_passes((pid_tgid >> 32) as u32) {
         return Ok(());
@@ -28,13 +29,14 @@ pub fn recv_end(sk: u64, ret: i64, msg_flags: u32) -> Result<(), Fault> {
         return Ok(());
     }
     let track = unsafe { &*sock_track(&sock, sock.ino()?, proto)? };
-    if agg::takes(ret) {
-        return agg::recv(track, pid_tgid, ret);
+    // A call the summary cannot count (no room for its socket) streams as an event.
+    if agg::takes(ret) && agg::recv(track, pid_tgid, ret) {
+        return Ok(());
     }
     let queue = sock.recv_queue(proto == IPPROTO_TCP)?;
-    let (addrs, ino) = (track.addrs, track.ino);
+    let (addrs, id, ino) = (track.addrs, track.id, track.ino);
     emit(|e: &mut RecvEvent| {
-        e.hdr = header(EventKind::Recv, pid_tgid, ino, unsafe {
+        e.hdr = header(EventKind::Recv, pid_tgid, id, ino, unsafe {
             bpf_ktime_get_ns()
         });
         e.comm = comm();

@@ -17,31 +17,42 @@ use trace_common::standby::THREADS;
 
 use crate::maps::{STANDBY, STANDBY_MARKS};
 
-/// This thread's mark for program `slot`. Every CPU's idle task is thread 0 (packets'
-/// softirqs run as it), and never moves: those go by CPU.
+/// This thread's marks for program `slot`: the call it runs for, and the one that call
+/// interrupted. Every CPU's idle task is thread 0 (packets' softirqs run as it), and never
+/// moves: those go by CPU.
 #[inline(always)]
-fn mark(slot: u32) -> Option<*mut u64> {
+fn marks(slot: u32) -> Option<(*mut u64, *mut u64)> {
     let tid = bpf_get_current_pid_tgid() as u32;
     let who = if tid == 0 {
         unsafe { bpf_get_smp_processor_id() }
     } else {
         tid
     };
-    STANDBY_MARKS.get_ptr_mut(slot * THREADS + who % THREADS)
+    let i = 2 * (slot * THREADS + who % THREADS);
+    Some((
+        STANDBY_MARKS.get_ptr_mut(i)?,
+        STANDBY_MARKS.get_ptr_mut(i + 1)?,
+    ))
 }
 
-/// 1 when the copies are attached; set by the loader. Where programs are not preempted
-/// they are left out, and the programs need not mark their calls.
+/// A bit per slot whose copy is attached; set by the loader. Where programs are not
+/// preempted most copies are left out, and their programs need not mark their calls.
 #[unsafe(no_mangle)]
 static MARK_CALLS: u32 = 0;
 
 /// The program itself: marks this call as run (for its copy, if attached), then runs `f`.
+/// The mark before is kept: an interrupt between a program and its copy (a softirq's state
+/// change on top of a task's) runs both on top of them, as the same thread; its copy must
+/// not take the outer program's mark away.
 #[inline(always)]
 pub fn primary(slot: u32, call: u64, f: impl FnOnce() -> u32) -> u32 {
-    if unsafe { core::ptr::read_volatile(&raw const MARK_CALLS) } != 0
-        && let Some(m) = mark(slot)
+    if unsafe { core::ptr::read_volatile(&raw const MARK_CALLS) } & (1 << slot) != 0
+        && let Some((m, under)) = marks(slot)
     {
-        unsafe { *m = call };
+        unsafe {
+            *under = *m;
+            *m = call;
+        }
     }
     f()
 }
@@ -49,12 +60,20 @@ pub fn primary(slot: u32, call: u64, f: impl FnOnce() -> u32) -> u32 {
 /// The copy: runs `f` unless the program ran for this call.
 #[inline(always)]
 pub fn standby(slot: u32, call: u64, f: impl FnOnce() -> u32) -> u32 {
-    let Some(m) = mark(slot) else {
+    let Some((m, under)) = marks(slot) else {
         return 0;
     };
-    if unsafe { *m } == call {
-        unsafe { *m = 0 };
-        return 0;
+    unsafe {
+        if *m == call {
+            *m = *under;
+            *under = 0;
+            return 0;
+        }
+        if *under == call {
+            // Its mark was pushed down by a program this one interrupted between the two.
+            *under = 0;
+            return 0;
+        }
     }
     if let Some(n) = STANDBY.get_ptr_mut(slot) {
         unsafe { *n += 1 };

@@ -25,9 +25,9 @@ fn emit_udp(
     let (pending, corked) = sock.udp_cork()?;
     let sndbuf = sock.sndbuf()?;
     let wmem_alloc = sock.wmem_alloc()?;
-    let (addrs, ino) = (track.addrs, track.ino);
+    let (addrs, id, ino) = (track.addrs, track.id, track.ino);
     emit(|e: &mut UdpEvent| {
-        e.hdr = header(kind, pid_tgid, ino, unsafe { bpf_ktime_get_ns() });
+        e.hdr = header(kind, pid_tgid, id, ino, unsafe { bpf_ktime_get_ns() });
         e.comm = comm();
         e.addrs = addrs;
         e.ret = ret;

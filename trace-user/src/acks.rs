@@ -17,8 +17,13 @@ pub struct AckedWrite {
     pub seq_end: u64,
     /// When the write's send call started.
     pub write_ns: u64,
-    /// When the covering ACK arrived.
+    /// When the covering ACK arrived, or (`by_state`) the state change that proved it.
     pub ack_ts_ns: u64,
+    /// Settled by a state change that showed the bytes acknowledged (`bytes_acked` then),
+    /// not by an ACK seen arriving: ACKs reach the ACK hook only while the connection is
+    /// ESTABLISHED, so those after `shutdown()` or `close()` show up this way (FIN_WAIT2:
+    /// the FIN and every byte before it acked). Its time is an upper bound.
+    pub by_state: bool,
 }
 
 impl AckedWrite {
@@ -39,16 +44,33 @@ struct SockAcks {
 const MAX_PENDING: usize = 1 << 16;
 const MAX_RECENT: usize = 64;
 
-#[derive(Default)]
 pub struct AckMatcher {
     socks: HashMap<u64, SockAcks>,
-    /// Writes dropped from a full pending queue: never matched to an ACK.
+    /// Sockets followed at once (`--max-sockets`): writes on sockets past it are not matched.
+    max_sockets: usize,
+    /// Writes dropped from a full pending queue, or on a socket past `max_sockets`: never
+    /// matched to an ACK, counted as unacked.
     pub dropped: u64,
     /// Writes still waiting when their socket closed.
     closed_unacked: u64,
 }
 
+impl Default for AckMatcher {
+    fn default() -> Self {
+        Self::new(trace_common::agg::AGG_ENTRIES as usize)
+    }
+}
+
 impl AckMatcher {
+    pub fn new(max_sockets: usize) -> Self {
+        Self {
+            socks: HashMap::new(),
+            max_sockets,
+            dropped: 0,
+            closed_unacked: 0,
+        }
+    }
+
     pub fn on_send(&mut self, e: &SendEvent, mut out: impl FnMut(&AckedWrite)) {
         if e.ret <= 0 {
             return;
@@ -65,7 +87,12 @@ impl AckMatcher {
                 e.hdr.ts_ns
             },
             ack_ts_ns: 0,
+            by_state: false,
         };
+        if self.socks.len() >= self.max_sockets && !self.socks.contains_key(&w.sock_id) {
+            self.dropped += 1;
+            return;
+        }
         let s = self.socks.entry(w.sock_id).or_default();
         if let Some(&(_, ts)) = s.recent.iter().find(|(acked, _)| *acked >= w.seq_end) {
             w.ack_ts_ns = ts;
@@ -80,6 +107,9 @@ impl AckMatcher {
     }
 
     pub fn on_ack(&mut self, e: &AckEvent, mut out: impl FnMut(&AckedWrite)) {
+        if self.socks.len() >= self.max_sockets && !self.socks.contains_key(&e.hdr.sock_id) {
+            return;
+        }
         let s = self.socks.entry(e.hdr.sock_id).or_default();
         if s.recent.len() == MAX_RECENT {
             s.recent.pop_front();
@@ -92,9 +122,19 @@ impl AckMatcher {
         }
     }
 
-    /// A lifecycle event: the socket's state goes when it reaches CLOSE.
-    pub fn on_sock(&mut self, e: &SockEvent) {
+    /// A lifecycle event: its send queue says how much the peer had acknowledged then, which
+    /// settles the writes it covers (after the connection left ESTABLISHED no ACK is seen
+    /// arriving); the socket's state goes when it reaches CLOSE.
+    pub fn on_sock(&mut self, e: &SockEvent, mut out: impl FnMut(&AckedWrite)) {
         const TCP_CLOSE: u32 = 7;
+        if let Some(s) = self.socks.get_mut(&e.hdr.sock_id) {
+            while s.pending.front().is_some_and(|w| w.seq_end <= e.send.acked) {
+                let mut w = s.pending.pop_front().expect("checked");
+                w.ack_ts_ns = e.hdr.ts_ns;
+                w.by_state = true;
+                out(&w);
+            }
+        }
         if e.hdr.kind == EventKind::State as u32 && e.new_state == TCP_CLOSE {
             self.close(e.hdr.sock_id);
         }
@@ -111,7 +151,13 @@ impl AckMatcher {
 
     /// Writes still waiting for an ACK, or left waiting when their socket closed.
     pub fn unacked(&self) -> usize {
-        self.socks.values().map(|s| s.pending.len()).sum::<usize>() + self.closed_unacked as usize
+        self.socks.values().map(|s| s.pending.len()).sum::<usize>()
+            + (self.closed_unacked + self.dropped) as usize
+    }
+
+    /// Sockets followed now.
+    pub fn sockets(&self) -> usize {
+        self.socks.len()
     }
 }
 
@@ -130,6 +176,7 @@ mod tests {
                 pid: 1,
                 tid: 2,
                 sock_id: 7,
+                ino: 7,
             },
             comm: [0; 16],
             addrs: SockAddrs::default(),
@@ -152,6 +199,7 @@ mod tests {
                 pid: 0,
                 tid: 0,
                 sock_id: 7,
+                ino: 7,
             },
             prev_acked: 0,
             acked,

@@ -259,7 +259,7 @@ fn reason(program: &str, h: &Hook, e: &ProgramError) -> String {
 fn programs(h: &Hook, standby: bool) -> impl Iterator<Item = &'static str> {
     let copy = standby::of(h.program)
         .map(|(_, copy)| copy)
-        .filter(|_| standby);
+        .filter(|_| standby || standby::always(h.program));
     let (first, then) = match h.kind {
         Kind::FEntry | Kind::FExit => (copy, Some(h.program)),
         _ => (Some(h.program), copy),

@@ -21,6 +21,7 @@ pub fn run(json: bool) -> anyhow::Result<bool> {
         ring_bytes: 1 << 16,
         kernel_log: false,
         aggregate: trace_common::agg::Level::Off,
+        max_sockets: 1,
     };
     // The programs as `trace` would attach them here, copies or not.
     let standby = preflight::programs_preemptible();

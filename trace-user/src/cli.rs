@@ -255,6 +255,47 @@ pub struct TraceArgs {
     /// Stop after this long (e.g. 500ms, 10s, 2m); default: until Ctrl-C.
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub bounds: BoundArgs,
+}
+
+/// What sockbuf keeps per socket, bounded so that it can run for days on a host whose
+/// connections come and go. Hitting a bound is counted and reported by name.
+#[derive(Debug, Args, Clone)]
+pub struct BoundArgs {
+    /// Sockets followed one by one at once: with --summary, the kernel's table of counts and
+    /// the live rows (a socket met past it is counted in its group); streaming, the sockets
+    /// whose writes wait for their ACK.
+    #[arg(long, value_name = "N", default_value_t = trace_common::agg::AGG_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(16..=1 << 20))]
+    pub max_sockets: u32,
+
+    /// With --summary: closed sockets kept as rows of their own, the largest by --top-by;
+    /// every other closed socket is folded into a group by command and service port.
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub top: u32,
+
+    /// What --top ranks closed sockets by.
+    #[arg(long, value_enum, default_value_t = crate::summary::TopBy::Bytes)]
+    pub top_by: crate::summary::TopBy,
+
+    /// With --summary: groups of closed sockets; past it, one "(other)" group takes the rest.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    pub max_groups: u32,
+}
+
+impl BoundArgs {
+    pub fn summary(&self) -> crate::summary::Bounds {
+        crate::summary::Bounds {
+            max_sockets: self.max_sockets as usize,
+            top: self.top as usize,
+            top_by: self.top_by,
+            max_groups: self.max_groups as usize,
+        }
+    }
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -109,6 +109,26 @@ const TCP_STATES: [&str; 13] = [
     "NEW_SYN_RECV",
 ];
 
+/// Bytes a close threw away unread, from the socket's state event: only a close straight
+/// from ESTABLISHED or CLOSE_WAIT to CLOSE does that (the kernel resets a connection closed
+/// with unread data instead of sending a FIN). `recv_q` counts an arrived FIN as a byte:
+/// one that arrived (CLOSE_WAIT) is no data. An orderly close, through FIN_WAIT1 or
+/// LAST_ACK, had nothing unread but perhaps the peer's FIN.
+pub fn dropped_at_close(e: &trace_common::SockEvent) -> u64 {
+    const ESTABLISHED: u32 = 1;
+    const CLOSE: u32 = 7;
+    const CLOSE_WAIT: u32 = 8;
+    if e.hdr.kind != trace_common::EventKind::State as u32 || e.new_state != CLOSE {
+        return 0;
+    }
+    let q = u64::from(e.recv.recv_q);
+    match e.old_state {
+        ESTABLISHED => q,
+        CLOSE_WAIT => q.saturating_sub(1),
+        _ => 0,
+    }
+}
+
 pub fn tcp_state(state: u32) -> &'static str {
     TCP_STATES.get(state as usize).copied().unwrap_or("UNKNOWN")
 }

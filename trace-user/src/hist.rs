@@ -32,6 +32,11 @@ impl Log2Hist {
         }
     }
 
+    /// Adds another histogram's counts.
+    pub fn merge(&mut self, other: &Log2Hist) {
+        self.add_buckets(&other.buckets);
+    }
+
     /// (low, high, count) of each bucket from the first to the last non-empty one.
     pub fn rows(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
         let first = self.buckets.iter().position(|&c| c > 0).unwrap_or(0);

@@ -41,6 +41,7 @@ impl Lab {
             ring_bytes: tracer.ring_size,
             kernel_log: verbose > 0,
             aggregate: trace_common::agg::Level::Off,
+            max_sockets: 1,
         };
         let session = Session::start(&opts)?;
         let t0 = monotonic_ns();

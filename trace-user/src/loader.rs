@@ -10,14 +10,15 @@ use aya::{
 use aya_log::EbpfLogger;
 use trace_common::{
     Filter,
-    agg::{Level, Pending, SockAgg},
-    globals, maps, standby,
+    agg::{Level, PENDING_ENTRIES, Pending, SockAgg},
+    counters, globals, maps, standby,
 };
 
 use crate::{
     attach::{self, AttachMode},
     btf::KernelBtf,
     preflight::{self, Mount},
+    summary::KernelCounts,
 };
 
 /// What to load.
@@ -32,6 +33,8 @@ pub struct LoadOptions {
     /// Whether the per-call events are counted in the kernel instead of streamed
     /// (`--summary`), and how much of them (`--full`).
     pub aggregate: Level,
+    /// `--summary`: sockets the kernel counts at once (AGG's entries).
+    pub max_sockets: u32,
 }
 
 /// Counters the programs keep per CPU.
@@ -45,13 +48,8 @@ pub struct KernelCounters {
     /// (preempted, or interrupted) is not entered again, and no standby copy took the run
     /// over (`trace_common::standby`). Those events never existed.
     pub missed: u64,
-}
-
-/// `--summary`: each socket's counts (by inode), one per CPU, and each socket's writes still
-/// waiting for their ACK.
-pub struct Counted {
-    pub per_cpu: Vec<(u64, SockAgg)>,
-    pub waiting: Vec<Pending>,
+    /// `--summary`: calls streamed as events because AGG had no entry for their socket.
+    pub agg_streamed: u64,
 }
 
 /// Wake the reader when a sixteenth of the ring holds data (and otherwise on its drain timer):
@@ -79,8 +77,10 @@ pub fn load_object(opts: &LoadOptions, standby: bool) -> anyhow::Result<Ebpf> {
         .override_global(aya_log::LEVEL, &log_level, false)
         .override_global(globals::WAKEUP_BYTES, &wakeup_bytes(opts.ring_bytes), true)
         .override_global(globals::AGGREGATE, &(opts.aggregate as u32), true)
-        .override_global(globals::MARK_CALLS, &u32::from(standby), true)
+        .override_global(globals::MARK_CALLS, &standby::mark_mask(standby), true)
         .map_max_entries(maps::EVENTS, opts.ring_bytes)
+        .map_max_entries(maps::AGG, opts.max_sockets.max(1))
+        .map_max_entries(maps::PENDING, opts.max_sockets.clamp(1, PENDING_ENTRIES))
         .load(aya::include_bytes_aligned!(concat!(
             env!("OUT_DIR"),
             "/trace-ebpf"
@@ -146,29 +146,23 @@ impl Tracer {
         self.logger.take()
     }
 
-    /// `--summary`: what the kernel counted.
-    pub fn aggregates(&self) -> anyhow::Result<Counted> {
-        let map = self.ebpf.map(maps::AGG).context("AGG map missing")?;
-        let agg = PerCpuHashMap::<_, u64, SockAgg>::try_from(map)?;
-        let mut out = Vec::new();
-        for entry in agg.iter() {
-            let (ino, per_cpu) = entry.context("reading the AGG map")?;
-            out.extend(per_cpu.iter().map(|a| (ino, *a)));
-        }
-        let map = self
+    /// `--summary`: the kernel's counts, taken so that the summary can take each socket's
+    /// entries out when it closes.
+    /// `full`: writes are timed to their ACK (PENDING is in use).
+    pub fn take_counts(&mut self, full: bool) -> anyhow::Result<KernelCounts> {
+        let agg = self.ebpf.take_map(maps::AGG).context("AGG map missing")?;
+        let pending = self
             .ebpf
-            .map(maps::PENDING)
+            .take_map(maps::PENDING)
             .context("PENDING map missing")?;
-        let pending = HashMap::<_, u64, Pending>::try_from(map)?;
-        let waiting = pending
-            .iter()
-            .map(|e| e.map(|(_, p)| p))
-            .collect::<Result<_, _>>()
-            .context("reading the PENDING map")?;
-        Ok(Counted {
-            per_cpu: out,
-            waiting,
-        })
+        Ok(KernelCounts::new(
+            PerCpuHashMap::<_, u64, SockAgg>::try_from(agg)?,
+            if full {
+                Some(HashMap::<_, u64, Pending>::try_from(pending)?)
+            } else {
+                None
+            },
+        ))
     }
 
     pub fn counters(&self) -> anyhow::Result<KernelCounters> {
@@ -215,9 +209,10 @@ impl Tracer {
             missed += n;
         }
         Ok(KernelCounters {
-            lost: sum(0)?,
-            faults: sum(1)?,
+            lost: sum(counters::LOST_EVENTS)?,
+            faults: sum(counters::READ_ERRORS)?,
             missed,
+            agg_streamed: sum(counters::AGG_STREAMED)?,
         })
     }
 }

@@ -58,6 +58,10 @@ impl Session {
         &self.tracer
     }
 
+    pub fn tracer_mut(&mut self) -> &mut Tracer {
+        &mut self.tracer
+    }
+
     pub fn counters(&self) -> anyhow::Result<KernelCounters> {
         self.tracer.counters()
     }

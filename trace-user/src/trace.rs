@@ -78,7 +78,12 @@ impl EventHandler for Printer {
             Event::Recv(e) => res = out.recv(e),
             Event::Sock(e) => {
                 res = out.sock(e);
-                acks.on_sock(e);
+                acks.on_sock(e, |w| {
+                    totals.acks += 1;
+                    if res.is_ok() {
+                        res = out.ack(w);
+                    }
+                });
             }
             Event::Udp(e) => res = out.udp(e),
             Event::Ack(e) => {
@@ -112,6 +117,7 @@ pub fn load_options(
     tracer: &crate::cli::TracerArgs,
     verbose: u8,
     aggregate: Level,
+    max_sockets: u32,
 ) -> anyhow::Result<LoadOptions> {
     Ok(LoadOptions {
         filter: filter::build(filter)?,
@@ -119,6 +125,7 @@ pub fn load_options(
         ring_bytes: tracer.ring_size,
         kernel_log: verbose > 0,
         aggregate,
+        max_sockets,
     })
 }
 
@@ -128,7 +135,13 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         (true, false) => Level::Counts,
         (true, true) => Level::Full,
     };
-    let opts = load_options(&args.filter, &args.tracer, verbose, level)?;
+    let opts = load_options(
+        &args.filter,
+        &args.tracer,
+        verbose,
+        level,
+        args.bounds.max_sockets,
+    )?;
     let mut session = Session::start(&opts)?;
     let t0 = monotonic_ns();
     let stdout: Box<dyn Write> = Box::new(std::io::BufWriter::with_capacity(
@@ -136,6 +149,7 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         std::io::stdout(),
     ));
     let mut printer = Printer::new(output::new_output(args.json, stdout, t0, !args.summary));
+    printer.acks = AckMatcher::new(args.bounds.max_sockets as usize);
     let tracer = session.tracer();
     printer.out.start(tracer.mode.name(), &tracer.refused)?;
     printer.out.flush()?;
@@ -145,24 +159,41 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         session.run(&mut printer, stop).await?;
         return finish(&session, &mut printer, t0);
     }
-    let mut summary = Summary {
-        full: args.full,
-        ..Summary::default()
-    };
+    let counts = session.tracer_mut().take_counts(args.full)?;
+    let mut summary = Summary::new(args.full, args.bounds.summary(), Some(counts));
     session.run(&mut summary, stop).await?;
-    let counted = session.tracer().aggregates()?;
-    for (ino, a) in &counted.per_cpu {
-        summary.add_counted(*ino, a);
-    }
-    let unacked = counted.waiting.iter().map(|p| summary.add_waiting(p)).sum();
+    summary.finish(session.counters()?.agg_streamed)?;
+    report_overflow(&summary.overflow);
     let mut out = std::io::stdout().lock();
     summary.write(&mut out, args.json)?;
     out.flush()?;
     drop(out);
     printer.totals = summary.totals;
-    printer.acks = summary.acks;
-    printer.totals.unacked = unacked;
+    printer.acks = std::mem::take(&mut summary.acks);
     finish(&session, &mut printer, t0)
+}
+
+/// Says on stderr which bound was hit and what it did; nothing is silently dropped.
+fn report_overflow(o: &crate::summary::Overflow) {
+    if o.events_past_max_sockets > 0 {
+        log::warn!(
+            "{} events of {} sockets met while --max-sockets sockets were live were counted in their groups, not rows of their own (raise --max-sockets)",
+            o.events_past_max_sockets,
+            o.sockets_past_max_sockets
+        );
+    }
+    if o.sockets_past_max_groups > 0 {
+        log::warn!(
+            "{} closed sockets went to the (other) group: --max-groups groups existed",
+            o.sockets_past_max_groups
+        );
+    }
+    if o.calls_streamed_by_kernel > 0 {
+        log::info!(
+            "{} calls were streamed as events, not counted in the kernel, because its table had no entry for their socket (all are counted)",
+            o.calls_streamed_by_kernel
+        );
+    }
 }
 
 /// Prints the totals line, with the kernel's lost and fault counts.

@@ -5,68 +5,12 @@ mod common;
 
 use std::{
     io::{ErrorKind, Read, Write},
-    process::{Child, Command, Stdio},
     thread,
     time::Duration,
 };
 
-use common::*;
+use common::{summary::SummaryRun, *};
 use serde_json::Value;
-
-/// `sockbuf trace --json --summary ARGS`, started and attached.
-struct SummaryRun {
-    child: Child,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
-}
-
-impl SummaryRun {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(SOCKBUF)
-            .args(["trace", "--json", "--summary"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn sockbuf");
-        // The start object comes once the programs are attached (seconds in an emulated guest).
-        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        let mut start = String::new();
-        std::io::BufRead::read_line(&mut stdout, &mut start).expect("read the start object");
-        assert!(start.contains("\"start\""), "no start object: {start:?}");
-        Self { child, stdout }
-    }
-
-    /// Stops it as Ctrl-C would: (the summary's sockets, the end object).
-    fn stop(self) -> (Vec<Value>, Value) {
-        let (summary, end) = self.stop_whole();
-        (summary["sockets"].as_array().expect("sockets").clone(), end)
-    }
-
-    /// Stops it as Ctrl-C would: (the summary object, the end object).
-    fn stop_whole(mut self) -> (Value, Value) {
-        thread::sleep(Duration::from_millis(200));
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let mut rest = String::new();
-        self.stdout
-            .read_to_string(&mut rest)
-            .expect("read sockbuf's output");
-        let status = self.child.wait().expect("wait sockbuf");
-        assert!(status.success(), "sockbuf exited with {status}");
-        let lines: Vec<Value> = rest
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("JSON line"))
-            .collect();
-        let summary = lines
-            .iter()
-            .find(|v| v["kind"] == "summary")
-            .expect("summary object")
-            .clone();
-        let end = lines.last().expect("end object").clone();
-        assert_eq!(end["kind"], "end");
-        assert_eq!(end["lost"], 0, "{end}");
-        assert_eq!(end["faults"], 0, "{end}");
-        (summary, end)
-    }
-}
 
 /// The summary's entry for socket `ino`.
 fn sock_of(socks: &[Value], ino: u64) -> &Value {

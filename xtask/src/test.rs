@@ -22,6 +22,12 @@ pub struct TestArgs {
     no_vm: bool,
 }
 
+/// Debian packages the tests use beyond what building sockbuf needs.
+const TEST_PACKAGES: &[&str] = &["bpftool", "redis-server", "redis-tools"];
+
+/// What the churn tests' names contain (trace-user/tests/churn.rs).
+pub const CHURN_TESTS: &str = "under_churn";
+
 /// `cargo test --all-features EXTRA -- FILTER --test-threads=1` with `env`, its output passed
 /// through; (passed, failed, exit status ok).
 fn cargo_test(
@@ -63,11 +69,29 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         bail!("the integration tests load eBPF programs: run them as root (sudo cargo xtask test)");
     }
     setup::run()?;
+    // Real programs the tests trace or read the kernel with: redis-server and
+    // redis-benchmark, and bpftool (the churn tests count the kernel's map entries).
+    setup::debian_packages(TEST_PACKAGES, &["--no-install-recommends"])?;
     if !args.no_lint {
         lint::run()?;
     }
     let filter: Vec<&str> = args.filter.as_deref().into_iter().collect();
-    let (mut passed, mut failed, mut ok) = cargo_test(&[], &filter, &[])?;
+    // The churn tests make thousands of connections a second for half a minute: they run
+    // on the release build, as users run sockbuf (a debug build cannot keep up with them).
+    let debug_filter: Vec<&str> = filter
+        .iter()
+        .copied()
+        .chain(["--skip", CHURN_TESTS])
+        .collect();
+    let (mut passed, mut failed, mut ok) = cargo_test(&[], &debug_filter, &[])?;
+    if args
+        .filter
+        .as_deref()
+        .is_none_or(|f| CHURN_TESTS.contains(f) || f.contains(CHURN_TESTS))
+    {
+        let (p, f, o) = cargo_test(&["--release", "--test", "churn"], &filter, &[])?;
+        (passed, failed, ok) = (passed + p, failed + f, ok && o);
+    }
     if args.filter.is_none() {
         // The tracepoint backend's other form, for kernels without tcp_sendmsg_locked, runs
         // here too: the send-path tests again, forced into it.

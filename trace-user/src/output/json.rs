@@ -79,6 +79,7 @@ struct BlockJson<'a> {
     tid: u32,
     comm: &'a str,
     sock_id: u64,
+    ino: u64,
     lport: Option<u16>,
     rport: Option<u16>,
     left: u64,
@@ -102,6 +103,9 @@ struct AckJson {
     seq_end: u64,
     write_ns: u64,
     acked_ns: u64,
+    /// `ack`: an ACK seen arriving; `state`: a state change showed the bytes acknowledged
+    /// (after ESTABLISHED), `acked_ns` an upper bound.
+    settled_by: &'static str,
 }
 
 #[derive(Serialize)]
@@ -163,6 +167,7 @@ impl Output for JsonOutput {
             tid: e.hdr.tid,
             comm: format::comm_str(&e.comm),
             sock_id: e.hdr.sock_id,
+            ino: e.hdr.ino,
             lport: addrs.map(|a| a.lport),
             rport: addrs.map(|a| a.rport),
             left: e.left,
@@ -188,6 +193,7 @@ impl Output for JsonOutput {
             seq_end: w.seq_end,
             write_ns: w.write_ns,
             acked_ns: w.acked_ns(),
+            settled_by: if w.by_state { "state" } else { "ack" },
         })
     }
 
@@ -197,7 +203,7 @@ impl Output for JsonOutput {
     }
 
     fn sock(&mut self, e: &SockEvent) -> std::io::Result<()> {
-        self.names.learn(e.hdr.sock_id, &e.addrs);
+        self.names.forget_closed(e);
         self.line(&json_sock::sock(e))
     }
 

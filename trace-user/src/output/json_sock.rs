@@ -20,6 +20,9 @@ pub struct Common<'a> {
     tid: u32,
     comm: &'a str,
     sock_id: u64,
+    /// The inode (`ss -e`'s `ino`), 0 while unknown; differs from `sock_id` only for an
+    /// accepted socket met before `accept()`.
+    ino: u64,
     family: &'static str,
     saddr: IpAddr,
     lport: u16,
@@ -37,6 +40,7 @@ impl<'a> Common<'a> {
             tid: hdr.tid,
             comm: format::comm_str(comm),
             sock_id: hdr.sock_id,
+            ino: hdr.ino,
             family: format::family_name(a),
             saddr: format::local_ip(a),
             lport: a.lport,

@@ -89,6 +89,17 @@ impl SockNames {
     pub fn get(&self, sock_id: u64) -> Option<&SockAddrs> {
         self.0.get(&sock_id)
     }
+
+    /// A socket that reached CLOSE is forgotten (its last lines are printed with it), so
+    /// that a long trace of many short connections does not grow; other events learn.
+    pub fn forget_closed(&mut self, e: &SockEvent) {
+        const TCP_CLOSE: u32 = 7;
+        if e.hdr.kind == EventKind::State as u32 && e.new_state == TCP_CLOSE {
+            self.0.remove(&e.hdr.sock_id);
+        } else {
+            self.learn(e.hdr.sock_id, &e.addrs);
+        }
+    }
 }
 
 pub trait Output {

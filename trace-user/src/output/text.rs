@@ -158,7 +158,7 @@ impl Output for TextOutput {
         let t = self.secs(w.ack_ts_ns);
         writeln!(
             self.out,
-            "{t:>11.6} {:>7} {:>7} {:<15} ack   {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  seq {}-{} acked {} after the write ({})",
+            "{t:>11.6} {:>7} {:>7} {:<15} ack   {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  seq {}-{} acked {}{} after the write ({})",
             w.pid,
             w.tid,
             "",
@@ -170,6 +170,7 @@ impl Output for TextOutput {
             "-",
             w.seq_start,
             w.seq_end,
+            if w.by_state { "at most " } else { "" },
             Nanos(w.acked_ns()),
             self.conn(w.sock_id),
         )
@@ -184,6 +185,7 @@ impl Output for TextOutput {
     fn sock(&mut self, e: &SockEvent) -> std::io::Result<()> {
         self.names.learn(e.hdr.sock_id, &e.addrs);
         let (secs, conn) = (self.secs(e.hdr.ts_ns), self.conn(e.hdr.sock_id));
+        self.names.forget_closed(e);
         text_sock::sock(&mut self.out, secs, e, &conn)
     }
 

@@ -93,7 +93,10 @@ pub fn sock(out: &mut dyn Write, secs: f64, e: &SockEvent, conn: &dyn Display) -
     match kind {
         Some(EventKind::State) => {
             write!(out, "{} -> {state}", format::tcp_state(e.old_state))?;
-            if recv_q > 0 {
+            let dropped = format::dropped_at_close(e);
+            if dropped > 0 {
+                write!(out, ", {dropped} unread B thrown away")?;
+            } else if recv_q > 0 && e.new_state != 7 {
                 write!(out, ", {recv_q} B unread in the receive queue")?;
             }
         }

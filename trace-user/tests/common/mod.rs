@@ -2,6 +2,8 @@
 //! programs into this kernel), make loopback traffic, and read the kernel's own figures.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod summary;
+
 use std::{
     io::{BufRead, BufReader},
     net::{TcpListener, TcpStream},

@@ -1,0 +1,157 @@
+//! A real server sockbuf's users run: redis-server (Debian's, installed by `cargo xtask
+//! test`'s set-up) under redis-benchmark. Accepted sockets keep one identity from their
+//! first event, `--summary`'s rows equal what streaming saw of the same connections socket by
+//! socket, and nothing faults or is overstated.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use common::{summary::SummaryRun, *};
+use serde_json::Value;
+
+/// A redis-server of the test's own on a free loopback port, stopped when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by cargo xtask test's set-up)");
+        let r = Self { child, port };
+        wait_until(Duration::from_secs(10), "redis-server to answer", || {
+            Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "ping"])
+                .output()
+                .is_ok_and(|o| o.stdout.starts_with(b"PONG"))
+        });
+        r
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (send calls, bytes copied, receive calls, bytes read) of a socket.
+type Calls = (u64, u64, u64, u64);
+
+/// Per inode, from streamed send and recv events.
+fn streamed_calls(out: &[Value]) -> HashMap<u64, Calls> {
+    let mut by_ino: HashMap<u64, Calls> = HashMap::new();
+    for e in out {
+        let send = match e["kind"].as_str() {
+            Some("send") => true,
+            Some("recv") => false,
+            _ => continue,
+        };
+        let c = by_ino.entry(u(&e["ino"])).or_default();
+        if send {
+            (c.0, c.1) = (c.0 + 1, c.1 + u(&e["copied"]));
+        } else {
+            (c.2, c.3) = (c.2 + 1, c.3 + u(&e["copied"]));
+        }
+    }
+    by_ino
+}
+
+#[test]
+fn redis_benchmark_rows_equal_the_streamed_calls_socket_by_socket() {
+    let redis = Redis::start();
+    let port = redis.port.to_string();
+    // Both at once, on the same connections: every row kept (--top), all sockets filtered
+    // by port (so the server's are met at their handshake, before accept()).
+    let summary = SummaryRun::start(&["--port", &port, "--top", "100000"]);
+    let stream = Trace::start(&["--port", &port]);
+    let bench = Command::new("redis-benchmark")
+        .args([
+            "-p", &port, "-n", "4000", "-c", "20", "-P", "16", "-t", "set,get", "-q",
+        ])
+        .output()
+        .expect("redis-benchmark");
+    assert!(bench.status.success(), "redis-benchmark: {bench:?}");
+    thread::sleep(Duration::from_millis(300));
+    let out = stream.stop();
+    let (summary, end) = summary.stop_whole();
+    drop(redis);
+    let rows = summary["sockets"].as_array().expect("sockets");
+    assert_eq!(u(&end["faults"]), 0, "{end}");
+    assert_eq!(
+        u(&summary["overflow"]["calls_streamed_by_kernel"]),
+        0,
+        "{}",
+        summary["overflow"]
+    );
+    let streamed = streamed_calls(&out);
+    let mut servers = 0;
+    for row in rows {
+        let id = u(&row["sock_id"]);
+        assert_ne!(id, 0, "every socket has its own id: {row}");
+        let ino = u(&row["ino"]);
+        if row["comm"] == "redis-server" && u(&row["sends"]) > 0 {
+            servers += 1;
+            assert!(
+                id == ino || id >= 1 << 40,
+                "a server socket's id is its inode or sockbuf's own: {row}"
+            );
+        }
+        if u(&row["sends"]) + u(&row["recvs"]) == 0 {
+            continue; // the listener, or a connection no call was made on
+        }
+        let got = (
+            u(&row["sends"]),
+            u(&row["copied_bytes"]),
+            u(&row["recvs"]),
+            u(&row["received_bytes"]),
+        );
+        assert_eq!(
+            streamed.get(&ino).copied().unwrap_or_default(),
+            got,
+            "socket {id} (ino {ino}): streamed vs summary (sends, copied, recvs, read): {row}"
+        );
+        assert_eq!(
+            u(&row["dropped_unread_bytes"]),
+            0,
+            "redis-benchmark's connections close in order, nothing unread is thrown away: {row}"
+        );
+    }
+    // redis-benchmark opens its 20 clients for each of the two tests.
+    assert!(
+        servers >= 40,
+        "{servers} server sockets with sends: {rows:?}"
+    );
+    let t = &summary["totals"];
+    let streamed_total = streamed.values().fold((0, 0, 0, 0), |a, c| {
+        (a.0 + c.0, a.1 + c.1, a.2 + c.2, a.3 + c.3)
+    });
+    assert_eq!(
+        (
+            u(&t["sends"]),
+            u(&t["copied_bytes"]),
+            u(&t["recvs"]),
+            u(&t["received_bytes"])
+        ),
+        streamed_total,
+        "totals: {t}"
+    );
+}
