@@ -266,10 +266,10 @@ pub struct TraceArgs {
 pub struct BoundArgs {
     /// Sockets followed one by one at once: with --summary, the kernel's table of counts and
     /// the live rows (a socket met past it is counted in its group); streaming, the sockets
-    /// whose writes wait for their ACK.
-    #[arg(long, value_name = "N", default_value_t = trace_common::agg::AGG_ENTRIES,
-          value_parser = clap::value_parser!(u32).range(16..=1 << 20))]
-    pub max_sockets: u32,
+    /// whose writes wait for their ACK. Default: 8192, fewer on hosts with so many CPUs that
+    /// the kernel's preallocated table (N × CPUs × 1.2 KiB) would pass 256 MiB.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(16..=1 << 20))]
+    max_sockets: Option<u32>,
 
     /// With --summary: closed sockets kept as rows of their own, the largest by --top-by;
     /// every other closed socket is folded into a group by command and service port.
@@ -288,9 +288,19 @@ pub struct BoundArgs {
 }
 
 impl BoundArgs {
+    /// `--max-sockets`, or its default for this host's CPUs.
+    pub fn max_sockets(&self) -> u32 {
+        self.max_sockets.unwrap_or_else(|| {
+            const BUDGET: usize = 256 << 20;
+            let per_socket = std::mem::size_of::<trace_common::agg::SockAgg>()
+                * std::thread::available_parallelism().map_or(1, usize::from);
+            (BUDGET / per_socket).clamp(1024, trace_common::agg::AGG_ENTRIES as usize) as u32
+        })
+    }
+
     pub fn summary(&self) -> crate::summary::Bounds {
         crate::summary::Bounds {
-            max_sockets: self.max_sockets as usize,
+            max_sockets: self.max_sockets() as usize,
             top: self.top as usize,
             top_by: self.top_by,
             max_groups: self.max_groups as usize,

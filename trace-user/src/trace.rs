@@ -140,7 +140,7 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         &args.tracer,
         verbose,
         level,
-        args.bounds.max_sockets,
+        args.bounds.max_sockets(),
     )?;
     let mut session = Session::start(&opts)?;
     let t0 = monotonic_ns();
@@ -149,7 +149,7 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         std::io::stdout(),
     ));
     let mut printer = Printer::new(output::new_output(args.json, stdout, t0, !args.summary));
-    printer.acks = AckMatcher::new(args.bounds.max_sockets as usize);
+    printer.acks = AckMatcher::new(args.bounds.max_sockets() as usize);
     let tracer = session.tracer();
     printer.out.start(tracer.mode.name(), &tracer.refused)?;
     printer.out.flush()?;

@@ -276,3 +276,35 @@ fn comm_filter_follows_threads_renamed_mid_connection() {
     );
     assert_eq!(u(&sock["copied_bytes"]), (before + after) * 64);
 }
+
+/// More sockets open at once than `--max-sockets`: every call is still counted (in the
+/// kernel's table while it has room, then streamed, then in its socket's group), and the
+/// summary says which bound was hit.
+#[test]
+fn sockets_past_max_sockets_are_counted_and_reported() {
+    const CONNS: usize = 48;
+    let pid = std::process::id().to_string();
+    let run = SummaryRun::start(&["-p", &pid, "--max-sockets", "16", "--top", "4"]);
+    let pairs: Vec<_> = (0..CONNS).map(|_| tcp_pair()).collect();
+    for (c, s) in &pairs {
+        (&*c).write_all(&[5u8; 100]).unwrap();
+        let mut buf = [0u8; 100];
+        (&*s).read_exact(&mut buf).unwrap();
+    }
+    drop(pairs);
+    thread::sleep(Duration::from_millis(200));
+    let (summary, _) = run.stop_whole();
+    let t = &summary["totals"];
+    assert_eq!(u(&t["sends"]), CONNS as u64, "{t}");
+    assert_eq!(u(&t["copied_bytes"]), 100 * CONNS as u64, "{t}");
+    assert_eq!(u(&t["received_bytes"]), 100 * CONNS as u64, "{t}");
+    let o = &summary["overflow"];
+    assert!(
+        u(&o["calls_streamed_by_kernel"]) > 0 && u(&o["events_past_max_sockets"]) > 0,
+        "96 sockets open at once, 16 allowed: {o}"
+    );
+    assert!(
+        summary["sockets"].as_array().unwrap().len() <= 4 + 16,
+        "{summary}"
+    );
+}

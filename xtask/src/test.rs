@@ -28,6 +28,10 @@ const TEST_PACKAGES: &[&str] = &["bpftool", "redis-server", "redis-tools"];
 /// What the churn tests' names contain (trace-user/tests/churn.rs).
 pub const CHURN_TESTS: &str = "under_churn";
 
+/// Tests the kernel matrix leaves out: the churn tests (emulated guests cannot make
+/// thousands of connections a second) and those of real servers the guests do not have.
+pub const HOST_ONLY: &[&str] = &[CHURN_TESTS, "redis_benchmark"];
+
 /// `cargo test --all-features EXTRA -- FILTER --test-threads=1` with `env`, its output passed
 /// through; (passed, failed, exit status ok).
 fn cargo_test(
