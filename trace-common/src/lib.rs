@@ -28,8 +28,8 @@ pub mod maps {
     pub const CALLS: &str = "CALLS";
     /// Per CPU, per program with a standby copy: how many runs the copy took over.
     pub const STANDBY: &str = "STANDBY";
-    /// Per program with a standby copy and per thread (its id modulo
-    /// [`crate::standby::THREADS`]): the call the program last ran for.
+    /// Per program with a standby copy, per thread (its id modulo
+    /// [`crate::standby::THREADS`]) and level: the program's runs and those its copy saw.
     pub const STANDBY_MARKS: &str = "STANDBY_MARKS";
     /// `--summary`: per CPU and per socket (`sock_id`), the counts of [`crate::agg::SockAgg`].
     /// Userspace takes a socket's entry out when it sees the socket reach CLOSE.
@@ -120,9 +120,9 @@ pub mod standby {
     pub const THREADS: u32 = 4096;
     /// Entries of [`crate::maps::STANDBY`] per CPU.
     pub const COUNTERS: u32 = PROGRAMS.len() as u32;
-    /// Entries of [`crate::maps::STANDBY_MARKS`]: two per program and thread (a call, and
-    /// the one it interrupted).
-    pub const MARKS: u32 = 2 * THREADS * PROGRAMS.len() as u32;
+    /// Entries of [`crate::maps::STANDBY_MARKS`]: per program, thread and level (the task,
+    /// a softirq on top of it), the program's runs and those its copy has seen.
+    pub const MARKS: u32 = 4 * THREADS * PROGRAMS.len() as u32;
 
     /// `program`'s slot; a compile error (in a const) for a program not listed.
     pub const fn slot(program: &str) -> u32 {
@@ -544,6 +544,9 @@ pub struct KernelOffsets {
     pub socket_sk: u32,
     /// The task's kernel stack, at whose top the syscall's user registers are saved.
     pub task_stack: u32,
+    /// `sock.sk_shutdown` (u8): which directions are shut (`RCV_SHUTDOWN` once the peer's
+    /// FIN was received).
+    pub sk_shutdown: u32,
 }
 
 const _: () = {
@@ -558,5 +561,5 @@ const _: () = {
     assert!(core::mem::size_of::<RecvEvent>() == 136);
     assert!(core::mem::size_of::<SockEvent>() == 176);
     assert!(core::mem::size_of::<UdpEvent>() == 128);
-    assert!(core::mem::size_of::<KernelOffsets>() == 200);
+    assert!(core::mem::size_of::<KernelOffsets>() == 204);
 };

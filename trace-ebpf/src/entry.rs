@@ -10,6 +10,7 @@ use crate::{
     kernel::{self, Fault, IPPROTO_TCP, Sock},
     maps::{INFLIGHT, Inflight},
     model::{close_block_of, open_call},
+    syscall,
 };
 
 const MSG_DONTWAIT: u32 = 0x40;
@@ -54,14 +55,14 @@ pub fn send_begin_fd(fd: u64, requested: Option<u64>, flags: u32) -> Result<(), 
 /// `sendmsg`/`writev`: the bytes an user iovec array asks for, when it is short enough to add.
 #[inline(always)]
 pub fn iov_requested(iov: u64, n: u64) -> Option<u64> {
-    kernel::user_iov_len(iov, n)
+    syscall::user_iov_len(iov, n)
 }
 
 /// `sendmsg(fd, msg, flags)`: the msghdr is in user memory.
 #[inline(always)]
 pub fn msghdr_requested(msg: u64) -> Option<u64> {
-    let (iov, n) = kernel::user_msghdr_iov(msg)?;
-    kernel::user_iov_len(iov, n)
+    let (iov, n) = syscall::user_msghdr_iov(msg)?;
+    syscall::user_iov_len(iov, n)
 }
 
 /// The scheduler switches to `next`: if it sleeps in a traced send call, it woke up.

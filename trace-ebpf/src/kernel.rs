@@ -57,6 +57,7 @@ static KOFFSETS: KernelOffsets = KernelOffsets {
     inode_mode: 0,
     socket_sk: 0,
     task_stack: 0,
+    sk_shutdown: 0,
 };
 
 /// The offset of one kernel field, as the loader set it.
@@ -144,6 +145,13 @@ impl Sock {
     #[inline(always)]
     pub fn state(&self) -> Result<u8, Fault> {
         read(self.ptr, off!(sk_state))
+    }
+
+    /// Whether the peer's FIN was received (`RCV_SHUTDOWN` in `sk_shutdown`).
+    #[inline(always)]
+    pub fn fin_received(&self) -> Result<bool, Fault> {
+        const RCV_SHUTDOWN: u8 = 1;
+        Ok(read::<u8>(self.ptr, off!(sk_shutdown))? & RCV_SHUTDOWN != 0)
     }
 
     #[inline(always)]
@@ -374,52 +382,13 @@ pub fn fd_sock(fd: u64) -> Result<Option<(u64, bool)>, Fault> {
     )))
 }
 
-/// x86_64 syscall numbers of the send calls.
-pub const NR_WRITE: u64 = 1;
-pub const NR_WRITEV: u64 = 20;
-pub const NR_SENDTO: u64 = 44;
-pub const NR_SENDMSG: u64 = 46;
-pub const NR_SENDMMSG: u64 = 307;
+/// x86_64's and arm64's kernel stacks (16 KiB; twice that with KASAN, not supported).
+const THREAD_SIZE: u64 = 16 << 10;
 
-/// The `n`th argument (0–3) of the syscall whose user registers are at `regs` (x86_64's
-/// `struct pt_regs`, the ptrace layout: di, si, dx, r10).
+/// Task `task`'s kernel stack: (lowest address, size).
 #[inline(always)]
-pub fn syscall_arg(regs: u64, n: usize) -> u64 {
-    let off = match n {
-        0 => 112,
-        1 => 104,
-        2 => 96,
-        _ => 56,
-    };
-    read::<u64>(regs, off).unwrap_or(0)
-}
-
-/// The flags argument of the send syscall the current task is in (`sendto`, `sendmmsg`:
-/// the 4th, `sendmsg`: the 3rd; 0 for `write` and the others). Read from the user registers
-/// the syscall's entry saved at the top of the task's kernel stack (x86_64: `struct pt_regs`,
-/// 16 KiB stacks, 16 bytes lower with FRED; the place is confirmed by the user code segment
-/// found there), so no program needs to run at every syscall's entry for it.
-#[inline(always)]
-pub fn syscall_send_flags() -> Result<u32, Fault> {
-    const THREAD_SIZE: u64 = 16 << 10;
-    const PT_REGS_SIZE: u64 = 21 * 8;
-    const USER_CS: u64 = 0x33;
-    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
-    let stack: u64 = read(task, off!(task_stack))?;
-    for pad in [0, 16] {
-        let regs = stack + THREAD_SIZE - pad - PT_REGS_SIZE;
-        // cs at 136, orig_ax (the syscall number) at 120.
-        if read::<u64>(regs, 136)? != USER_CS {
-            continue;
-        }
-        let flags = match read::<u64>(regs, 120)? {
-            NR_SENDTO | NR_SENDMMSG => syscall_arg(regs, 3),
-            NR_SENDMSG => syscall_arg(regs, 2),
-            _ => 0,
-        };
-        return Ok(flags as u32);
-    }
-    Ok(0)
+pub fn task_stack(task: u64) -> Option<(u64, u64)> {
+    Some((read(task, off!(task_stack)).ok()?, THREAD_SIZE))
 }
 
 /// A task's (tgid << 32 | pid) and comm, for events about a task other than the current one.
@@ -437,35 +406,4 @@ pub fn task_ids(task: u64) -> Result<(u64, [u8; 16]), Fault> {
 #[inline(always)]
 pub fn task_tid(task: u64) -> Result<u32, Fault> {
     read(task, off!(task_pid))
-}
-
-/// Bytes in a user `iovec` array of `n` entries (at most [`MAX_IOV`]; `None` beyond).
-pub const MAX_IOV: u64 = 8;
-
-#[inline(always)]
-pub fn user_iov_len(iov: u64, n: u64) -> Option<u64> {
-    if n > MAX_IOV {
-        return None;
-    }
-    let mut total = 0u64;
-    for i in 0..MAX_IOV {
-        if i >= n {
-            break;
-        }
-        let len: u64 =
-            unsafe { aya_ebpf::helpers::bpf_probe_read_user((iov + i * 16 + 8) as *const u64) }
-                .ok()?;
-        total += len;
-    }
-    Some(total)
-}
-
-/// A user `struct msghdr`'s iovec array and its length (x86-64 layout).
-#[inline(always)]
-pub fn user_msghdr_iov(msg: u64) -> Option<(u64, u64)> {
-    let iov: u64 =
-        unsafe { aya_ebpf::helpers::bpf_probe_read_user((msg + 16) as *const u64) }.ok()?;
-    let n: u64 =
-        unsafe { aya_ebpf::helpers::bpf_probe_read_user((msg + 24) as *const u64) }.ok()?;
-    Some((iov, n))
 }

@@ -107,6 +107,17 @@ pub fn state(sk: u64, old: u32, new: u32) -> Result<(), Fault> {
         // connect() enters SYN_SENT before it picks the local port: cache the final ones.
         unsafe { (*track).addrs = sock.addrs()? };
     }
+    if !agg::counts_only() && fin_arrived(&sock, old, new)? {
+        // Its data and the FIN received: the FIN took the last sequence number.
+        let seq = sock.recv_queue(true)?.received.saturating_sub(1);
+        emit_sock(
+            EventKind::FinIn,
+            &sock,
+            unsafe { &*track },
+            Context::Packet,
+            |e| e.seq = seq,
+        )?;
+    }
     if new == TCP_CLOSE {
         // Before the event: userspace takes the socket's counts out when it reads it.
         agg::closed(&sock, unsafe { &*track })?;
@@ -120,6 +131,22 @@ pub fn state(sk: u64, old: u32, new: u32) -> Result<(), Fault> {
         let _ = SOCKS.remove(sk);
     }
     Ok(())
+}
+
+/// The peer's FIN reached a socket that closed (or shut its sending side) first, where no
+/// ACK hook runs: FIN_WAIT1 → CLOSING, or FIN_WAIT2 → CLOSE with the receiving side shut
+/// (not a RST's CLOSE). A FIN_WAIT2 socket that `close()` orphaned becomes a time-wait
+/// socket at once, before any FIN; the FIN then reaches that, which no tracepoint sees.
+#[inline(always)]
+fn fin_arrived(sock: &Sock, old: u32, new: u32) -> Result<bool, Fault> {
+    const FIN_WAIT1: u32 = 4;
+    const FIN_WAIT2: u32 = 5;
+    const CLOSING: u32 = 11;
+    Ok(match (old, new) {
+        (FIN_WAIT1, CLOSING) => true,
+        (FIN_WAIT2, TCP_CLOSE) => sock.fin_received()?,
+        _ => false,
+    })
 }
 
 /// `tcp_send_reset(sk, skb[, reason])`: a RST leaves. `sk` is NULL for a reply to a segment
@@ -203,9 +230,8 @@ pub fn xmit(skb: u64) -> Result<(), Fault> {
     let Some(track) = SOCKS.get_ptr_mut(sk) else {
         return crate::udp::untracked_out(sk, skb);
     };
-    let track = unsafe { &*track };
     let th = kernel::skb_transport(skb)?;
-    match track.proto as u16 {
+    match unsafe { (*track).proto } as u16 {
         IPPROTO_UDP => crate::udp::out(&Sock::new(sk), track, th),
         IPPROTO_TCP if kernel::tcph_fin(th)? => {
             let sock = Sock::new(sk);
@@ -214,9 +240,13 @@ pub fn xmit(skb: u64) -> Result<(), Fault> {
             // the last write.
             let q = sock.send_queue()?;
             let seq = q.acked + u64::from(q.send_q.wrapping_sub(1));
-            emit_sock(EventKind::FinOut, &sock, track, Context::Packet, |e| {
-                e.seq = seq
-            })
+            emit_sock(
+                EventKind::FinOut,
+                &sock,
+                unsafe { &*track },
+                Context::Packet,
+                |e| e.seq = seq,
+            )
         }
         _ => Ok(()),
     }

@@ -16,6 +16,7 @@ mod maps;
 mod model;
 mod recv;
 mod standby;
+mod syscall;
 mod tracepoint;
 mod udp;
 

@@ -24,8 +24,9 @@ pub const NEXT_ID: u32 = trace_common::counters::NEXT_ID;
 pub static STANDBY: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(trace_common::standby::COUNTERS, 0);
 
-/// Per program with a standby copy and per thread: the call the program last ran for. Not
-/// per CPU: a thread may move to another CPU between the program and its copy.
+/// Per program with a standby copy, per thread and level: the program's runs and those its
+/// copy has seen (see `standby`). Not per CPU: a thread may move to another CPU between the
+/// program and its copy.
 #[map]
 pub static STANDBY_MARKS: Array<u64> = Array::with_max_entries(trace_common::standby::MARKS, 0);
 

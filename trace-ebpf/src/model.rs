@@ -14,7 +14,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use trace_common::{
     AckEvent, BlockEvent, COMM_LEN, EventKind, Header, SEND_F_BLOCKED, SEND_F_REQUESTED,
-    SYNTHETIC_IDS, SendEvent, SendQueue,
+    SYNTHETIC_IDS, SendEvent, SendQueue, SockAddrs,
 };
 
 use crate::{
@@ -22,7 +22,7 @@ use crate::{
     kernel::{self, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
     life,
     maps::{EVENTS, INFLIGHT, Inflight, LOST, LOST_EVENTS, NEXT_ID, READ_ERRORS, SOCKS, SockTrack},
-    udp,
+    syscall, udp,
 };
 
 /// Runs a model function and turns a fault into a rate-limited aya-log warning
@@ -313,7 +313,7 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
             match sock.protocol()? {
                 IPPROTO_TCP => {}
                 IPPROTO_UDP => {
-                    return udp::send_end(&sock, pid_tgid, ret, kernel::syscall_send_flags()?);
+                    return udp::send_end(&sock, pid_tgid, ret, syscall::send_flags()?);
                 }
                 _ => return Ok(()),
             }
@@ -403,6 +403,15 @@ pub fn sock_track(sock: &Sock, ino: u64, proto: u16) -> Result<*mut SockTrack, F
         .insert(sock.ptr, track, 0)
         .map_err(|_| Fault::SocksFull)?;
     SOCKS.get_ptr_mut(sock.ptr).ok_or(Fault::SocksFull)
+}
+
+/// A UDP socket's tracking entry, with its addresses as they are now: a `connect()` after
+/// sockbuf met the socket changes them.
+#[inline(always)]
+pub fn udp_track(sock: &Sock, addrs: SockAddrs) -> Result<*mut SockTrack, Fault> {
+    let track = sock_track(sock, sock.ino()?, IPPROTO_UDP)?;
+    unsafe { (*track).addrs = addrs };
+    Ok(track)
 }
 
 /// An incoming segment `skb` on an established socket `sk`, before TCP processes it.

@@ -5,9 +5,9 @@ use trace_common::{EventKind, RecvEvent};
 
 use crate::{
     agg, filter,
-    kernel::{Fault, IPPROTO_TCP, Sock},
+    kernel::{Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
     maps::{put_call, take_call},
-    model::{comm, emit, header, sock_track},
+    model::{comm, emit, header, sock_track, udp_track},
 };
 
 /// A receive call on `sk` returned `ret` (bytes copied or `-errno`).
@@ -28,7 +28,11 @@ pub fn recv_end(sk: u64, ret: i64, msg_flags: u32) -> Result<(), Fault> {
     if proto == 0 || !filter::sock_passes(&sock)? {
         return Ok(());
     }
-    let track = unsafe { &*sock_track(&sock, sock.ino()?, proto)? };
+    let track = if proto == IPPROTO_UDP {
+        unsafe { &*udp_track(&sock, sock.addrs()?)? }
+    } else {
+        unsafe { &*sock_track(&sock, sock.ino()?, proto)? }
+    };
     // A call the summary cannot count (no room for its socket) streams as an event.
     if agg::takes(ret) && agg::recv(track, pid_tgid, ret) {
         return Ok(());

@@ -1,57 +1,78 @@
-//! Standby copies of programs (see `trace_common::standby`): on kernels that run BPF
-//! programs preemptibly, the kernel skips a program for a thread that reaches its hook while
-//! another thread is preempted inside it on the same CPU. The copy runs right after the
-//! program on the same hook (the loader attaches them in that order) and must tell whether
-//! the program ran for this call of the hook. The program writes the address of its context
-//! (the hook's arguments on the stack, the same for both programs of one call) into its
-//! thread's mark as the first thing it does; the copy finds that address there when the
-//! program ran, and clears it. Otherwise the program was skipped, and the copy does the
-//! work. Per thread, because the thread may be preempted between the two programs (and even
-//! move to another CPU) while others run the program; the context's address as well, because
-//! a softirq that hits the same hook on top of the program runs as the same thread, on
-//! another stack. (A busy flag cleared at the program's end would miss threads preempted
-//! after it, still inside the program for the kernel.)
+//! Standby copies of programs (see `trace_common::standby`): the kernel skips a program on
+//! a CPU where it is already running: a thread preempted inside it (kernels that run BPF
+//! programs preemptibly), or the task a softirq interrupted inside it. The copy runs right
+//! after the program on the same hook (the loader attaches them in that order) and must
+//! tell whether the program ran for this call of the hook: the program counts its runs, the
+//! copy the runs it has seen; a run the copy has not seen yet is this call's.
+//!
+//! The counts are per thread, as a thread may be preempted between the two programs (and
+//! move to another CPU) while others run the program, and per level, as a softirq runs on
+//! top of the thread it interrupted, as that thread: a call in a softirq between the task's
+//! program and its copy must not take the task's run for its own. The level is where the
+//! hook's arguments are: on the thread's stack (the task itself) or not (a softirq, on the
+//! CPU's interrupt stack). Counts, not a mark of the call: a copy that was skipped itself
+//! leaves a run unseen, and the next call the program runs for makes the two agree again;
+//! and a task's program, when it runs, settles its thread's softirq level, so that a
+//! softirq the kernel skips the program for (this task is inside it) finds no run unseen.
+//! (A busy flag cleared at the program's end would miss threads preempted after it, still
+//! inside the program for the kernel.)
 
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id};
 use trace_common::standby::THREADS;
 
-use crate::maps::{STANDBY, STANDBY_MARKS};
+use crate::{
+    kernel,
+    maps::{STANDBY, STANDBY_MARKS},
+};
 
-/// This thread's marks for program `slot`: the call it runs for, and the one that call
-/// interrupted. Every CPU's idle task is thread 0 (packets' softirqs run as it), and never
-/// moves: those go by CPU.
+/// This thread's (program's runs, copy's runs seen) at `level` for program `slot`. Every
+/// CPU's idle task is thread 0 (packets' softirqs run as it), and never moves: those go by
+/// CPU.
 #[inline(always)]
-fn marks(slot: u32) -> Option<(*mut u64, *mut u64)> {
+fn counts(slot: u32, level: u32) -> Option<(*mut u64, *mut u64)> {
     let tid = bpf_get_current_pid_tgid() as u32;
     let who = if tid == 0 {
         unsafe { bpf_get_smp_processor_id() }
     } else {
         tid
     };
-    let i = 2 * (slot * THREADS + who % THREADS);
+    let i = 4 * (slot * THREADS + who % THREADS) + 2 * (level & 1);
     Some((
         STANDBY_MARKS.get_ptr_mut(i)?,
         STANDBY_MARKS.get_ptr_mut(i + 1)?,
     ))
 }
 
+/// 0 when the hook's arguments (`call`) are on the current thread's stack (the task
+/// itself), 1 when not (an interrupt's stack: a softirq on top of it).
+#[inline(always)]
+fn level(call: u64) -> u32 {
+    let task = unsafe { bpf_get_current_task() };
+    // Compared, not subtracted: the verifier refuses arithmetic on the context pointer.
+    match kernel::task_stack(task) {
+        Some((lo, size)) if call >= lo && call < lo.wrapping_add(size) => 0,
+        _ => 1,
+    }
+}
+
 /// A bit per slot whose copy is attached; set by the loader. Where programs are not
-/// preempted most copies are left out, and their programs need not mark their calls.
+/// preempted most copies are left out, and their programs need not count their runs.
 #[unsafe(no_mangle)]
 static MARK_CALLS: u32 = 0;
 
-/// The program itself: marks this call as run (for its copy, if attached), then runs `f`.
-/// The mark before is kept: an interrupt between a program and its copy (a softirq's state
-/// change on top of a task's) runs both on top of them, as the same thread; its copy must
-/// not take the outer program's mark away.
+/// The program itself: counts this run (for its copy, if attached), then runs `f`.
 #[inline(always)]
 pub fn primary(slot: u32, call: u64, f: impl FnOnce() -> u32) -> u32 {
-    if unsafe { core::ptr::read_volatile(&raw const MARK_CALLS) } & (1 << slot) != 0
-        && let Some((m, under)) = marks(slot)
-    {
-        unsafe {
-            *under = *m;
-            *m = call;
+    if unsafe { core::ptr::read_volatile(&raw const MARK_CALLS) } & (1 << slot) != 0 {
+        let level = level(call);
+        if let Some((ran, _)) = counts(slot, level) {
+            unsafe { *ran += 1 };
+        }
+        if level == 0
+            && let Some((ran, seen)) = counts(slot, 1)
+        {
+            // No softirq call of this thread sits between a run and its copy now.
+            unsafe { *seen = *ran };
         }
     }
     f()
@@ -60,18 +81,12 @@ pub fn primary(slot: u32, call: u64, f: impl FnOnce() -> u32) -> u32 {
 /// The copy: runs `f` unless the program ran for this call.
 #[inline(always)]
 pub fn standby(slot: u32, call: u64, f: impl FnOnce() -> u32) -> u32 {
-    let Some((m, under)) = marks(slot) else {
+    let Some((ran, seen)) = counts(slot, level(call)) else {
         return 0;
     };
     unsafe {
-        if *m == call {
-            *m = *under;
-            *under = 0;
-            return 0;
-        }
-        if *under == call {
-            // Its mark was pushed down by a program this one interrupted between the two.
-            *under = 0;
+        if *ran != *seen {
+            *seen = *ran;
             return 0;
         }
     }

@@ -4,10 +4,9 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::{
-    entry, filter,
-    kernel::{self, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV},
-    life, model, recv,
+    entry, filter, life, model, recv,
     standby::with_standby,
+    syscall::{self, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV},
 };
 
 with_standby! {
@@ -134,7 +133,7 @@ with_standby! {
     fn entry_sys_enter, sb_entry_sys_enter(ctx: RawTracePointContext)
     if matches!(ctx.arg::<u64>(1), NR_WRITE | NR_WRITEV | NR_SENDTO | NR_SENDMSG) => {
         let (regs, id): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-        let arg = |n| kernel::syscall_arg(regs, n);
+        let arg = |n| syscall::arg(regs, n);
         model::run(&ctx, || match id {
             NR_WRITE => entry::send_begin_fd(arg(0), Some(arg(2)), 0),
             NR_WRITEV => entry::send_begin_fd(arg(0), entry::iov_requested(arg(1), arg(2)), 0),

@@ -2,22 +2,37 @@
 //! which shows when a datagram corked by `MSG_MORE` is finally pushed.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use trace_common::{EventKind, UdpEvent};
+use trace_common::{EventKind, SockAddrs, UdpEvent};
 
 use crate::{
     filter,
     kernel::{self, Fault, IPPROTO_UDP, Sock},
     maps::{SockTrack, put_call, take_call},
-    model::{comm, emit, header, sock_track},
+    model::{comm, emit, header, udp_track},
+    syscall,
 };
 
-/// Emits a UDP event: `ret` is the call's result (`UdpSend`) or the datagram's payload
-/// (`UdpOut`); the cork and memory figures are read now.
+/// Where a datagram of `sock` goes: its addresses now (a `connect()` changes them), the
+/// peer being, for an unconnected socket, the destination the send call named. `None` when
+/// the port filter turns it away.
+#[inline(always)]
+fn datagram_addrs(sock: &Sock) -> Result<Option<(SockAddrs, SockAddrs)>, Fault> {
+    let own = sock.addrs()?;
+    let mut to = own;
+    if to.rport == 0 {
+        syscall::send_dest(&mut to)?;
+    }
+    Ok(filter::addrs_pass(&to).then_some((own, to)))
+}
+
+/// Emits a UDP event to `to`: `ret` is the call's result (`UdpSend`) or the datagram's
+/// payload (`UdpOut`); the cork and memory figures are read now.
 #[inline(always)]
 fn emit_udp(
     kind: EventKind,
     sock: &Sock,
     track: &SockTrack,
+    to: SockAddrs,
     pid_tgid: u64,
     ret: i64,
     msg_flags: u32,
@@ -25,7 +40,7 @@ fn emit_udp(
     let (pending, corked) = sock.udp_cork()?;
     let sndbuf = sock.sndbuf()?;
     let wmem_alloc = sock.wmem_alloc()?;
-    let (addrs, id, ino) = (track.addrs, track.id, track.ino);
+    let (addrs, id, ino) = (to, track.id, track.ino);
     emit(|e: &mut UdpEvent| {
         e.hdr = header(kind, pid_tgid, id, ino, unsafe { bpf_ktime_get_ns() });
         e.comm = comm();
@@ -44,14 +59,15 @@ fn emit_udp(
 /// A send call on UDP socket `sock` returned `ret`; the task already passed the filters.
 #[inline(always)]
 pub fn send_end(sock: &Sock, pid_tgid: u64, ret: i64, msg_flags: u32) -> Result<(), Fault> {
-    if !filter::sock_passes(sock)? {
+    let Some((own, to)) = datagram_addrs(sock)? else {
         return Ok(());
-    }
-    let track = sock_track(sock, sock.ino()?, IPPROTO_UDP)?;
+    };
+    let track = udp_track(sock, own)?;
     emit_udp(
         EventKind::UdpSend,
         sock,
         unsafe { &*track },
+        to,
         pid_tgid,
         ret,
         msg_flags,
@@ -91,16 +107,20 @@ pub fn send_return(ret: i64) -> Result<(), Fault> {
 }
 
 /// A datagram of tracked UDP socket `sock` goes to the device; `th` is its UDP header.
+/// In the sender's context: UDP transmits inside the send call.
 #[inline(always)]
-pub fn out(sock: &Sock, track: &SockTrack, th: u64) -> Result<(), Fault> {
+pub fn out(sock: &Sock, track: *mut SockTrack, th: u64) -> Result<(), Fault> {
+    let Some((own, to)) = datagram_addrs(sock)? else {
+        return Ok(());
+    };
+    unsafe { (*track).addrs = own };
     let payload = kernel::udph_payload(th)?;
-    // In the sender's context: UDP transmits inside the send call.
-    let pid_tgid = bpf_get_current_pid_tgid();
     emit_udp(
         EventKind::UdpOut,
         sock,
-        track,
-        pid_tgid,
+        unsafe { &*track },
+        to,
+        bpf_get_current_pid_tgid(),
         i64::from(payload),
         0,
     )
@@ -116,12 +136,12 @@ pub fn untracked_out(sk: u64, skb: u64) -> Result<(), Fault> {
     let sock = Sock::new(sk);
     // A UDP socket is CLOSE or ESTABLISHED (connected); anything else may be a request or
     // time-wait socket, which has no protocol field to read.
-    if !matches!(sock.state()?, 1 | 7)
-        || sock.protocol()? != IPPROTO_UDP
-        || !filter::sock_passes(&sock)?
-    {
+    if !matches!(sock.state()?, 1 | 7) || sock.protocol()? != IPPROTO_UDP {
         return Ok(());
     }
-    let track = sock_track(&sock, sock.ino()?, IPPROTO_UDP)?;
-    out(&sock, unsafe { &*track }, kernel::skb_transport(skb)?)
+    let Some((own, _)) = datagram_addrs(&sock)? else {
+        return Ok(());
+    };
+    let track = udp_track(&sock, own)?;
+    out(&sock, track, kernel::skb_transport(skb)?)
 }

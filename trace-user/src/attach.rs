@@ -237,6 +237,7 @@ fn reason(program: &str, h: &Hook, e: &ProgramError) -> String {
         } => {
             // The verifier's last line says why (`R1 invalid mem access …`).
             let log = verifier_log.to_string();
+            log::debug!("{program}: the verifier's log:\n{log}");
             let why = log.lines().rev().find(|l| {
                 let l = l.trim();
                 !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time")

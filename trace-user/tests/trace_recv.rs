@@ -194,3 +194,60 @@ fn udp_sendto_with_msg_more_is_corked_then_pushed() {
         .collect();
     assert_eq!(got, [600, 0], "one datagram, then EAGAIN");
 }
+
+/// A UDP socket's addresses as they are at each event: an unconnected `sendto()` names its
+/// destination (which `--port` matches), and a socket met before `connect()` shows its peer
+/// after it (iperf3's UDP server receives first, then connects).
+#[test]
+fn udp_addresses_follow_connect_and_the_sendto_destination() {
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = rx.local_addr().unwrap().port();
+    let trace = Trace::start(&["--port", &port.to_string()]);
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let tx_port = tx.local_addr().unwrap().port();
+    // Unconnected: only the destination names the filtered port.
+    for _ in 0..3 {
+        assert_eq!(
+            tx.send_to(&[1u8; 100], rx.local_addr().unwrap()).unwrap(),
+            100
+        );
+    }
+    let mut buf = [0u8; 200];
+    for _ in 0..3 {
+        assert_eq!(rx.recv_from(&mut buf).unwrap().0, 100);
+    }
+    // Met unconnected (its receives), then connected to the sender.
+    rx.connect(tx.local_addr().unwrap()).unwrap();
+    for _ in 0..2 {
+        assert_eq!(rx.send(&[2u8; 50]).unwrap(), 50);
+    }
+    for _ in 0..2 {
+        assert_eq!(tx.recv_from(&mut buf).unwrap().0, 50);
+    }
+    let out = trace.stop();
+
+    let sent = events(&out, "udp_send", ino(&tx));
+    assert_eq!(
+        sent.len(),
+        3,
+        "each sendto to the filtered port: {}",
+        end(&out)
+    );
+    for e in &sent {
+        assert_eq!(u(&e["rport"]), u64::from(port), "the destination: {e}");
+        assert_eq!(e["daddr"], "127.0.0.1", "{e}");
+        assert_eq!(u(&e["lport"]), u64::from(tx_port), "{e}");
+    }
+    let outs = events(&out, "udp_out", ino(&tx));
+    assert_eq!(outs.len(), 3, "each datagram leaving");
+    assert!(outs.iter().all(|e| u(&e["rport"]) == u64::from(port)));
+    let received = events(&out, "recv", ino(&rx));
+    assert_eq!(received.len(), 3);
+    assert!(received.iter().all(|e| u(&e["rport"]) == 0), "unconnected");
+    let replies = events(&out, "udp_send", ino(&rx));
+    assert_eq!(replies.len(), 2);
+    for e in &replies {
+        assert_eq!(u(&e["rport"]), u64::from(tx_port), "connected since: {e}");
+        assert_eq!(e["daddr"], "127.0.0.1", "{e}");
+    }
+}

@@ -198,13 +198,16 @@ fn counts_only_summary_counts_every_call_of_both_sides() {
     assert_eq!(summary["full"], false, "{summary}");
     let socks = summary["sockets"].as_array().expect("sockets");
     let sock = sock_of(socks, ino(&c));
-    assert_eq!(
-        u(&sock["sends"]),
-        WRITES,
-        "one count per write call: {sock}"
+    // Every call counted, or its loss counted: kprobes have no standby copies (one busy
+    // flag per CPU for all of them), and a program the kernel skipped is `missed`.
+    let (sends, missed) = (u(&sock["sends"]), u(&end["missed"]));
+    assert!(
+        sends <= WRITES && WRITES - sends <= missed,
+        "one count per write call, or a missed run for it: {sock} {end} {}",
+        summary["overflow"]
     );
-    assert_eq!(u(&sock["copied_bytes"]), WRITES * 64);
-    assert_eq!(hist_total(&sock["copy_bytes"]), WRITES);
+    assert_eq!(u(&sock["copied_bytes"]), sends * 64);
+    assert_eq!(hist_total(&sock["copy_bytes"]), sends);
     let server = sock_of(socks, server_ino);
     assert_eq!(u(&server["recvs"]), reads, "one per read call: {server}");
     assert_eq!(u(&server["received_bytes"]), WRITES * 64);
@@ -219,7 +222,7 @@ fn counts_only_summary_counts_every_call_of_both_sides() {
     ] {
         assert!(sock[field].is_null(), "{field}: {sock}");
     }
-    assert_eq!(u(&end["sends"]), WRITES, "{end}");
+    assert_eq!(u(&end["sends"]), sends, "{end}");
     assert!(u(&end["records"]) < 50, "{end}");
 }
 
