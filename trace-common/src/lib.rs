@@ -120,9 +120,12 @@ pub mod standby {
     pub const THREADS: u32 = 4096;
     /// Entries of [`crate::maps::STANDBY`] per CPU.
     pub const COUNTERS: u32 = PROGRAMS.len() as u32;
-    /// Entries of [`crate::maps::STANDBY_MARKS`]: per program, thread and level (the task,
-    /// a softirq on top of it), the program's runs and those its copy has seen.
-    pub const MARKS: u32 = 4 * THREADS * PROGRAMS.len() as u32;
+    /// CPUs told apart (softirqs' counts, and idle tasks'), the same modulo this.
+    pub const CPUS: u32 = 1024;
+    /// Entries of [`crate::maps::STANDBY_MARKS`]: per program, the program's runs and
+    /// those its copy has seen, for each thread (tasks), each CPU's idle task, and each
+    /// CPU's softirqs.
+    pub const MARKS: u32 = 2 * (THREADS + 2 * CPUS) * PROGRAMS.len() as u32;
 
     /// `program`'s slot; a compile error (in a const) for a program not listed.
     pub const fn slot(program: &str) -> u32 {

@@ -304,6 +304,14 @@ fn settle(
     head.wrapping_sub(pop.tail)
 }
 
+/// Socket `id` ended unseen (its CLOSE was missed): its waiting writes are dropped.
+#[inline(always)]
+pub fn forget(id: u64) {
+    if timed() {
+        let _ = PENDING.remove(id);
+    }
+}
+
 /// Socket `track` reaches CLOSE (`--summary --full`): its waiting writes are settled by
 /// what its `snd_una` says was acked (ACKs after ESTABLISHED reach no ACK hook), the rest
 /// counted as never acked, and its queue freed.

@@ -8,7 +8,7 @@
 //! set.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use trace_common::{COMM_LEN, EventKind, SockEvent};
+use trace_common::{COMM_LEN, EventKind, RecvQueue, SendQueue, SockEvent};
 
 use crate::{
     agg, filter,
@@ -18,7 +18,10 @@ use crate::{
 };
 
 const TCP_ESTABLISHED: u32 = 1;
+const TCP_SYN_SENT: u32 = 2;
+const TCP_SYN_RECV: u32 = 3;
 const TCP_CLOSE: u32 = 7;
+const TCP_LISTEN: u32 = 10;
 const TCP_TIME_WAIT: u8 = 6;
 const TCP_NEW_SYN_RECV: u8 = 12;
 
@@ -90,6 +93,12 @@ pub fn state(sk: u64, old: u32, new: u32) -> Result<(), Fault> {
     // `--summary` without `--full` follows a connection from ESTABLISHED (its side: from
     // SYN_SENT a client, from SYN_RECV a server) to CLOSE (which frees its counts): under
     // churn the other changes would triple the ring's records for nothing it reports.
+    if matches!(
+        (old, new),
+        (TCP_LISTEN, TCP_SYN_RECV) | (TCP_CLOSE, TCP_SYN_SENT)
+    ) {
+        close_stale(sk);
+    }
     if agg::counts_only() && new != TCP_ESTABLISHED && new != TCP_CLOSE {
         return Ok(());
     }
@@ -131,6 +140,37 @@ pub fn state(sk: u64, old: u32, new: u32) -> Result<(), Fault> {
         let _ = SOCKS.remove(sk);
     }
     Ok(())
+}
+
+/// A socket's life starts at `sk` (`connect()`, or a connection request's new socket): a
+/// tracking entry still there belongs to a socket that ended without sockbuf seeing its
+/// CLOSE (a run the kernel skipped, or a UDP socket, which has none). It is closed now, as
+/// `UNKNOWN → CLOSE` with empty queues, so that userspace takes its counts out, and the new
+/// socket gets an id of its own instead of taking the old one's.
+#[inline(always)]
+fn close_stale(sk: u64) {
+    let Some(stale) = SOCKS.get_ptr(sk) else {
+        return;
+    };
+    let (addrs, id, ino) = unsafe { ((*stale).addrs, (*stale).id, (*stale).ino) };
+    // The same socket, met before its connect() (a call that failed on it).
+    if ino != 0 && Sock::new(sk).ino().is_ok_and(|now| now == ino) {
+        return;
+    }
+    agg::forget(id);
+    emit(|e: &mut SockEvent| {
+        e.hdr = header(EventKind::State, 0, id, ino, unsafe { bpf_ktime_get_ns() });
+        e.comm = [0; COMM_LEN];
+        e.addrs = addrs;
+        e.old_state = 0;
+        e.new_state = TCP_CLOSE;
+        e.reason = 0;
+        e._pad = 0;
+        e.seq = 0;
+        e.send = SendQueue::default();
+        e.recv = RecvQueue::default();
+    });
+    let _ = SOCKS.remove(sk);
 }
 
 /// The peer's FIN reached a socket that closed (or shut its sending side) first, where no

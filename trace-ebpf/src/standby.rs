@@ -8,7 +8,8 @@
 //! The counts are per thread, as a thread may be preempted between the two programs (and
 //! move to another CPU) while others run the program, and per level, as a softirq runs on
 //! top of the thread it interrupted, as that thread: a call in a softirq between the task's
-//! program and its copy must not take the task's run for its own. The level is where the
+//! program and its copy must not take the task's run for its own (a softirq's counts are
+//! its CPU's). The level is where the
 //! hook's arguments are: on the thread's stack (the task itself) or not (a softirq, on the
 //! CPU's interrupt stack). Counts, not a mark of the call: a copy that was skipped itself
 //! leaves a run unseen, and the next call the program runs for makes the two agree again;
@@ -18,25 +19,31 @@
 //! inside the program for the kernel.)
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id};
-use trace_common::standby::THREADS;
+use trace_common::standby::{CPUS, THREADS};
 
 use crate::{
     kernel,
     maps::{STANDBY, STANDBY_MARKS},
 };
 
-/// This thread's (program's runs, copy's runs seen) at `level` for program `slot`. Every
-/// CPU's idle task is thread 0 (packets' softirqs run as it), and never moves: those go by
-/// CPU.
+/// (program's runs, copy's runs seen) for program `slot`: at level 0 this thread's (it may
+/// be preempted between the two, and move), at level 1 this CPU's (a softirq runs to its
+/// end on its CPU, and softirqs do not nest: one CPU's never interleave, whichever thread
+/// they interrupted; no two threads' ids can then meet modulo [`THREADS`] there).
 #[inline(always)]
 fn counts(slot: u32, level: u32) -> Option<(*mut u64, *mut u64)> {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let who = if tid == 0 {
-        unsafe { bpf_get_smp_processor_id() }
+    let who = if level == 0 {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        // Every CPU's idle task is thread 0: by CPU (it never moves).
+        if tid == 0 {
+            THREADS + unsafe { bpf_get_smp_processor_id() } % CPUS
+        } else {
+            tid % THREADS
+        }
     } else {
-        tid
+        THREADS + CPUS + unsafe { bpf_get_smp_processor_id() } % CPUS
     };
-    let i = 4 * (slot * THREADS + who % THREADS) + 2 * (level & 1);
+    let i = 2 * (slot * (THREADS + 2 * CPUS) + who);
     Some((
         STANDBY_MARKS.get_ptr_mut(i)?,
         STANDBY_MARKS.get_ptr_mut(i + 1)?,

@@ -4,6 +4,7 @@
 //! and the commands built on them.
 pub mod acks;
 pub mod attach;
+pub mod bpfinfo;
 pub mod btf;
 pub mod check;
 pub mod cli;

@@ -1,6 +1,6 @@
 //! Loads sockbuf's eBPF object with its read-only globals, and attaches it.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::AsFd;
 
 use anyhow::Context as _;
 use aya::{
@@ -16,6 +16,7 @@ use trace_common::{
 
 use crate::{
     attach::{self, AttachMode},
+    bpfinfo::{kprobe_misses, recursion_misses},
     btf::KernelBtf,
     preflight::{self, Mount},
     summary::KernelCounts,
@@ -208,6 +209,19 @@ impl Tracer {
             }
             missed += n;
         }
+        // The kernel's own skips of the kprobes themselves (a kretprobe out of instances, a
+        // probe hit inside another probe's handler), which no program's count shows.
+        let kprobes: Vec<u32> = self
+            .ebpf
+            .programs()
+            .filter(|(_, p)| matches!(p, aya::programs::Program::KProbe(_)))
+            .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
+            .collect();
+        let probe_misses = kprobe_misses(&kprobes);
+        if probe_misses > 0 {
+            log::warn!("the kernel skipped {probe_misses} hits of sockbuf's kprobes");
+        }
+        missed += probe_misses;
         Ok(KernelCounters {
             lost: sum(counters::LOST_EVENTS)?,
             faults: sum(counters::READ_ERRORS)?,
@@ -215,33 +229,4 @@ impl Tracer {
             agg_streamed: sum(counters::AGG_STREAMED)?,
         })
     }
-}
-
-/// `bpf_prog_info.recursion_misses` of a loaded program (0 where the kernel does not say):
-/// aya's ProgramInfo does not expose it, so one BPF_OBJ_GET_INFO_BY_FD asks.
-fn recursion_misses(fd: BorrowedFd<'_>) -> u64 {
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    #[repr(C)]
-    struct InfoAttr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    // SAFETY: bpf_prog_info is plain integers and pointers; all zeroes is its empty value.
-    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
-    let mut attr = InfoAttr {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: std::mem::size_of_val(&info) as u32,
-        info: (&raw mut info) as u64,
-    };
-    // SAFETY: attr points at a live bpf_prog_info of the size it states.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &raw mut attr,
-            std::mem::size_of::<InfoAttr>(),
-        )
-    };
-    if rc == 0 { info.recursion_misses } else { 0 }
 }

@@ -1,60 +1,96 @@
-//! The experiment's own network namespace: created for the run, deleted when dropped, so
-//! its sysctls (tcp_wmem, tcp_rmem are per namespace) never touch the host's.
+//! The experiment's own network namespace: created for the run and gone with it, so its
+//! sysctls (tcp_wmem, tcp_rmem are per namespace) never touch the host's. It has no name
+//! (no bind mount under /run/netns): a file descriptor and the experiment's threads hold
+//! it, so it ends with the process however that ends, SIGKILL included. Look into it while
+//! it lives with `nsenter --net=/proc/PID/fd/N` ([`NetNs::path`]).
 
-use std::{fs::File, io, os::fd::AsFd, process::Command};
+use std::{
+    fs::File,
+    io,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    path::Path,
+    process::Command,
+    thread,
+};
 
-use anyhow::{Context as _, bail};
-use nix::sched::{CloneFlags, setns};
-
-use crate::error::SetupError;
+use anyhow::Context as _;
+use nix::sched::{CloneFlags, setns, unshare};
 
 pub struct NetNs {
-    pub name: String,
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            anyhow::Error::new(SetupError::MissingTool("ip", "iproute2"))
-        } else {
-            anyhow::Error::new(e).context("running ip")
-        }
-    })?;
-    if !out.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    fd: OwnedFd,
+    /// Where other programs open it while sockbuf runs: `/proc/PID/fd/N`.
+    pub path: String,
 }
 
 impl NetNs {
-    /// `ip netns add sockbuf-PID`, with loopback up.
+    /// A new network namespace with loopback up, made by a thread of its own (a namespace
+    /// is per thread) that leaves it a file descriptor and ends.
     pub fn create() -> anyhow::Result<Self> {
-        let name = format!("sockbuf-{}", std::process::id());
-        ip(&["netns", "add", &name])?;
-        let ns = Self { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
-        log::info!("created network namespace {}", ns.name);
-        Ok(ns)
+        remove_stale();
+        let fd = thread::spawn(|| -> anyhow::Result<OwnedFd> {
+            unshare(CloneFlags::CLONE_NEWNET).context("creating a network namespace")?;
+            loopback_up().context("bringing loopback up in the new namespace")?;
+            Ok(File::open("/proc/thread-self/ns/net")
+                .context("opening the new namespace")?
+                .into())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread creating the namespace panicked"))??;
+        let path = format!("/proc/{}/fd/{}", std::process::id(), fd.as_raw_fd());
+        log::info!("created a network namespace ({path})");
+        Ok(Self { fd, path })
     }
 
     /// Moves the calling thread into the namespace; sockets it creates live there, and
     /// `/proc/sys/net` it opens shows the namespace's sysctls.
     pub fn enter(&self) -> anyhow::Result<()> {
-        let f = File::open(format!("/run/netns/{}", self.name)).context("opening the namespace")?;
-        setns(f.as_fd(), CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
+        setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
         Ok(())
     }
 }
 
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        match ip(&["netns", "del", &self.name]) {
-            Ok(()) => log::info!("deleted network namespace {}", self.name),
-            Err(e) => log::warn!("could not delete network namespace {}: {e:#}", self.name),
+/// `ip link set lo up`, in the calling thread's namespace.
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: plain socket and ioctl calls on a zeroed `ifreq` naming "lo"; the socket is
+    // closed by OwnedFd.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let s = OwnedFd::from_raw_fd(s);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, c) in req.ifr_name.iter_mut().zip(b"lo") {
+            *d = *c as libc::c_char;
+        }
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &raw mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the named namespaces `sockbuf-PID` that versions before this one left behind
+/// when killed (their process gone).
+fn remove_stale() {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("sockbuf-") else {
+            continue;
+        };
+        if pid.parse::<u32>().is_err() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        match Command::new("ip").args(["netns", "del", &name]).status() {
+            Ok(s) if s.success() => log::info!("deleted {name}, left by a sockbuf killed before"),
+            _ => log::warn!("could not delete {name}, left by a sockbuf killed before"),
         }
     }
 }

@@ -194,6 +194,12 @@ fn report_overflow(o: &crate::summary::Overflow) {
             o.calls_streamed_by_kernel
         );
     }
+    if o.closes_inferred > 0 {
+        log::warn!(
+            "{} sockets ended without their CLOSE being seen; each was closed when a new socket took its memory",
+            o.closes_inferred
+        );
+    }
 }
 
 /// Prints the totals line, with the kernel's lost and fault counts.

@@ -21,7 +21,7 @@ struct Fill {
 fn fill(args: &[&str], hold: bool) -> Fill {
     let mut args = args.to_vec();
     if hold {
-        // Long enough for `ip netns exec … ss` to start even in an emulated guest.
+        // Long enough for `nsenter … ss` to start even in an emulated guest.
         args.extend(["--hold", "5s"]);
     }
     let mut ss = None;
@@ -29,10 +29,11 @@ fn fill(args: &[&str], hold: bool) -> Fill {
         if !hold {
             return;
         }
-        let out = Command::new("ip")
-            .args(["netns", "exec", netns, "ss", "-tmi"])
+        let out = Command::new("nsenter")
+            .arg(format!("--net={netns}"))
+            .args(["ss", "-tmi"])
             .output()
-            .expect("ss");
+            .expect("nsenter ss");
         assert!(
             out.status.success(),
             "ss failed: {}",

@@ -72,9 +72,9 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
             done.notify_one();
             if let (Some(hold), Some(held)) = (plan.hold, held) {
                 eprintln!(
-                    "sockbuf: holding the sockets for {}: ip netns exec {} ss -tmi",
+                    "sockbuf: holding the sockets for {}: nsenter --net={} ss -tmi",
                     humantime::format_duration(hold),
-                    ns.name
+                    ns.path
                 );
                 thread::sleep(hold);
                 drop(held);
@@ -117,7 +117,7 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
         u64::from(args.chunk),
         args.interval.as_nanos() as u64,
         args.ipv6,
-        ns.name.clone(),
+        ns.path.clone(),
     );
     if let (Some(then), Some(m)) = (args.then, &measured.then) {
         report.add_then(then::ThenReport::new(

@@ -55,6 +55,9 @@ pub struct Overflow {
     /// Calls the kernel streamed as events because AGG had no entry for their socket
     /// (full, or no memory at that instant); still counted here.
     pub calls_streamed_by_kernel: u64,
+    /// Sockets whose CLOSE sockbuf never saw (a run the kernel skipped, or UDP, which has
+    /// none), closed when a new socket took their memory (`UNKNOWN → CLOSE`).
+    pub closes_inferred: u64,
 }
 
 pub struct Summary {
@@ -290,6 +293,9 @@ impl EventHandler for Summary {
                     }
                 }
                 if e.new_state == TCP_CLOSE {
+                    if e.old_state == 0 {
+                        self.overflow.closes_inferred += 1;
+                    }
                     self.close(id, &e.hdr, &e.comm, &e.addrs);
                 }
             }

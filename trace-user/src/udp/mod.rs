@@ -67,7 +67,7 @@ pub async fn run(args: UdpArgs, verbose: u8) -> anyhow::Result<bool> {
     lab.run(&mut handler, done.notified(), &broken).await?;
     let measured = lab::result(&result_rx)?;
     lab.finish(&mut handler.printer)?;
-    let report = UdpReport::new(plan, &measured, &handler, ns.name.clone());
+    let report = UdpReport::new(plan, &measured, &handler, ns.path.clone());
     handler.printer.out.flush()?;
     lab::print_report(&report, args.json, |out| report.write_text(out))?;
     Ok(report.passed())

@@ -8,6 +8,7 @@ use std::{
     io::{BufRead, BufReader},
     net::{TcpListener, TcpStream},
     os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
@@ -262,7 +263,8 @@ pub fn u(v: &Value) -> u64 {
 /// Runs an experiment, `sockbuf SUB --json ARGS`, as a user would: every line is JSON, the
 /// last is the `report_kind` report, every check in it passed, the exit code is 0 and its
 /// network namespace is gone. `on_report` runs while the experiment is still up (with
-/// `--hold`), given the namespace's name. Returns the events and the report.
+/// `--hold`), given the namespace's path (`/proc/PID/fd/N`). Returns the events and the
+/// report.
 pub fn experiment(
     sub: &str,
     report_kind: &str,
@@ -276,14 +278,13 @@ pub fn experiment(
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn sockbuf {sub}: {e}"));
-    let netns = format!("sockbuf-{}", child.id());
     let mut events = Vec::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
         let v: Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         if v["kind"] == report_kind {
-            on_report(&netns);
+            on_report(v["netns"].as_str().expect("netns"));
         }
         events.push(v);
     }
@@ -300,10 +301,30 @@ pub fn experiment(
     for (name, pass) in report["checks"].as_object().expect("checks") {
         assert_eq!(pass, true, "check {name} failed: {report}");
     }
-    let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(
-        !String::from_utf8_lossy(&listed.stdout).contains(&netns),
-        "namespace {netns} left behind"
+        !Path::new(&format!("/run/netns/sockbuf-{}", child.id())).exists(),
+        "a named namespace left behind"
     );
     (events, report)
+}
+
+/// The (device, inode) of network namespace `path` (`/proc/PID/fd/N`, `/proc/PID/ns/net`).
+pub fn netns_inode(path: impl AsRef<Path>) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether any thread is in network namespace `ns` or a bind mount (`ip netns`) holds it.
+pub fn netns_alive(ns: (u64, u64)) -> bool {
+    let dirs = |p: &Path| {
+        std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+    };
+    let tasks = dirs(Path::new("/proc"))
+        .flat_map(|p| dirs(&p.join("task")).collect::<Vec<_>>())
+        .map(|t| t.join("ns/net"));
+    let mounts = dirs(Path::new("/run/netns"));
+    tasks.chain(mounts).any(|p| netns_inode(&p) == Some(ns))
 }

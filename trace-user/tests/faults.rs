@@ -1,0 +1,223 @@
+//! What sockbuf leaves behind and says when things go wrong: SIGKILL (programs, maps,
+//! namespaces), a ring buffer too small for the load (every lost event counted), and an
+//! output that closes or fills.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader, Read},
+    net::UdpSocket,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+/// Ids of the BPF objects of `kind` (`prog`, `map`, `link`) loaded now.
+fn bpf_ids(kind: &str) -> BTreeSet<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", kind, "show"])
+        .output()
+        .expect("bpftool (installed by cargo xtask test's set-up)");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]));
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["id"].as_u64())
+        .collect()
+}
+
+fn all_ids() -> [BTreeSet<u64>; 3] {
+    ["prog", "map", "link"].map(bpf_ids)
+}
+
+/// All a finished child wrote on its (piped) stderr.
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut err = String::new();
+    let mut pipe = child.stderr.take().expect("stderr piped");
+    pipe.read_to_string(&mut err).expect("read stderr");
+    err
+}
+
+/// Waits for the line of `kind` on a child's JSON stdout; returns it.
+fn line_of(lines: &mut impl Iterator<Item = std::io::Result<String>>, kind: &str) -> Value {
+    for line in lines {
+        let v: Value = serde_json::from_str(&line.expect("read")).expect("JSON");
+        if v["kind"] == kind {
+            return v;
+        }
+    }
+    panic!("sockbuf ended before a {kind} line");
+}
+
+#[test]
+fn sigkill_of_trace_leaves_no_program_map_or_link() {
+    let before = all_ids();
+    let mut child = Command::new(SOCKBUF)
+        .args(["trace", "--json", "--summary", "--full"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sockbuf");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    line_of(&mut lines, "start");
+    let during = all_ids();
+    let ours: Vec<BTreeSet<u64>> = during
+        .iter()
+        .zip(&before)
+        .map(|(d, b)| d.difference(b).copied().collect())
+        .collect();
+    assert!(
+        ours.iter().all(|s| !s.is_empty()),
+        "sockbuf's programs, maps and links are loaded: {ours:?}"
+    );
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    // The kernel frees them once their last file descriptor is gone (after an RCU grace).
+    wait_until(
+        Duration::from_secs(10),
+        "sockbuf's BPF objects gone",
+        || {
+            all_ids()
+                .iter()
+                .zip(&ours)
+                .all(|(now, ours)| now.is_disjoint(ours))
+        },
+    );
+}
+
+#[test]
+fn sigkill_of_fill_leaves_no_namespace() {
+    let mut child = Command::new(SOCKBUF)
+        .args(["fill", "--json", "--hold", "60s"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sockbuf fill");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let report = line_of(&mut lines, "fill_report");
+    let path = report["netns"].as_str().expect("netns");
+    let ns = netns_inode(path).expect("the namespace while the sockets are held");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    wait_until(Duration::from_secs(10), "the namespace gone", || {
+        !netns_alive(ns)
+    });
+}
+
+/// The smallest ring buffer and a writer far faster than sockbuf can print: every event
+/// the ring had no room for is counted, exactly.
+#[test]
+fn overload_counts_every_lost_event() {
+    const CALLS: u64 = 100_000;
+    let pid = std::process::id().to_string();
+    let mut child = Command::new(SOCKBUF)
+        .args(["trace", "--json", "-p", &pid, "--ring-size", "4096"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sockbuf");
+    let stdout = child.stdout.take().unwrap();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        line_of(&mut lines, "start");
+        started_tx.send(()).unwrap();
+        lines
+            .map(|l| serde_json::from_str(&l.expect("read")).expect("JSON"))
+            .collect::<Vec<Value>>()
+    });
+    started.recv().expect("sockbuf started");
+    // A UDP socket that nobody reads: each sendto is one `udp_send` and one `udp_out`
+    // record, nothing else.
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..CALLS {
+        sender.send_to(&[1], sink.local_addr().unwrap()).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let err = stderr_of(&mut child);
+    let out = reader.join().unwrap();
+    let end = out.last().expect("end");
+    let ino = ino(&sender);
+    let printed = (events(&out, "udp_send", ino).len() + events(&out, "udp_out", ino).len()) as u64;
+    let (lost, by_kind) = (u(&end["lost"]), &end["records_by_kind"]);
+    assert!(lost > 0, "the ring overflowed: {end}");
+    assert_eq!(
+        u(&by_kind["udp_send"]) + u(&by_kind["udp_out"]),
+        printed,
+        "every record read was printed: {end}"
+    );
+    assert_eq!(
+        printed + lost,
+        2 * CALLS,
+        "printed + lost = the records the kernel made: {end}"
+    );
+    assert!(
+        err.contains(&format!("{lost} events lost")),
+        "said on stderr: {err}"
+    );
+}
+
+/// Runs `sockbuf trace --json -p SELF` with `stdout`, makes traffic until it exits (at most
+/// 20 s); returns its exit code and stderr.
+fn trace_until_exit(
+    stdout: Stdio,
+    on_spawn: impl FnOnce(&mut std::process::Child),
+) -> (i32, String) {
+    let pid = std::process::id().to_string();
+    let mut child = Command::new(SOCKBUF)
+        .args(["trace", "--json", "-p", &pid])
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sockbuf");
+    on_spawn(&mut child);
+    let (mut c, _s) = tcp_pair();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "sockbuf did not exit"
+        );
+        std::io::Write::write_all(&mut c, &[1u8; 10]).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let err = stderr_of(&mut child);
+    (status.code().expect("exit code"), err)
+}
+
+/// `sockbuf trace | head -1`: the reader has enough; sockbuf ends at once, quietly.
+#[test]
+fn output_closed_early_ends_quietly() {
+    let (code, err) = trace_until_exit(Stdio::piped(), |child| {
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        line_of(&mut lines, "start");
+        // `head -1` exits: the pipe's read end closes.
+    });
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("panicked") && !err.contains("error"), "{err}");
+}
+
+/// An output that cannot take the events (`> /dev/full`): one clear line, no panic.
+#[test]
+fn full_output_is_one_clear_error() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let (code, err) = trace_until_exit(Stdio::from(full), |_| {});
+    assert_eq!(code, 1, "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(
+        lines[0].starts_with("sockbuf: error:") && lines[0].contains("No space left"),
+        "{err}"
+    );
+}
