@@ -212,9 +212,10 @@ fn summary_churn(full: bool) {
         "--summary"
     };
     eprintln!(
-        "{what}: {} connections ({} a second), samples (RSS KiB, AGG entries) every 5 s: {samples:?}",
+        "{what}: {} connections ({} a second), samples (RSS KiB, AGG entries) every 5 s: {samples:?}; overflow {}",
         done.conns,
-        done.conns / secs()
+        done.conns / secs(),
+        summary["overflow"]
     );
     let t = &summary["totals"];
     assert_eq!(u(&t["sends"]), done.conns, "one send per connection: {t}");
@@ -239,6 +240,15 @@ fn summary_churn(full: bool) {
         u(&overflow["calls_streamed_by_kernel"]),
         0,
         "AGG always had room: {overflow}"
+    );
+    // About 2 in a million state changes are still neither seen nor counted missed (10
+    // minutes: 7 sockets of 8.4 million; BENCHMARKS.md); their sockets are closed when a new
+    // socket takes their memory. More than 10 in a million is a regression (the first form
+    // of the standby copies lost 20).
+    let inferred = u(&overflow["closes_inferred"]);
+    assert!(
+        inferred * 100_000 <= done.conns,
+        "{inferred} CLOSEs not seen (inferred from a socket's memory reused): {overflow}"
     );
     // Both ends of every connection, the test's last one, and the listener (its CLOSE may
     // come after sockbuf stops).
