@@ -6,7 +6,7 @@ use aya_ebpf::{
     Global,
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, generated},
 };
-use trace_common::{COMM_LEN, Filter, SockAddrs};
+use trace_common::{COMM_LEN, Filter};
 
 use crate::{
     kernel::{Fault, Sock},
@@ -113,11 +113,11 @@ pub fn sock_passes(sk: &Sock) -> Result<bool, Fault> {
     Ok(port == 0 || sk.lport()? == port || sk.rport()? == port)
 }
 
-/// The port filter passes a datagram between `a`'s ports.
+/// The port filter passes a datagram between these ports.
 #[inline(always)]
-pub fn addrs_pass(a: &SockAddrs) -> bool {
+pub fn ports_pass(lport: u16, rport: u16) -> bool {
     let port = unsafe { read_volatile(&raw const (*filter()).port) };
-    port == 0 || a.lport == port || a.rport == port
+    port == 0 || lport == port || rport == port
 }
 
 /// No task-level filter is set: events that arrive in softirq context, where the current

@@ -219,23 +219,31 @@ impl Sock {
 
     #[inline(always)]
     pub fn addrs(&self) -> Result<SockAddrs, Fault> {
+        let mut a = SockAddrs::default();
+        self.read_addrs(&mut a)?;
+        Ok(a)
+    }
+
+    /// Reads the addresses into `a` in place (a map value: no copy on the stack).
+    #[inline(always)]
+    pub fn read_addrs(&self, a: &mut SockAddrs) -> Result<(), Fault> {
         let family = self.family()?;
-        let mut a = SockAddrs {
-            family,
-            lport: self.lport()?,
-            rport: self.rport()?,
-            ..Default::default()
-        };
+        a.family = family;
+        a.lport = self.lport()?;
+        a.rport = self.rport()?;
+        a._pad = 0;
         if family == AF_INET6 {
             a.saddr = read(self.ptr, off!(sk_v6_rcv_saddr))?;
             a.daddr = read(self.ptr, off!(sk_v6_daddr))?;
         } else {
             let s: [u8; 4] = read(self.ptr, off!(sk_rcv_saddr))?;
             let d: [u8; 4] = read(self.ptr, off!(sk_daddr))?;
+            a.saddr = [0; 16];
+            a.daddr = [0; 16];
             a.saddr[..4].copy_from_slice(&s);
             a.daddr[..4].copy_from_slice(&d);
         }
-        Ok(a)
+        Ok(())
     }
 
     /// The socket's inode number (0 once the socket has no `struct socket`, e.g. orphaned).

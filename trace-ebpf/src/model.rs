@@ -14,7 +14,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use trace_common::{
     AckEvent, BlockEvent, COMM_LEN, EventKind, Header, SEND_F_BLOCKED, SEND_F_REQUESTED,
-    SYNTHETIC_IDS, SendEvent, SendQueue, SockAddrs,
+    SYNTHETIC_IDS, SendEvent, SendQueue,
 };
 
 use crate::{
@@ -408,9 +408,9 @@ pub fn sock_track(sock: &Sock, ino: u64, proto: u16) -> Result<*mut SockTrack, F
 /// A UDP socket's tracking entry, with its addresses as they are now: a `connect()` after
 /// sockbuf met the socket changes them.
 #[inline(always)]
-pub fn udp_track(sock: &Sock, addrs: SockAddrs) -> Result<*mut SockTrack, Fault> {
+pub fn udp_track(sock: &Sock) -> Result<*mut SockTrack, Fault> {
     let track = sock_track(sock, sock.ino()?, IPPROTO_UDP)?;
-    unsafe { (*track).addrs = addrs };
+    sock.read_addrs(unsafe { &mut (*track).addrs })?;
     Ok(track)
 }
 

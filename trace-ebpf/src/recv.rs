@@ -29,7 +29,7 @@ pub fn recv_end(sk: u64, ret: i64, msg_flags: u32) -> Result<(), Fault> {
         return Ok(());
     }
     let track = if proto == IPPROTO_UDP {
-        unsafe { &*udp_track(&sock, sock.addrs()?)? }
+        unsafe { &*udp_track(&sock)? }
     } else {
         unsafe { &*sock_track(&sock, sock.ino()?, proto)? }
     };

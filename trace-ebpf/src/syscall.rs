@@ -3,8 +3,7 @@
 //! the place is confirmed by the user code segment found there), so that no program needs
 //! to run at every syscall's entry: its flags, and a UDP datagram's destination.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_user};
-use trace_common::SockAddrs;
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_user, bpf_probe_read_user_buf};
 
 use crate::kernel::{self, Fault, read};
 
@@ -68,52 +67,60 @@ pub fn send_flags() -> Result<u32, Fault> {
     Ok(flags as u32)
 }
 
-/// The destination the application named in its `sendto()` or `sendmsg()` (an
-/// unconnected UDP socket's datagram): family, address and port in `a`; `false` when the
-/// call named none (or is another call: `sendmmsg` names one per message).
+/// The user `sockaddr` (address, length) the send syscall the current task is in names,
+/// `sendto()`'s or `sendmsg()`'s; `None` for another call (`sendmmsg` names one per message)
+/// or none named.
 #[inline(always)]
-pub fn send_dest(a: &mut SockAddrs) -> Result<bool, Fault> {
+fn dest_name() -> Result<Option<(u64, u64)>, Fault> {
     let Some((regs, nr)) = user_regs()? else {
-        return Ok(false);
+        return Ok(None);
     };
     let (name, len) = match nr {
         NR_SENDTO => (arg(regs, 4), arg(regs, 5)),
         NR_SENDMSG => {
             let msg = arg(regs, 1);
             let Some(name) = user::<u64>(msg) else {
-                return Ok(false);
+                return Ok(None);
             };
             (name, user::<u32>(msg + 8).map_or(0, u64::from))
         }
-        _ => return Ok(false),
+        _ => return Ok(None),
     };
-    if name == 0 || len < 16 {
-        return Ok(false);
+    Ok((name != 0 && len >= 16).then_some((name, len)))
+}
+
+/// The destination port the send call named (an unconnected UDP socket's datagram); 0 when
+/// it named none.
+#[inline(always)]
+pub fn send_dest_port() -> Result<u16, Fault> {
+    let Some((name, _)) = dest_name()? else {
+        return Ok(0);
+    };
+    match user::<u16>(name) {
+        Some(AF_INET | AF_INET6) => Ok(user::<u16>(name + 2).map_or(0, u16::from_be)),
+        _ => Ok(0),
     }
-    let Some(family) = user::<u16>(name) else {
-        return Ok(false);
+}
+
+/// The destination the send call named: (address, IPv4 in the first 4 bytes; port);
+/// `None` when it named none.
+#[inline(always)]
+pub fn send_dest() -> Result<Option<([u8; 16], u16)>, Fault> {
+    let Some((name, len)) = dest_name()? else {
+        return Ok(None);
     };
-    let Some(port) = user::<u16>(name + 2) else {
-        return Ok(false);
+    let (Some(family), Some(port)) = (user::<u16>(name), user::<u16>(name + 2)) else {
+        return Ok(None);
     };
-    match family {
-        AF_INET => {
-            let Some(addr) = user::<[u8; 4]>(name + 4) else {
-                return Ok(false);
-            };
-            a.daddr = [0; 16];
-            a.daddr[..4].copy_from_slice(&addr);
-        }
-        AF_INET6 if len >= 24 => {
-            let Some(addr) = user::<[u8; 16]>(name + 8) else {
-                return Ok(false);
-            };
-            a.daddr = addr;
-        }
-        _ => return Ok(false),
-    }
-    a.rport = u16::from_be(port);
-    Ok(true)
+    let mut addr = [0u8; 16];
+    let read = match family {
+        AF_INET => unsafe { bpf_probe_read_user_buf((name + 4) as *const u8, &mut addr[..4]) },
+        AF_INET6 if len >= 24 => unsafe {
+            bpf_probe_read_user_buf((name + 8) as *const u8, &mut addr)
+        },
+        _ => return Ok(None),
+    };
+    Ok(read.is_ok().then_some((addr, u16::from_be(port))))
 }
 
 #[inline(always)]

@@ -2,7 +2,7 @@
 //! which shows when a datagram corked by `MSG_MORE` is finally pushed.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use trace_common::{EventKind, SockAddrs, UdpEvent};
+use trace_common::{EventKind, UdpEvent};
 
 use crate::{
     filter,
@@ -12,27 +12,26 @@ use crate::{
     syscall,
 };
 
-/// Where a datagram of `sock` goes: its addresses now (a `connect()` changes them), the
-/// peer being, for an unconnected socket, the destination the send call named. `None` when
-/// the port filter turns it away.
+/// Whether the port filter passes a datagram of `sock`: its ports now (a `connect()`
+/// changes them), the peer's being, for an unconnected socket, the destination's the send
+/// call named.
 #[inline(always)]
-fn datagram_addrs(sock: &Sock) -> Result<Option<(SockAddrs, SockAddrs)>, Fault> {
-    let own = sock.addrs()?;
-    let mut to = own;
-    if to.rport == 0 {
-        syscall::send_dest(&mut to)?;
-    }
-    Ok(filter::addrs_pass(&to).then_some((own, to)))
+fn passes(sock: &Sock) -> Result<bool, Fault> {
+    let rport = match sock.rport()? {
+        0 => syscall::send_dest_port()?,
+        p => p,
+    };
+    Ok(filter::ports_pass(sock.lport()?, rport))
 }
 
-/// Emits a UDP event to `to`: `ret` is the call's result (`UdpSend`) or the datagram's
-/// payload (`UdpOut`); the cork and memory figures are read now.
+/// Emits a UDP event: `ret` is the call's result (`UdpSend`) or the datagram's payload
+/// (`UdpOut`); the cork and memory figures are read now. An unconnected socket's peer is
+/// the destination the send call named.
 #[inline(always)]
 fn emit_udp(
     kind: EventKind,
     sock: &Sock,
     track: &SockTrack,
-    to: SockAddrs,
     pid_tgid: u64,
     ret: i64,
     msg_flags: u32,
@@ -40,11 +39,20 @@ fn emit_udp(
     let (pending, corked) = sock.udp_cork()?;
     let sndbuf = sock.sndbuf()?;
     let wmem_alloc = sock.wmem_alloc()?;
-    let (addrs, id, ino) = (to, track.id, track.ino);
+    let (id, ino) = (track.id, track.ino);
+    let dest = if track.addrs.rport == 0 {
+        syscall::send_dest()?
+    } else {
+        None
+    };
     emit(|e: &mut UdpEvent| {
         e.hdr = header(kind, pid_tgid, id, ino, unsafe { bpf_ktime_get_ns() });
         e.comm = comm();
-        e.addrs = addrs;
+        e.addrs = track.addrs;
+        if let Some((addr, port)) = dest {
+            e.addrs.daddr = addr;
+            e.addrs.rport = port;
+        }
         e.ret = ret;
         e.msg_flags = msg_flags;
         e.sndbuf = sndbuf;
@@ -59,15 +67,14 @@ fn emit_udp(
 /// A send call on UDP socket `sock` returned `ret`; the task already passed the filters.
 #[inline(always)]
 pub fn send_end(sock: &Sock, pid_tgid: u64, ret: i64, msg_flags: u32) -> Result<(), Fault> {
-    let Some((own, to)) = datagram_addrs(sock)? else {
+    if !passes(sock)? {
         return Ok(());
-    };
-    let track = udp_track(sock, own)?;
+    }
+    let track = udp_track(sock)?;
     emit_udp(
         EventKind::UdpSend,
         sock,
         unsafe { &*track },
-        to,
         pid_tgid,
         ret,
         msg_flags,
@@ -110,16 +117,15 @@ pub fn send_return(ret: i64) -> Result<(), Fault> {
 /// In the sender's context: UDP transmits inside the send call.
 #[inline(always)]
 pub fn out(sock: &Sock, track: *mut SockTrack, th: u64) -> Result<(), Fault> {
-    let Some((own, to)) = datagram_addrs(sock)? else {
+    if !passes(sock)? {
         return Ok(());
-    };
-    unsafe { (*track).addrs = own };
+    }
+    sock.read_addrs(unsafe { &mut (*track).addrs })?;
     let payload = kernel::udph_payload(th)?;
     emit_udp(
         EventKind::UdpOut,
         sock,
         unsafe { &*track },
-        to,
         bpf_get_current_pid_tgid(),
         i64::from(payload),
         0,
@@ -139,9 +145,9 @@ pub fn untracked_out(sk: u64, skb: u64) -> Result<(), Fault> {
     if !matches!(sock.state()?, 1 | 7) || sock.protocol()? != IPPROTO_UDP {
         return Ok(());
     }
-    let Some((own, _)) = datagram_addrs(&sock)? else {
+    if !passes(&sock)? {
         return Ok(());
-    };
-    let track = udp_track(&sock, own)?;
+    }
+    let track = udp_track(&sock)?;
     out(&sock, track, kernel::skb_transport(skb)?)
 }

@@ -240,7 +240,10 @@ fn reason(program: &str, h: &Hook, e: &ProgramError) -> String {
             log::debug!("{program}: the verifier's log:\n{log}");
             let why = log.lines().rev().find(|l| {
                 let l = l.trim();
-                !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time")
+                !l.is_empty()
+                    && !l.starts_with("processed ")
+                    && !l.starts_with("verification time")
+                    && !l.starts_with("stack depth ")
             });
             match why {
                 Some(why) => format!("the kernel refused to load it ({io_error}: {})", why.trim()),

@@ -18,9 +18,11 @@ use crate::cmd;
 const INIT: &str = include_str!("init.sh");
 
 /// Commands the tests and /init run, besides busybox's (`grep -rn Command::new trace-user/tests`):
-/// `ip netns` and `ss` for the fill tests, setpriv for the non-root test, bash for its
-/// /dev/tcp in the cgroup test.
-const TOOLS: &[&str] = &["busybox", "ip", "ss", "setpriv", "bash"];
+/// `ip`, `ss` and `nsenter` for the fill tests, setpriv for the non-root test, bash for its
+/// /dev/tcp in the cgroup test, bpftool for the faults tests.
+const TOOLS: &[&str] = &[
+    "busybox", "ip", "ss", "nsenter", "setpriv", "bash", "bpftool",
+];
 
 /// Where the archive is staged; the archive itself goes beside it.
 pub fn build(vm_dir: &Path, bins: &TestBins, kernels: &[Kernel]) -> anyhow::Result<PathBuf> {
