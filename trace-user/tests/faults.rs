@@ -221,3 +221,25 @@ fn full_output_is_one_clear_error() {
         "{err}"
     );
 }
+
+/// Namespaces named `sockbuf-PID` that an older sockbuf left when killed (its process gone)
+/// are deleted by the next experiment; one whose process lives is left alone.
+#[test]
+fn stale_named_namespaces_are_deleted() {
+    let dead = "sockbuf-999999999";
+    let alive = format!("sockbuf-{}", std::process::id());
+    for ns in [dead, alive.as_str()] {
+        let ok = Command::new("ip")
+            .args(["netns", "add", ns])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add {ns}");
+    }
+    let (_, report) = experiment("udp", "udp_report", &[], |_| {});
+    assert!(report["netns"].as_str().unwrap().starts_with("/proc/"));
+    let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let _ = Command::new("ip").args(["netns", "del", &alive]).status();
+    assert!(!listed.contains(dead), "the stale one deleted: {listed}");
+    assert!(listed.contains(&alive), "the live one kept: {listed}");
+}

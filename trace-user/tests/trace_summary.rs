@@ -200,18 +200,19 @@ fn counts_only_summary_counts_every_call_of_both_sides() {
     let sock = sock_of(socks, ino(&c));
     // Every call counted, or its loss counted: kprobes have no standby copies (one busy
     // flag per CPU for all of them), and a program the kernel skipped is `missed`.
-    let (sends, missed) = (u(&sock["sends"]), u(&end["missed"]));
+    let server = sock_of(socks, server_ino);
+    let (sends, recvs, missed) = (u(&sock["sends"]), u(&server["recvs"]), u(&end["missed"]));
     assert!(
-        sends <= WRITES && WRITES - sends <= missed,
-        "one count per write call, or a missed run for it: {sock} {end} {}",
+        sends <= WRITES && recvs <= reads && (WRITES - sends) + (reads - recvs) <= missed,
+        "one count per call, or a missed run for it: {sock} {server} {end} {}",
         summary["overflow"]
     );
     assert_eq!(u(&sock["copied_bytes"]), sends * 64);
     assert_eq!(hist_total(&sock["copy_bytes"]), sends);
-    let server = sock_of(socks, server_ino);
-    assert_eq!(u(&server["recvs"]), reads, "one per read call: {server}");
-    assert_eq!(u(&server["received_bytes"]), WRITES * 64);
-    assert_eq!(hist_total(&server["recv_bytes"]), reads);
+    if recvs == reads {
+        assert_eq!(u(&server["received_bytes"]), WRITES * 64);
+    }
+    assert_eq!(hist_total(&server["recv_bytes"]), recvs);
     // What needs the hooks --full adds is not measured, and says so.
     for field in [
         "requested_bytes",

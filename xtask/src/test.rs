@@ -29,8 +29,9 @@ const TEST_PACKAGES: &[&str] = &["bpftool", "redis-server", "redis-tools"];
 pub const CHURN_TESTS: &str = "under_churn";
 
 /// Tests the kernel matrix leaves out: the churn tests (emulated guests cannot make
-/// thousands of connections a second) and those of real servers the guests do not have.
-pub const HOST_ONLY: &[&str] = &[CHURN_TESTS, "redis_benchmark"];
+/// thousands of connections a second), those of real servers the guests do not have, and
+/// the clean-up of older versions' named namespaces (no kernel in it).
+pub const HOST_ONLY: &[&str] = &[CHURN_TESTS, "redis_benchmark", "stale_named_namespaces"];
 
 /// `cargo test --all-features EXTRA -- FILTER --test-threads=1` with `env`, its output passed
 /// through; (passed, failed, exit status ok).

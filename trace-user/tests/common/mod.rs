@@ -65,10 +65,18 @@ impl Trace {
     }
 
     /// Stops it with SIGINT, as Ctrl-C would, and returns every object it printed after
-    /// the start line; the last is the `end` totals. Nothing may be lost or missed.
+    /// the start line; the last is the `end` totals. Nothing may be lost or missed, but in
+    /// the kprobe backend: it has no standby copies (one busy flag per CPU for every kprobe
+    /// program), and a probe hit in an interrupt while another probe's handler runs is
+    /// skipped by the kernel; those runs are counted in `missed` (7.3 under emulation: 1 or 2
+    /// in a few thousand), and the test's own figures must hold regardless.
     pub fn stop(self) -> Vec<Value> {
         let (out, missed) = self.stop_counting_missed();
-        assert_eq!(missed, 0, "the kernel skipped program runs: {}", end(&out));
+        if std::env::var("SOCKBUF_ATTACH").as_deref() != Ok("kprobe") {
+            assert_eq!(missed, 0, "the kernel skipped program runs: {}", end(&out));
+        } else if missed > 0 {
+            eprintln!("kprobe backend: {missed} runs skipped by the kernel, counted");
+        }
         out
     }
 
