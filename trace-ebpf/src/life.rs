@@ -85,6 +85,13 @@ fn emit_sock(
     Ok(())
 }
 
+/// A FIN arriving or leaving (`kind`), after `seq` bytes of the stream in its direction.
+/// In softirq or on a packet's way out: no task is named.
+#[inline(always)]
+fn emit_fin(kind: EventKind, sock: &Sock, track: &SockTrack, seq: u64) -> Result<(), Fault> {
+    emit_sock(kind, sock, track, Context::Packet, |e| e.seq = seq)
+}
+
 /// `inet_sock_set_state(sk, old, new)`. Runs in the task for `connect()`/`close()`, in
 /// softirq for changes an arriving segment causes; the tracepoint does not say which, so the
 /// task-filter rule (see the module) decides by the state it moves to.
@@ -119,13 +126,7 @@ pub fn state(sk: u64, old: u32, new: u32) -> Result<(), Fault> {
     if !agg::counts_only() && fin_arrived(&sock, old, new)? {
         // Its data and the FIN received: the FIN took the last sequence number.
         let seq = sock.recv_queue(true)?.received.saturating_sub(1);
-        emit_sock(
-            EventKind::FinIn,
-            &sock,
-            unsafe { &*track },
-            Context::Packet,
-            |e| e.seq = seq,
-        )?;
+        emit_fin(EventKind::FinIn, &sock, unsafe { &*track }, seq)?;
     }
     if new == TCP_CLOSE {
         // Before the event: userspace takes the socket's counts out when it reads it.
@@ -241,9 +242,7 @@ pub fn fin_in(sock: &Sock, track: &SockTrack, skb: u64) -> Result<(), Fault> {
     // Data bytes before the FIN: all received so far, plus what lies between rcv_nxt and it.
     let recv = sock.recv_queue(true)?;
     let seq = recv.received + u64::from(fin_seq.wrapping_sub(sock.rcv_nxt()?));
-    emit_sock(EventKind::FinIn, sock, track, Context::Packet, |e| {
-        e.seq = seq
-    })
+    emit_fin(EventKind::FinIn, sock, track, seq)
 }
 
 /// A segment on a socket sockbuf does not track yet: only a FIN may start tracking it.
@@ -280,13 +279,7 @@ pub fn xmit(skb: u64) -> Result<(), Fault> {
             // the last write.
             let q = sock.send_queue()?;
             let seq = q.acked + u64::from(q.send_q.wrapping_sub(1));
-            emit_sock(
-                EventKind::FinOut,
-                &sock,
-                unsafe { &*track },
-                Context::Packet,
-                |e| e.seq = seq,
-            )
+            emit_fin(EventKind::FinOut, &sock, unsafe { &*track }, seq)
         }
         _ => Ok(()),
     }
