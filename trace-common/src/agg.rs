@@ -50,7 +50,14 @@ pub struct SockAgg {
     pub sends: u64,
     pub requested: u64,
     pub copied: u64,
+    /// EAGAINs the application got.
     pub eagain: u64,
+    /// EAGAINs of a `sendfile()`/`splice()`/`sendmmsg()` piece after earlier pieces copied
+    /// bytes: the call returned those, and the application never saw the error.
+    pub unseen_eagain: u64,
+    /// `sendfile()`, `splice()` and `sendmmsg()` calls, counted at their first piece (each
+    /// piece is one of `sends`).
+    pub pieced_calls: u64,
     /// Receive calls that returned bytes (or 0) or EAGAIN.
     pub recvs: u64,
     pub received: u64,
@@ -137,7 +144,7 @@ pub const fn bucket(v: u64) -> usize {
     if b >= BUCKETS { BUCKETS - 1 } else { b }
 }
 
-const _: () = assert!(core::mem::size_of::<SockAgg>() == 72 + 12 * 8 + 4 * BUCKETS * 8);
+const _: () = assert!(core::mem::size_of::<SockAgg>() == 72 + 14 * 8 + 4 * BUCKETS * 8);
 const _: () = assert!(core::mem::size_of::<Pending>() == 32 + 12 * PENDING_SLOTS as usize);
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod agg;
+pub mod calls;
 #[cfg(feature = "user")]
 pub mod user;
 
@@ -26,6 +27,8 @@ pub mod maps {
     /// UDP send and receive calls in progress, keyed by thread id (kprobe mode: the return
     /// probe has no arguments).
     pub const CALLS: &str = "CALLS";
+    /// `sendfile()`, `splice()` and `sendmmsg()` calls in progress, keyed by thread id.
+    pub const PIECED: &str = "PIECED";
     /// Per CPU, per program with a standby copy: how many runs the copy took over.
     pub const STANDBY: &str = "STANDBY";
     /// Per program with a standby copy, per thread (its id modulo
@@ -83,6 +86,7 @@ pub mod standby {
         ("recv_tcp_recvmsg_fexit", "sb_recv_tcp_recvmsg_fexit"),
         ("recv_udp_recvmsg_fexit", "sb_recv_udp_recvmsg_fexit"),
         ("recv_udpv6_recvmsg_fexit", "sb_recv_udpv6_recvmsg_fexit"),
+        ("calls_sys_exit", "sb_calls_sys_exit"),
     ];
 
     /// Programs whose copy is attached on every kernel, preemptible or not: a state change
@@ -231,6 +235,8 @@ pub enum EventKind {
     UdpSend = 11,
     /// A UDP datagram left the socket for the device: [`UdpEvent`], `ret` its payload bytes.
     UdpOut = 12,
+    /// A `sendfile()`, `splice()` or `sendmmsg()` returned: [`calls::CallEvent`].
+    Call = 13,
 }
 
 impl EventKind {
@@ -248,6 +254,7 @@ impl EventKind {
             10 => Some(Self::FinIn),
             11 => Some(Self::UdpSend),
             12 => Some(Self::UdpOut),
+            13 => Some(Self::Call),
             _ => None,
         }
     }
@@ -339,12 +346,17 @@ pub struct SendEvent {
     pub queue: SendQueue,
     /// Stream offset just past this write's last byte (`bytes_acked + write_seq - snd_una`).
     pub seq_end: u64,
+    /// The application's call this was (or was a piece of).
+    pub call: calls::CallRef,
 }
 
 /// [`SendEvent::requested`] is known (the kernel reached its copy loop).
 pub const SEND_F_REQUESTED: u32 = 1 << 0;
 /// The call slept at least once waiting for send-buffer space.
 pub const SEND_F_BLOCKED: u32 = 1 << 1;
+/// An error the application never saw: this piece's call (`sendfile`, `splice`, `sendmmsg`)
+/// returned what its earlier pieces copied.
+pub const SEND_F_UNSEEN: u32 = 1 << 2;
 
 /// A sender slept inside a send call because the send buffer was full.
 #[repr(C)]
@@ -556,7 +568,9 @@ const _: () = {
     assert!(core::mem::size_of::<Header>() == 40);
     assert!(core::mem::size_of::<SockAddrs>() == 40);
     assert!(core::mem::size_of::<SendQueue>() == 32);
-    assert!(core::mem::size_of::<SendEvent>() == 168);
+    assert!(core::mem::size_of::<SendEvent>() == 184);
+    assert!(core::mem::size_of::<calls::CallRef>() == 16);
+    assert!(core::mem::size_of::<calls::CallEvent>() == 96);
     assert!(core::mem::size_of::<BlockEvent>() == 112);
     assert!(core::mem::size_of::<AckEvent>() == 56);
     assert!(core::mem::size_of::<Filter>() == 32);

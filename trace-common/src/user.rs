@@ -5,7 +5,7 @@ use core::mem::size_of;
 
 use crate::{
     AckEvent, BlockEvent, EventKind, Filter, Header, KernelOffsets, RecvEvent, SendEvent,
-    SockEvent, UdpEvent,
+    SockEvent, UdpEvent, calls::CallEvent,
 };
 
 // SAFETY: all of these are `#[repr(C)]`, made of integers only, and valid for any bit pattern.
@@ -17,6 +17,7 @@ unsafe impl aya::Pod for AckEvent {}
 unsafe impl aya::Pod for RecvEvent {}
 unsafe impl aya::Pod for SockEvent {}
 unsafe impl aya::Pod for UdpEvent {}
+unsafe impl aya::Pod for CallEvent {}
 unsafe impl aya::Pod for crate::agg::SockAgg {}
 unsafe impl aya::Pod for crate::agg::Pending {}
 
@@ -33,6 +34,8 @@ pub enum Event {
     Sock(SockEvent),
     /// UDP send call or datagram out: `hdr.kind` says which.
     Udp(UdpEvent),
+    /// A `sendfile()`, `splice()` or `sendmmsg()` returned.
+    Call(CallEvent),
 }
 
 /// A record that does not match any known event layout.
@@ -83,6 +86,7 @@ impl Event {
                 | EventKind::FinIn,
             ) => read(bytes, hdr.kind).map(Event::Sock),
             Some(EventKind::UdpSend | EventKind::UdpOut) => read(bytes, hdr.kind).map(Event::Udp),
+            Some(EventKind::Call) => read(bytes, hdr.kind).map(Event::Call),
             None => Err(DecodeError::UnknownKind(hdr.kind)),
         }
     }
@@ -95,6 +99,7 @@ impl Event {
             Event::Recv(e) => &e.hdr,
             Event::Sock(e) => &e.hdr,
             Event::Udp(e) => &e.hdr,
+            Event::Call(e) => &e.hdr,
         }
     }
 }
@@ -108,7 +113,7 @@ pub fn as_bytes<T: aya::Pod>(v: &T) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{RecvQueue, SEND_F_REQUESTED, SendQueue, SockAddrs};
+    use crate::{RecvQueue, SEND_F_REQUESTED, SendQueue, SockAddrs, calls::CallRef};
 
     fn header(kind: EventKind) -> Header {
         Header {
@@ -150,8 +155,23 @@ mod tests {
                 acked: 77,
             },
             seq_end: 8_077,
+            call: CallRef {
+                call_ns: 122_000_000,
+                syscall: crate::calls::nr::SENDFILE,
+                piece: 3,
+            },
         };
         assert_eq!(Event::parse(as_bytes(&ev)), Ok(Event::Send(ev)));
+        let call = CallEvent {
+            hdr: header(EventKind::Call),
+            comm: [b'y'; 16],
+            call: ev.call,
+            ret: 196_608,
+            copied: 196_608,
+            errors: 1,
+            _pad: 0,
+        };
+        assert_eq!(Event::parse(as_bytes(&call)), Ok(Event::Call(call)));
     }
 
     #[test]

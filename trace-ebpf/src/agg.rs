@@ -9,8 +9,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
-use trace_common::agg::{
-    AGG_ENTRIES, Level, PENDING_ENTRIES, PENDING_SLOTS, Pending, SockAgg, bucket, covers,
+use trace_common::{
+    agg::{AGG_ENTRIES, Level, PENDING_ENTRIES, PENDING_SLOTS, Pending, SockAgg, bucket, covers},
+    calls::{self, CallRef},
 };
 
 use crate::{
@@ -162,14 +163,23 @@ pub fn send(
     start_ns: u64,
     requested: u64,
     ret: i64,
+    (call, unseen): (CallRef, bool),
 ) -> Result<bool, Fault> {
     let Some(a) = entry(track, pid_tgid) else {
         return Ok(false);
     };
     a.sends += 1;
     a.requested += requested;
+    if call.piece == 0 && calls::pieced(call.syscall) {
+        a.pieced_calls += 1;
+    }
     if ret < 0 {
-        a.eagain += 1;
+        // An EAGAIN the application did not get is no EAGAIN of its.
+        if unseen {
+            a.unseen_eagain += 1;
+        } else {
+            a.eagain += 1;
+        }
         return Ok(true);
     }
     a.copied += ret as u64;

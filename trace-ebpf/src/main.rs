@@ -6,6 +6,7 @@
 #![no_main]
 
 mod agg;
+mod calls;
 mod entry;
 mod fentry;
 mod filter;

@@ -115,3 +115,22 @@ pub fn take_call() -> Option<Call> {
     let _ = CALLS.remove(tid);
     Some(call)
 }
+
+/// A `sendfile()`, `splice()` or `sendmmsg()` in progress on one thread, from its first
+/// kernel send to the syscall's exit (see `calls`).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Pieced {
+    pub nr: u32,
+    pub pieces: u32,
+    pub errors: u32,
+    pub _pad: u32,
+    pub call_ns: u64,
+    pub copied: u64,
+    /// The last piece's socket.
+    pub id: u64,
+    pub ino: u64,
+}
+
+#[map]
+pub static PIECED: HashMap<u32, Pieced> = HashMap::with_max_entries(INFLIGHT_ENTRIES, 0);

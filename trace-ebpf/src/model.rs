@@ -14,11 +14,11 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use trace_common::{
     AckEvent, BlockEvent, COMM_LEN, EventKind, Header, SEND_F_BLOCKED, SEND_F_REQUESTED,
-    SYNTHETIC_IDS, SendEvent, SendQueue,
+    SEND_F_UNSEEN, SYNTHETIC_IDS, SendEvent, SendQueue,
 };
 
 use crate::{
-    agg, filter,
+    agg, calls, filter,
     kernel::{self, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
     life,
     maps::{EVENTS, INFLIGHT, Inflight, LOST, LOST_EVENTS, NEXT_ID, READ_ERRORS, SOCKS, SockTrack},
@@ -276,16 +276,21 @@ pub fn close_block_of(call: &mut Inflight, pid_tgid: u64, comm: [u8; COMM_LEN], 
 pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let sock = Sock::new(sk);
+    let now = unsafe { bpf_ktime_get_ns() };
     // `--summary` without `--full`, on a socket it already counts: nothing else to look up
     // (no call was opened: that hook is not attached, or its return took the call off).
+    let mut piece = None;
     if let Some(track) = agg::counted_sock(sk, ret)
         && filter::task_passes_on(track, pid_tgid)
-        && agg::send(&sock, unsafe { &*track }, pid_tgid, 0, 0, ret)?
     {
-        return Ok(());
+        let track = unsafe { &*track };
+        let p = calls::piece(track.id, track.ino, 0, now, ret)?;
+        if agg::send(&sock, track, pid_tgid, 0, 0, ret, p)? {
+            return Ok(());
+        }
+        piece = Some(p);
     }
     let tid = pid_tgid as u32;
-    let now = unsafe { bpf_ktime_get_ns() };
     let (start_ns, requested, msg_flags, flags, ino) = match INFLIGHT.get_ptr_mut(tid) {
         Some(call) if unsafe { (*call).sk } == sk => {
             let call = unsafe { &mut *call };
@@ -324,8 +329,22 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
         }
     };
     let track = unsafe { &mut *sock_track(&sock, ino, IPPROTO_TCP)? };
+    let (call, unseen) = match piece {
+        Some(p) => p,
+        None => calls::piece(track.id, track.ino, start_ns, now, ret)?,
+    };
     // A call the summary cannot count (no room for its socket) streams as an event.
-    if agg::takes(ret) && agg::send(&sock, track, pid_tgid, start_ns, requested, ret)? {
+    if agg::takes(ret)
+        && agg::send(
+            &sock,
+            track,
+            pid_tgid,
+            start_ns,
+            requested,
+            ret,
+            (call, unseen),
+        )?
+    {
         return Ok(());
     }
     let queue = sock.send_queue()?;
@@ -342,9 +361,10 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
         e.requested = requested;
         e.ret = ret;
         e.msg_flags = msg_flags;
-        e.flags = flags;
+        e.flags = if unseen { flags | SEND_F_UNSEEN } else { flags };
         e.queue = queue;
         e.seq_end = seq_end;
+        e.call = call;
     });
     Ok(())
 }

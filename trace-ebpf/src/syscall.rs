@@ -46,10 +46,19 @@ fn user_regs() -> Result<Option<(u64, u64)>, Fault> {
         let regs = stack + size - pad - PT_REGS_SIZE;
         // cs at 136, orig_ax (the syscall number) at 120.
         if read::<u64>(regs, 136)? == USER_CS {
-            return Ok(Some((regs, read::<u64>(regs, 120)?)));
+            return Ok(Some((regs, read::<u64>(regs, ORIG_AX)?)));
         }
     }
     Ok(None)
+}
+
+/// Where `struct pt_regs` keeps the syscall's number (`orig_ax`).
+pub const ORIG_AX: u32 = 120;
+
+/// The syscall the current task is in; `None` outside one (see [`user_regs`]).
+#[inline(always)]
+pub fn current_nr() -> Result<Option<u32>, Fault> {
+    Ok(user_regs()?.map(|(_, nr)| nr as u32))
 }
 
 /// The flags argument of the send syscall the current task is in (`sendto`, `sendmmsg`:

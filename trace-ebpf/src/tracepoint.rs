@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::{
-    entry, filter, life, model, recv,
+    calls, entry, filter, life, model, recv,
     standby::with_standby,
     syscall::{self, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV},
 };
@@ -150,4 +150,14 @@ pub fn entry_sched_switch(ctx: RawTracePointContext) -> u32 {
     let next: u64 = ctx.arg(2);
     task_sleeps(&ctx);
     model::run(&ctx, || entry::task_wakes(next))
+}
+
+with_standby! {
+    /// The raw `sys_exit(regs, ret)`, at every syscall's exit: once a kernel send was met in
+    /// a `sendfile()`, `splice()` or `sendmmsg()`, such a call returns to the application.
+    #[raw_tracepoint(tracepoint = "sys_exit")]
+    fn calls_sys_exit, sb_calls_sys_exit(ctx: RawTracePointContext) if calls::any() => {
+        let (regs, ret): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+        model::run(&ctx, || calls::exit(regs, ret as i64))
+    }
 }

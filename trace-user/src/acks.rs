@@ -187,6 +187,7 @@ mod tests {
             flags: 0,
             queue: SendQueue::default(),
             seq_end,
+            call: Default::default(),
         }
     }
 

@@ -46,7 +46,7 @@ impl AttachMode {
     /// The backend's own hooks, then the lifecycle hooks every backend shares.
     fn all_hooks(self) -> impl Iterator<Item = &'static Hook> {
         let (own, common): (&[Hook], &[Hook]) = match self {
-            Self::Auto => return [&[][..]; 4].into_iter().flatten(),
+            Self::Auto => return [&[][..]; 5].into_iter().flatten(),
             Self::Fentry => (FENTRY, &[]),
             Self::Kprobe => (KPROBE, &[]),
             // Before tcp_sendmsg_locked existed, the send call opens at the syscall.
@@ -66,7 +66,7 @@ impl AttachMode {
         } else {
             &RESET
         };
-        [own, common, LIFECYCLE, reset].into_iter().flatten()
+        [own, common, LIFECYCLE, reset, CALLS].into_iter().flatten()
     }
 }
 
@@ -185,6 +185,10 @@ const LIFECYCLE: &[Hook] = &[
     raw("life_net_dev_queue", "net", "net_dev_queue"),
     raw("filter_task_rename", "task", "task_rename"),
 ];
+
+/// The exit of a `sendfile()`, `splice()` or `sendmmsg()` whose kernel sends were traced
+/// (every backend: no function hook sees a whole syscall on all of them).
+const CALLS: &[Hook] = &[raw("calls_sys_exit", "raw_syscalls", "sys_exit")];
 
 /// Programs `--summary` leaves out unless `--full`: the call's start (requested bytes, sleeps),
 /// the ACKs and the packets leaving. It counts calls from their returns alone, the few

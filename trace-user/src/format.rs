@@ -186,6 +186,20 @@ pub fn monotonic_ns() -> u64 {
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
+/// A syscall by name: `sendfile`, `none` outside any (an io_uring worker), else
+/// `syscall_N`.
+pub struct SyscallName(pub u32);
+
+impl std::fmt::Display for SyscallName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.0, trace_common::calls::name(self.0)) {
+            (_, Some(name)) => f.write_str(name),
+            (trace_common::calls::NO_SYSCALL, None) => f.write_str("none"),
+            (nr, None) => write!(f, "syscall_{nr}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

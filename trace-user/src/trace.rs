@@ -86,6 +86,7 @@ impl EventHandler for Printer {
                 });
             }
             Event::Udp(e) => res = out.udp(e),
+            Event::Call(e) => res = out.call(e),
             Event::Ack(e) => {
                 log::trace!(
                     "ack sock {} {}..{} at {}",

@@ -23,7 +23,14 @@ pub struct TestArgs {
 }
 
 /// Debian packages the tests use beyond what building sockbuf needs.
-const TEST_PACKAGES: &[&str] = &["bpftool", "redis-server", "redis-tools"];
+const TEST_PACKAGES: &[&str] = &[
+    "bpftool",
+    "redis-server",
+    "redis-tools",
+    "nginx",
+    "curl",
+    "strace",
+];
 
 /// What the churn tests' names contain (trace-user/tests/churn.rs).
 pub const CHURN_TESTS: &str = "under_churn";
@@ -31,7 +38,12 @@ pub const CHURN_TESTS: &str = "under_churn";
 /// Tests the kernel matrix leaves out: the churn tests (emulated guests cannot make
 /// thousands of connections a second), those of real servers the guests do not have, and
 /// the clean-up of older versions' named namespaces (no kernel in it).
-pub const HOST_ONLY: &[&str] = &[CHURN_TESTS, "redis_benchmark", "stale_named_namespaces"];
+pub const HOST_ONLY: &[&str] = &[
+    CHURN_TESTS,
+    "redis_benchmark",
+    "nginx_sendfile",
+    "stale_named_namespaces",
+];
 
 /// `cargo test --all-features EXTRA -- FILTER --test-threads=1` with `env`, its output passed
 /// through; (passed, failed, exit status ok).
@@ -75,7 +87,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     }
     setup::run()?;
     // Real programs the tests trace or read the kernel with: redis-server and
-    // redis-benchmark, and bpftool (the churn tests count the kernel's map entries).
+    // redis-benchmark, nginx and curl, strace (the reference for nginx's calls), and bpftool
+    // (the churn tests count the kernel's map entries).
     setup::debian_packages(TEST_PACKAGES, &["--no-install-recommends"])?;
     if !args.no_lint {
         lint::run()?;

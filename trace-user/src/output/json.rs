@@ -5,8 +5,9 @@ use std::io::Write;
 
 use serde::{Serialize, Serializer};
 use trace_common::{
-    BlockEvent, EventKind, RecvEvent, SEND_F_BLOCKED, SEND_F_REQUESTED, SendEvent, SendQueue,
-    SockEvent, UdpEvent,
+    BlockEvent, EventKind, Header, RecvEvent, SEND_F_BLOCKED, SEND_F_REQUESTED, SEND_F_UNSEEN,
+    SendEvent, SendQueue, SockEvent, UdpEvent,
+    calls::{CallEvent, CallRef},
 };
 
 use super::{
@@ -59,10 +60,67 @@ struct SendJson<'a> {
     queue: SendQueue,
     seq_start: u64,
     seq_end: u64,
+    #[serde(flatten)]
+    call: CallRefJson,
+    /// An error its application call did not return (see `SEND_F_UNSEEN`).
+    unseen_error: bool,
+}
+
+/// The application call a kernel send was, or was a piece of.
+#[derive(Serialize)]
+pub(super) struct CallRefJson {
+    #[serde(serialize_with = "ser_syscall")]
+    syscall: u32,
+    call_ns: u64,
+    piece: u32,
+}
+
+impl From<&CallRef> for CallRefJson {
+    fn from(c: &CallRef) -> Self {
+        Self {
+            syscall: c.syscall,
+            call_ns: c.call_ns,
+            piece: c.piece,
+        }
+    }
+}
+
+fn ser_syscall<S: Serializer>(nr: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format::SyscallName(*nr))
 }
 
 pub(super) fn is_not_err(ret: &i64) -> bool {
     *ret >= 0
+}
+
+/// The task and socket of an event without addresses of its own (ports `null` until an
+/// event with them was seen).
+#[derive(Serialize)]
+struct TaskSock<'a> {
+    cpu: u32,
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    sock_id: u64,
+    ino: u64,
+    lport: Option<u16>,
+    rport: Option<u16>,
+}
+
+impl<'a> TaskSock<'a> {
+    fn new(hdr: &Header, comm: &'a [u8; 16], names: &SockNames) -> Self {
+        let addrs = names.get(hdr.sock_id);
+        Self {
+            cpu: hdr.cpu,
+            pid: hdr.pid,
+            tid: hdr.tid,
+            comm: format::comm_str(comm),
+            sock_id: hdr.sock_id,
+            ino: hdr.ino,
+            lport: addrs.map(|a| a.lport),
+            rport: addrs.map(|a| a.rport),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -74,14 +132,8 @@ struct BlockJson<'a> {
     end_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     duration_ns: Option<u64>,
-    cpu: u32,
-    pid: u32,
-    tid: u32,
-    comm: &'a str,
-    sock_id: u64,
-    ino: u64,
-    lport: Option<u16>,
-    rport: Option<u16>,
+    #[serde(flatten)]
+    who: TaskSock<'a>,
     left: u64,
     sndbuf: u32,
     wmem_queued: u32,
@@ -106,6 +158,25 @@ struct AckJson {
     /// `ack`: an ACK seen arriving; `state`: a state change showed the bytes acknowledged
     /// (after ESTABLISHED), `acked_ns` an upper bound.
     settled_by: &'static str,
+}
+
+/// A `sendfile()`, `splice()` or `sendmmsg()` returned: what the application got.
+#[derive(Serialize)]
+struct CallJson<'a> {
+    kind: &'static str,
+    ts_ns: u64,
+    #[serde(flatten)]
+    who: TaskSock<'a>,
+    #[serde(serialize_with = "ser_syscall")]
+    syscall: u32,
+    call_ns: u64,
+    duration_ns: u64,
+    pieces: u32,
+    ret: i64,
+    #[serde(serialize_with = "ser_err", skip_serializing_if = "is_not_err")]
+    error: i64,
+    copied: u64,
+    errors: u32,
 }
 
 #[derive(Serialize)]
@@ -150,11 +221,12 @@ impl Output for JsonOutput {
             queue: e.queue,
             seq_start: e.seq_end - copied.min(e.seq_end),
             seq_end: e.seq_end,
+            call: (&e.call).into(),
+            unseen_error: e.flags & SEND_F_UNSEEN != 0,
         })
     }
 
     fn block(&mut self, e: &BlockEvent) -> std::io::Result<()> {
-        let addrs = self.names.get(e.hdr.sock_id).copied();
         let asleep = e.hdr.kind == EventKind::BlockStart as u32;
         self.line(&BlockJson {
             kind: if asleep { "block_start" } else { "block" },
@@ -162,14 +234,7 @@ impl Output for JsonOutput {
             start_ns: e.start_ns,
             end_ns: (!asleep).then_some(e.end_ns),
             duration_ns: (!asleep).then(|| e.end_ns.saturating_sub(e.start_ns)),
-            cpu: e.hdr.cpu,
-            pid: e.hdr.pid,
-            tid: e.hdr.tid,
-            comm: format::comm_str(&e.comm),
-            sock_id: e.hdr.sock_id,
-            ino: e.hdr.ino,
-            lport: addrs.map(|a| a.lport),
-            rport: addrs.map(|a| a.rport),
+            who: TaskSock::new(&e.hdr, &e.comm, &self.names),
             left: e.left,
             sndbuf: e.queue.sndbuf,
             wmem_queued: e.queue.wmem_queued,
@@ -209,6 +274,22 @@ impl Output for JsonOutput {
 
     fn udp(&mut self, e: &UdpEvent) -> std::io::Result<()> {
         self.line(&json_sock::udp(e))
+    }
+
+    fn call(&mut self, e: &CallEvent) -> std::io::Result<()> {
+        self.line(&CallJson {
+            kind: "call",
+            ts_ns: e.hdr.ts_ns,
+            who: TaskSock::new(&e.hdr, &e.comm, &self.names),
+            syscall: e.call.syscall,
+            call_ns: e.call.call_ns,
+            duration_ns: e.hdr.ts_ns.saturating_sub(e.call.call_ns),
+            pieces: e.call.piece,
+            ret: e.ret,
+            error: e.ret,
+            copied: e.copied,
+            errors: e.errors,
+        })
     }
 
     fn end(&mut self, t: &Totals) -> std::io::Result<()> {

@@ -11,7 +11,8 @@ use std::{collections::HashMap, io::Write};
 pub use json::JsonOutput;
 pub use text::TextOutput;
 use trace_common::{
-    BlockEvent, EventKind, RecvEvent, SendEvent, SockAddrs, SockEvent, UdpEvent, user::Event,
+    BlockEvent, EventKind, RecvEvent, SendEvent, SockAddrs, SockEvent, UdpEvent, calls::CallEvent,
+    user::Event,
 };
 
 use crate::acks::AckedWrite;
@@ -51,6 +52,7 @@ pub struct RecordsByKind {
     pub fin_in: u64,
     pub udp_send: u64,
     pub udp_out: u64,
+    pub call: u64,
 }
 
 impl RecordsByKind {
@@ -69,6 +71,7 @@ impl RecordsByKind {
             Some(EventKind::FinIn) => &mut self.fin_in,
             Some(EventKind::UdpSend) => &mut self.udp_send,
             Some(EventKind::UdpOut) => &mut self.udp_out,
+            Some(EventKind::Call) => &mut self.call,
             None => return,
         };
         *n += 1;
@@ -114,6 +117,8 @@ pub trait Output {
     fn sock(&mut self, e: &SockEvent) -> std::io::Result<()>;
     /// A UDP send call or datagram out (`hdr.kind` says which).
     fn udp(&mut self, e: &UdpEvent) -> std::io::Result<()>;
+    /// A `sendfile()`, `splice()` or `sendmmsg()` returned to the application.
+    fn call(&mut self, e: &CallEvent) -> std::io::Result<()>;
     fn end(&mut self, t: &Totals) -> std::io::Result<()>;
     fn flush(&mut self) -> std::io::Result<()>;
 }

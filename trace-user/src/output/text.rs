@@ -3,13 +3,15 @@
 use std::io::Write;
 
 use trace_common::{
-    BlockEvent, EventKind, RecvEvent, SEND_F_REQUESTED, SendEvent, SockAddrs, SockEvent, UdpEvent,
+    BlockEvent, EventKind, RecvEvent, SEND_F_REQUESTED, SEND_F_UNSEEN, SendEvent, SockAddrs,
+    SockEvent, UdpEvent,
+    calls::{self, CallEvent, nr},
 };
 
 use super::{Output, SockNames, Totals, text_sock};
 use crate::{
     acks::AckedWrite,
-    format::{self, ErrName, MsgFlags, Nanos},
+    format::{self, ErrName, MsgFlags, Nanos, SyscallName},
 };
 
 pub struct TextOutput {
@@ -117,6 +119,23 @@ impl Output for TextOutput {
         if e.msg_flags != 0 {
             write!(self.out, " [{}]", MsgFlags(e.msg_flags))?;
         }
+        // The call it belongs to, where it is not one kernel send per call.
+        if calls::pieced(e.call.syscall) {
+            write!(
+                self.out,
+                " {} piece {}",
+                SyscallName(e.call.syscall),
+                e.call.piece
+            )?;
+        } else if !matches!(
+            e.call.syscall,
+            nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG
+        ) {
+            write!(self.out, " via {}", SyscallName(e.call.syscall))?;
+        }
+        if e.flags & SEND_F_UNSEEN != 0 {
+            write!(self.out, " (not returned to the application)")?;
+        }
         writeln!(self.out)
     }
 
@@ -192,6 +211,36 @@ impl Output for TextOutput {
     fn udp(&mut self, e: &UdpEvent) -> std::io::Result<()> {
         let secs = self.secs(e.hdr.ts_ns);
         text_sock::udp(&mut self.out, secs, e)
+    }
+
+    fn call(&mut self, e: &CallEvent) -> std::io::Result<()> {
+        let t = self.secs(e.hdr.ts_ns);
+        write!(
+            self.out,
+            "{t:>11.6} {:>7} {:>7} {:<15} call  {:>8} ",
+            e.hdr.pid,
+            e.hdr.tid,
+            format::comm_str(&e.comm),
+            "-",
+        )?;
+        if e.ret >= 0 {
+            write!(self.out, "{:>8} ", e.ret)?;
+        } else {
+            write!(self.out, "{:>8} ", ErrName(e.ret))?;
+        }
+        writeln!(
+            self.out,
+            "{:>8} {:>8} {:>8} {:>8}  {} returned after {}: {} kernel sends copied {} B ({})",
+            "-",
+            "-",
+            "-",
+            "-",
+            SyscallName(e.call.syscall),
+            Nanos(e.hdr.ts_ns.saturating_sub(e.call.call_ns)),
+            e.call.piece,
+            e.copied,
+            self.conn(e.hdr.sock_id),
+        )
     }
 
     fn end(&mut self, t: &Totals) -> std::io::Result<()> {

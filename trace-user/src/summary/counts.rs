@@ -19,6 +19,11 @@ pub struct Counts {
     pub eagain: u64,
     /// Other errors by name.
     pub errors: BTreeMap<String, u64>,
+    /// `sendfile()`, `splice()` and `sendmmsg()` calls (each made one or more of `sends`).
+    pub pieced_calls: u64,
+    /// Errors of kernel sends the application never got: a later piece of a call whose
+    /// earlier pieces copied bytes (the call returned those). Not in `eagain`/`errors`.
+    pub unseen_errors: u64,
     pub blocks: u64,
     pub blocked_ns: u64,
     pub acked_writes: u64,
@@ -56,9 +61,12 @@ fn merge_names(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
 }
 
 impl Counts {
-    /// Counts a call's result: bytes, or EAGAIN, or another error by name.
-    pub fn result(&mut self, ret: i64) {
-        if ret >= 0 {
+    /// Counts a kernel send's result: bytes, or EAGAIN, or another error by name, or an
+    /// error its application call did not return (`unseen`).
+    pub fn result(&mut self, ret: i64, unseen: bool) {
+        if ret < 0 && unseen {
+            self.unseen_errors += 1;
+        } else if ret >= 0 {
             self.copied_bytes += ret as u64;
             self.copy_bytes.add(ret as u64);
         } else if ret == -i64::from(libc::EAGAIN) {
@@ -94,6 +102,8 @@ impl Counts {
         self.requested_bytes += a.requested;
         self.copied_bytes += a.copied;
         self.eagain += a.eagain;
+        self.unseen_errors += a.unseen_eagain;
+        self.pieced_calls += a.pieced_calls;
         self.copy_bytes.add_buckets(&a.copy_bytes);
         self.recvs += a.recvs;
         self.received_bytes += a.received;
@@ -117,6 +127,8 @@ impl Counts {
         self.copied_bytes += o.copied_bytes;
         self.eagain += o.eagain;
         merge_names(&mut self.errors, &o.errors);
+        self.pieced_calls += o.pieced_calls;
+        self.unseen_errors += o.unseen_errors;
         self.blocks += o.blocks;
         self.blocked_ns += o.blocked_ns;
         self.acked_writes += o.acked_writes;

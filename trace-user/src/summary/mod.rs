@@ -15,8 +15,9 @@ pub use closed::{Closed, Group, GroupKey};
 pub use counts::{Counts, Side, SockSummary, TopBy};
 pub use kernel::{KernelCounts, Taken};
 use trace_common::{
-    EventKind, Header, SockAddrs,
+    EventKind, Header, SEND_F_UNSEEN, SockAddrs,
     agg::{Pending, SockAgg},
+    calls,
     user::Event,
 };
 
@@ -252,14 +253,18 @@ impl EventHandler for Summary {
                 let c = self.counts(&e.hdr, &e.comm, &e.addrs, true);
                 c.sends += 1;
                 c.requested_bytes += e.requested;
-                c.result(e.ret);
+                c.result(e.ret, e.flags & SEND_F_UNSEEN != 0);
+                if e.call.piece == 0 && calls::pieced(e.call.syscall) {
+                    c.pieced_calls += 1;
+                }
                 let mut acked = Vec::new();
                 self.acks.on_send(e, |w| acked.push(*w));
                 for w in &acked {
                     self.acked(w);
                 }
             }
-            Event::BlockStart(_) => {}
+            // Only streamed when the summary is off: its pieces were counted.
+            Event::BlockStart(_) | Event::Call(_) => {}
             Event::Recv(e) => self
                 .counts(&e.hdr, &e.comm, &e.addrs, true)
                 .recv_result(e.ret),
@@ -304,7 +309,7 @@ impl EventHandler for Summary {
                 let c = self.counts(&e.hdr, &e.comm, &e.addrs, by_call);
                 if e.hdr.kind == EventKind::UdpSend as u32 {
                     c.sends += 1;
-                    c.result(e.ret);
+                    c.result(e.ret, false);
                 } else {
                     c.datagrams_out += 1;
                 }

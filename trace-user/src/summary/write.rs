@@ -212,6 +212,13 @@ impl Summary {
                 c.sends, c.copied_bytes, c.eagain
             )?;
         }
+        if c.pieced_calls > 0 {
+            writeln!(
+                out,
+                "  {} sendfile/splice/sendmmsg calls, each one or more of the sends; {} errors of their pieces the application never saw (not in EAGAIN)",
+                c.pieced_calls, c.unseen_errors
+            )?;
+        }
         if c.untimed_writes > 0 {
             writeln!(
                 out,

@@ -38,9 +38,14 @@ fn expected_refusal(kernel: &str) -> Option<Option<&'static str>> {
     }
 }
 
-/// Judges each of `modes` on `kernel` from the guest's log; `binaries` is how many test
-/// binaries each mode should have run.
-pub fn judge(kernel: &str, modes: &[String], log: &GuestLog, binaries: usize) -> Vec<Cell> {
+/// Judges each of `modes` on `kernel` from the guest's log; `binaries` says how many test
+/// binaries a mode should have run.
+pub fn judge(
+    kernel: &str,
+    modes: &[String],
+    log: &GuestLog,
+    binaries: impl Fn(&str) -> usize,
+) -> Vec<Cell> {
     modes
         .iter()
         .map(|mode| {
@@ -51,7 +56,7 @@ pub fn judge(kernel: &str, modes: &[String], log: &GuestLog, binaries: usize) ->
                 mode,
                 log,
                 runs,
-                binaries,
+                binaries: binaries(mode),
                 died: log.died.as_deref(),
             }
             .verdict();

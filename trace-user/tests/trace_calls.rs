@@ -1,0 +1,249 @@
+//! One application call, many kernel sends: `sendfile()`, `splice()` and `sendmmsg()`. Each
+//! kernel send names its syscall and piece, the pieces of one call share `call_ns`, and a
+//! `call` event says what the application got back, equal to the program's own results,
+//! EAGAINs included (and no more: a piece's EAGAIN after earlier pieces copied bytes is
+//! flagged, as the application never saw it).
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{Read, Write},
+    net::TcpStream,
+    os::fd::{AsRawFd, FromRawFd},
+    thread,
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+/// Whether TCP still has `tcp_sendpage` (before 6.5): `sendfile()` and `splice()` reach it
+/// instead of `tcp_sendmsg`, and no backend hooks it (README: Real programs).
+fn has_sendpage() -> bool {
+    std::fs::read_to_string("/proc/kallsyms")
+        .expect("kallsyms")
+        .lines()
+        .any(|l| l.ends_with(" tcp_sendpage"))
+}
+
+/// A file of `len` bytes in memory (`memfd`), which `sendfile()` reads like any file.
+fn memfile(len: usize) -> File {
+    let fd = unsafe { libc::memfd_create(c"sockbuf-test".as_ptr(), 0) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    f.write_all(&vec![7u8; len]).expect("fill memfd");
+    f
+}
+
+/// What the application got from its calls: per call, the result.
+#[derive(Default, Debug)]
+struct AppCalls {
+    results: Vec<i64>,
+}
+
+impl AppCalls {
+    fn record(&mut self, r: isize) -> i64 {
+        let r = if r < 0 {
+            -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap())
+        } else {
+            r as i64
+        };
+        self.results.push(r);
+        r
+    }
+
+    fn bytes(&self) -> u64 {
+        self.results
+            .iter()
+            .filter(|r| **r > 0)
+            .map(|r| *r as u64)
+            .sum()
+    }
+
+    fn eagains(&self) -> usize {
+        self.results.iter().filter(|r| **r == -11).count()
+    }
+}
+
+/// A reader that drains `s` slowly (small reads with pauses), so that a non-blocking writer
+/// meets a full buffer again and again, until `total` bytes arrived.
+fn slow_reader(mut s: TcpStream, total: u64) -> thread::JoinHandle<u64> {
+    thread::spawn(move || {
+        let mut buf = [0u8; 32 * 1024];
+        let mut got = 0;
+        while got < total {
+            let n = s.read(&mut buf).expect("read");
+            assert_ne!(n, 0, "early EOF after {got} B");
+            got += n as u64;
+            thread::sleep(Duration::from_micros(300));
+        }
+        got
+    })
+}
+
+/// Checks the trace of socket `ino`'s calls of `syscall` against the program's own results:
+/// one `call` event per call, in order, with its result; the pieces of each call (sends with
+/// its `call_ns` on the thread) add up to the call's bytes and count.
+fn check_calls(out: &[Value], ino: u64, syscall: &str, app: &AppCalls) {
+    let calls: Vec<&Value> = events(out, "call", ino)
+        .into_iter()
+        .filter(|c| c["syscall"] == syscall)
+        .collect();
+    let got: Vec<i64> = calls.iter().map(|c| c["ret"].as_i64().unwrap()).collect();
+    assert_eq!(
+        got, app.results,
+        "{syscall}: traced results vs the program's"
+    );
+    let mut pieces: BTreeMap<(u64, u64), Vec<&Value>> = BTreeMap::new();
+    for s in events(out, "send", ino) {
+        if s["syscall"] == syscall {
+            pieces
+                .entry((u(&s["tid"]), u(&s["call_ns"])))
+                .or_default()
+                .push(s);
+        }
+    }
+    assert_eq!(pieces.len(), calls.len(), "{syscall}: one call_ns per call");
+    for c in &calls {
+        let key = (u(&c["tid"]), u(&c["call_ns"]));
+        let p = pieces
+            .get(&key)
+            .unwrap_or_else(|| panic!("{syscall}: no pieces for {c}"));
+        let idx: Vec<u64> = p.iter().map(|s| u(&s["piece"])).collect();
+        assert_eq!(
+            idx,
+            (0..p.len() as u64).collect::<Vec<_>>(),
+            "{syscall}: pieces numbered in order: {c}"
+        );
+        assert_eq!(u(&c["pieces"]), p.len() as u64, "{c}");
+        let copied: u64 = p.iter().map(|s| u(&s["copied"])).sum();
+        assert_eq!(u(&c["copied"]), copied, "{syscall}: pieces' bytes: {c}");
+        // An error piece is the last; the application saw it only if nothing was copied.
+        for (i, s) in p.iter().enumerate() {
+            if s["ret"].as_i64().unwrap() < 0 {
+                assert_eq!(i, p.len() - 1, "{syscall}: an error ends the call: {c}");
+                assert_eq!(s["unseen_error"], copied > 0, "{s} in {c}");
+            } else {
+                assert_eq!(s["unseen_error"], false, "{s}");
+            }
+        }
+    }
+}
+
+#[test]
+fn sendfile_pieces_and_results_equal_the_programs_calls() {
+    const LEN: usize = 4 << 20;
+    let file = memfile(LEN);
+    let (client, server) = tcp_pair_with_buffers(64 * 1024, 64 * 1024);
+    client.set_nonblocking(true).unwrap();
+    let ino = ino(&client);
+    let trace = Trace::start(&["-p", &std::process::id().to_string()]);
+    let reader = slow_reader(server, LEN as u64);
+    let mut app = AppCalls::default();
+    let mut off: libc::off_t = 0;
+    while (off as usize) < LEN {
+        let r = unsafe {
+            libc::sendfile(
+                client.as_raw_fd(),
+                file.as_raw_fd(),
+                &mut off,
+                LEN - off as usize,
+            )
+        };
+        if app.record(r) == -11 {
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+    assert_eq!(reader.join().unwrap(), LEN as u64);
+    let out = trace.stop();
+    assert_eq!(app.bytes(), LEN as u64);
+    if has_sendpage() {
+        // Documented: before 6.5 sendfile() bypasses tcp_sendmsg, and sockbuf sees nothing.
+        assert!(events(&out, "send", ino).is_empty() && events(&out, "call", ino).is_empty());
+        return;
+    }
+    assert!(
+        app.eagains() > 0,
+        "the slow reader made sendfile() meet EAGAIN"
+    );
+    check_calls(&out, ino, "sendfile", &app);
+}
+
+#[test]
+fn splice_from_a_pipe_is_one_call_of_pieces() {
+    const LEN: usize = 1 << 20;
+    let (client, server) = tcp_pair();
+    let ino = ino(&client);
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (rd, wr) = (fds[0], fds[1]);
+    // A pipe of 1 MiB, so the whole payload waits in it and one splice() takes it all.
+    assert!(unsafe { libc::fcntl(wr, libc::F_SETPIPE_SZ, LEN as i32) } >= LEN as i32);
+    let mut pipe_in = unsafe { File::from_raw_fd(wr) };
+    pipe_in.write_all(&vec![1u8; LEN]).unwrap();
+    let trace = Trace::start(&["-p", &std::process::id().to_string()]);
+    let reader = slow_reader(server, LEN as u64);
+    let mut app = AppCalls::default();
+    let mut left = LEN;
+    while left > 0 {
+        let r = unsafe {
+            libc::splice(
+                rd,
+                std::ptr::null_mut(),
+                client.as_raw_fd(),
+                std::ptr::null_mut(),
+                left,
+                0,
+            )
+        };
+        left -= app.record(r).max(0) as usize;
+    }
+    assert_eq!(reader.join().unwrap(), LEN as u64);
+    let out = trace.stop();
+    unsafe { libc::close(rd) };
+    if has_sendpage() {
+        assert!(events(&out, "send", ino).is_empty() && events(&out, "call", ino).is_empty());
+        return;
+    }
+    check_calls(&out, ino, "splice", &app);
+    let pieces = events(&out, "send", ino).len();
+    assert!(pieces > app.results.len(), "{pieces} pieces for {app:?}");
+}
+
+#[test]
+fn sendmmsg_messages_are_pieces_of_one_call() {
+    let (client, mut server) = tcp_pair();
+    let ino = ino(&client);
+    let trace = Trace::start(&["-p", &std::process::id().to_string()]);
+    let bufs: Vec<Vec<u8>> = (1..=5).map(|k| vec![b'm'; 1000 * k]).collect();
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut _,
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let mut app = AppCalls::default();
+    for _ in 0..3 {
+        let r = unsafe { libc::sendmmsg(client.as_raw_fd(), msgs.as_mut_ptr(), 5, 0) };
+        assert_eq!(app.record(r as isize), 5);
+        let mut buf = vec![0u8; 15_000];
+        server.read_exact(&mut buf).unwrap();
+    }
+    let out = trace.stop();
+    check_calls(&out, ino, "sendmmsg", &app);
+    let sends = events(&out, "send", ino);
+    let copied: Vec<u64> = sends.iter().map(|s| u(&s["copied"])).collect();
+    assert_eq!(copied, [1000, 2000, 3000, 4000, 5000].repeat(3));
+}
