@@ -75,5 +75,10 @@ pub struct CallEvent {
     /// Pieces that failed (at most the last one; an error the application saw only when no
     /// piece before it copied anything).
     pub errors: u32,
-    pub _pad: u32,
+    /// `CALL_F_*` bits.
+    pub flags: u32,
 }
+
+/// The kernel skipped the call's exit (see `counters::EXITS_MISSED`): `ret` is unknown (0),
+/// `hdr.ts_ns` the thread's next syscall exit.
+pub const CALL_F_EXIT_MISSED: u32 = 1;

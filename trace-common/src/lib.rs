@@ -196,10 +196,13 @@ pub mod counters {
     pub const AGG_STREAMED: u32 = 2;
     /// The per-CPU count behind synthetic socket ids (not a counter to report).
     pub const NEXT_ID: u32 = 3;
+    /// `sendfile()`/`splice()`/`sendmmsg()` calls whose exit the kernel skipped (found at
+    /// the thread's next syscall exit): their `call` event has no result.
+    pub const EXITS_MISSED: u32 = 4;
 }
 
 /// Entries of [`maps::LOST`].
-pub const COUNTER_SLOTS: u32 = 4;
+pub const COUNTER_SLOTS: u32 = 5;
 
 /// Capacity of [`maps::INFLIGHT`]: one entry per thread inside a send call.
 pub const INFLIGHT_ENTRIES: u32 = 16_384;

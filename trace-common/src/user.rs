@@ -169,7 +169,7 @@ mod tests {
             ret: 196_608,
             copied: 196_608,
             errors: 1,
-            _pad: 0,
+            flags: 0,
         };
         assert_eq!(Event::parse(as_bytes(&call)), Ok(Event::Call(call)));
     }

@@ -5,21 +5,21 @@
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use trace_common::{
     EventKind,
-    calls::{self, CallEvent, CallRef, NO_SYSCALL},
+    calls::{self, CALL_F_EXIT_MISSED, CallEvent, CallRef, NO_SYSCALL},
 };
 
 use crate::{
     agg,
     kernel::{Fault, read},
-    maps::{PIECED, Pieced},
+    maps::{EXITS_MISSED, LOST, PIECED, Pieced},
     model::{comm, emit, header},
     syscall,
 };
 
 /// Non-zero once a kernel send was met inside a `sendfile()`, `splice()` or `sendmmsg()`:
 /// until then the exit hook, which runs at every syscall's exit on the machine, returns at
-/// once; after, it reads the syscall's number before looking further. A flag, not a count
-/// of open calls: the BPF target has no atomic add.
+/// once; after, it looks the thread up. A flag, not a count of open calls: the BPF target
+/// has no atomic add.
 static mut PIECED_SEEN: u64 = 0;
 
 /// The application call a kernel send of the current thread belongs to: the send started at
@@ -98,20 +98,22 @@ pub fn any() -> bool {
 }
 
 /// The raw `sys_exit(regs, ret)`: a remembered call of this thread returns `ret` to the
-/// application.
+/// application. Any syscall's exit ends it: a thread is in one syscall at a time, so an
+/// entry met at another syscall's exit is a call whose own exit the kernel skipped (a
+/// program busy on that CPU); it ends without a result, counted.
 #[inline(always)]
 pub fn exit(regs: u64, ret: i64) -> Result<(), Fault> {
-    // orig_ax: the syscall's number.
-    let nr = read::<u64>(regs, syscall::ORIG_AX)? as u32;
-    if !calls::pieced(nr) {
-        return Ok(());
-    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let Some(p) = (unsafe { PIECED.get(tid) }).copied() else {
         return Ok(());
     };
     let _ = PIECED.remove(tid);
+    // orig_ax: the syscall's number.
+    let missed = read::<u64>(regs, syscall::ORIG_AX)? as u32 != p.nr;
+    if missed && let Some(n) = LOST.get_ptr_mut(EXITS_MISSED) {
+        unsafe { *n += 1 };
+    }
     if agg::on() {
         return Ok(()); // the summary counted the call at its first piece
     }
@@ -125,10 +127,10 @@ pub fn exit(regs: u64, ret: i64) -> Result<(), Fault> {
             syscall: p.nr,
             piece: p.pieces,
         };
-        e.ret = ret;
+        e.ret = if missed { 0 } else { ret };
         e.copied = p.copied;
         e.errors = p.errors;
-        e._pad = 0;
+        e.flags = if missed { CALL_F_EXIT_MISSED } else { 0 };
     });
     Ok(())
 }

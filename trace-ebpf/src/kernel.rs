@@ -307,14 +307,20 @@ pub fn msg_flags(msg: u64) -> Result<u32, Fault> {
     read(msg, off!(msg_flags))
 }
 
-/// An incoming segment's ACK number, when its ACK flag is set, from `TCP_SKB_CB(skb)` as
-/// `tcp_ack()` reads it. Not from the TCP header: when the socket is owned by a sender,
+/// An incoming segment's ACK number, when it carries one TCP takes (ACK set, RST and SYN
+/// not), from `TCP_SKB_CB(skb)` as `tcp_ack()` reads it. Not from the TCP header: when the socket is owned by a sender,
 /// `tcp_add_backlog()` coalesces ACKs into the backlog's tail and updates only the cb.
 #[inline(always)]
 pub fn skb_ack_seq(skb: u64) -> Result<Option<u32>, Fault> {
+    const TCPHDR_SYN: u8 = 0x02;
+    const TCPHDR_RST: u8 = 0x04;
     const TCPHDR_ACK: u8 = 0x10;
-    // tcp_flags is u8 or u16 depending on the kernel; its low byte holds ACK either way.
-    if read::<u8>(skb, off!(skb_cb) + off!(tcb_tcp_flags))? & TCPHDR_ACK == 0 {
+    // tcp_flags is u8 or u16 depending on the kernel; its low byte holds these either way.
+    // A RST's acknowledgment number is never taken (the reset is handled first: a peer that
+    // closed with bytes unread acks what it threw away), nor a SYN's on an established
+    // socket.
+    let flags = read::<u8>(skb, off!(skb_cb) + off!(tcb_tcp_flags))?;
+    if flags & (TCPHDR_ACK | TCPHDR_RST | TCPHDR_SYN) != TCPHDR_ACK {
         return Ok(None);
     }
     read(skb, off!(skb_cb) + off!(tcb_ack_seq)).map(Some)

@@ -18,6 +18,7 @@ pub const LOST_EVENTS: u32 = trace_common::counters::LOST_EVENTS;
 pub const READ_ERRORS: u32 = trace_common::counters::READ_ERRORS;
 pub const AGG_STREAMED: u32 = trace_common::counters::AGG_STREAMED;
 pub const NEXT_ID: u32 = trace_common::counters::NEXT_ID;
+pub const EXITS_MISSED: u32 = trace_common::counters::EXITS_MISSED;
 
 /// Per CPU, per program with a standby copy: the runs the copy took.
 #[map]

@@ -7,7 +7,6 @@
 mod common;
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     thread,
@@ -36,11 +35,7 @@ impl Nginx {
         std::fs::create_dir_all(&www).expect("nginx dir");
         std::fs::write(www.join("big"), vec![b'b'; BIG]).unwrap();
         std::fs::write(www.join("small"), vec![b's'; SMALL]).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let d = dir.display();
         let conf = format!(
             "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid;

@@ -7,7 +7,6 @@ mod common;
 
 use std::{
     collections::HashMap,
-    net::TcpListener,
     process::{Child, Command, Stdio},
     thread,
     time::Duration,
@@ -24,11 +23,7 @@ struct Redis {
 
 impl Redis {
     fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])

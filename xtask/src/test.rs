@@ -30,6 +30,7 @@ const TEST_PACKAGES: &[&str] = &[
     "nginx",
     "curl",
     "strace",
+    "iperf3",
 ];
 
 /// What the churn tests' names contain (trace-user/tests/churn.rs).
@@ -87,7 +88,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     }
     setup::run()?;
     // Real programs the tests trace or read the kernel with: redis-server and
-    // redis-benchmark, nginx and curl, strace (the reference for nginx's calls), and bpftool
+    // redis-benchmark, nginx and curl, iperf3, strace (the reference for nginx's calls), and bpftool
     // (the churn tests count the kernel's map entries).
     setup::debian_packages(TEST_PACKAGES, &["--no-install-recommends"])?;
     if !args.no_lint {

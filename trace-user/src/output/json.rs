@@ -7,7 +7,7 @@ use serde::{Serialize, Serializer};
 use trace_common::{
     BlockEvent, EventKind, Header, RecvEvent, SEND_F_BLOCKED, SEND_F_REQUESTED, SEND_F_UNSEEN,
     SendEvent, SendQueue, SockEvent, UdpEvent,
-    calls::{CallEvent, CallRef},
+    calls::{CALL_F_EXIT_MISSED, CallEvent, CallRef},
 };
 
 use super::{
@@ -177,6 +177,8 @@ struct CallJson<'a> {
     error: i64,
     copied: u64,
     errors: u32,
+    /// The kernel skipped the call's exit: `ret` unknown (0).
+    exit_missed: bool,
 }
 
 #[derive(Serialize)]
@@ -289,6 +291,7 @@ impl Output for JsonOutput {
             error: e.ret,
             copied: e.copied,
             errors: e.errors,
+            exit_missed: e.flags & CALL_F_EXIT_MISSED != 0,
         })
     }
 

@@ -5,7 +5,7 @@ use std::io::Write;
 use trace_common::{
     BlockEvent, EventKind, RecvEvent, SEND_F_REQUESTED, SEND_F_UNSEEN, SendEvent, SockAddrs,
     SockEvent, UdpEvent,
-    calls::{self, CallEvent, nr},
+    calls::{self, CALL_F_EXIT_MISSED, CallEvent, nr},
 };
 
 use super::{Output, SockNames, Totals, text_sock};
@@ -223,7 +223,9 @@ impl Output for TextOutput {
             format::comm_str(&e.comm),
             "-",
         )?;
-        if e.ret >= 0 {
+        if e.flags & CALL_F_EXIT_MISSED != 0 {
+            write!(self.out, "{:>8} ", "?")?;
+        } else if e.ret >= 0 {
             write!(self.out, "{:>8} ", e.ret)?;
         } else {
             write!(self.out, "{:>8} ", ErrName(e.ret))?;

@@ -111,6 +111,15 @@ pub fn end(out: &[Value]) -> &Value {
     out.last().expect("end line")
 }
 
+/// A loopback port free at the moment, for a server the test starts.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A connected loopback pair: (client, server side), both blocking.
 pub fn tcp_pair() -> (TcpStream, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");

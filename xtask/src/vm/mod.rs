@@ -27,6 +27,9 @@ const HOST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "bash",
+    // Real programs the guests run tests with.
+    "bpftool",
+    "iperf3",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -151,7 +154,13 @@ pub fn run(args: VmTestArgs) -> anyhow::Result<u64> {
     } else {
         binaries
     };
-    let binaries_of = |mode: &str| if mode == "auto" { auto_binaries } else { binaries };
+    let binaries_of = |mode: &str| {
+        if mode == "auto" {
+            auto_binaries
+        } else {
+            binaries
+        }
+    };
     let steps = binaries * groups[0].len();
     let timeout = args
         .timeout
