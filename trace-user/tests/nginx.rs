@@ -78,61 +78,6 @@ impl Drop for Nginx {
     }
 }
 
-/// `strace -f -p PID` recording `sendfile` and `writev` into a file until stopped.
-struct Strace {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Strace {
-    fn attach(pid: u32, log: PathBuf) -> Self {
-        let child = Command::new("strace")
-            .args(["-f", "-qq", "-e", "trace=sendfile,writev", "-o"])
-            .arg(&log)
-            .args(["-p", &pid.to_string()])
-            .spawn()
-            .expect("strace (installed by cargo xtask test's set-up)");
-        // strace creates its log once it has attached.
-        wait_until(Duration::from_secs(10), "strace to attach", || log.exists());
-        thread::sleep(Duration::from_millis(200));
-        Self { child, log }
-    }
-
-    /// Stops it; the results of each call of `syscall`, in order.
-    fn stop(mut self, syscall: &str) -> Vec<i64> {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
-        let text = std::fs::read_to_string(&self.log).expect("strace log");
-        results(&text, syscall)
-    }
-}
-
-/// Results of `syscall` in an strace log: `= N` or `= -1 EAGAIN (…)` as -11.
-fn results(log: &str, syscall: &str) -> Vec<i64> {
-    log.lines()
-        .filter(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .is_some_and(|c| c.starts_with(&format!("{syscall}(")))
-        })
-        .map(|l| {
-            let r = l
-                .rsplit_once(" = ")
-                .map(|(_, r)| r)
-                .unwrap_or_else(|| panic!("strace line: {l}"));
-            let mut w = r.split_whitespace();
-            match w.next() {
-                Some("-1") => match w.next() {
-                    Some("EAGAIN") => -11,
-                    other => panic!("unexpected error {other:?} in strace line: {l}"),
-                },
-                Some(n) => n.parse().unwrap_or_else(|_| panic!("strace line: {l}")),
-                None => panic!("strace line: {l}"),
-            }
-        })
-        .collect()
-}
-
 /// Results of the traced application calls of `syscall`: its `call` events (`by_call`:
 /// sendfile), or its sends, each a call of its own (writev).
 fn traced(out: &[Value], syscall: &str, by_call: bool) -> Vec<i64> {
@@ -147,7 +92,7 @@ fn traced(out: &[Value], syscall: &str, by_call: bool) -> Vec<i64> {
 fn nginx_sendfile_calls_equal_strace_and_every_byte_is_acked() {
     let nginx = Nginx::start();
     let pid = nginx.child.id();
-    let strace = Strace::attach(pid, nginx.dir.join("strace.log"));
+    let strace = strace::Attached::to(pid, "sendfile,writev", nginx.dir.join("strace.log"));
     let trace = Trace::start(&["-p", &pid.to_string()]);
     let summary = SummaryRun::start(&["-p", &pid.to_string()]);
     assert_eq!(nginx.get("big", &["--limit-rate", "25M"]), Some(BIG as u64));
@@ -175,11 +120,9 @@ fn nginx_sendfile_calls_equal_strace_and_every_byte_is_acked() {
     thread::sleep(Duration::from_millis(300));
     let out = trace.stop();
     let (summary, _) = summary.stop_whole();
-    let sendfile = strace.stop("sendfile");
-    let writev = {
-        let text = std::fs::read_to_string(nginx.dir.join("strace.log")).unwrap();
-        results(&text, "writev")
-    };
+    let calls = strace.stop();
+    let sendfile = strace::results(&calls, "sendfile");
+    let writev = strace::results(&calls, "writev");
     assert!(curl.status.success(), "curl: {curl:?}");
     let eagains = sendfile.iter().filter(|r| **r == -11).count();
     assert!(

@@ -150,3 +150,47 @@ fn redis_benchmark_rows_equal_the_streamed_calls_socket_by_socket() {
         "totals: {t}"
     );
 }
+
+#[test]
+fn redis_benchmark_calls_equal_strace() {
+    let redis = Redis::start();
+    let (port, pid) = (redis.port.to_string(), redis.child.id());
+    let dir = std::env::temp_dir().join(format!("sockbuf-redis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let strace = strace::Attached::to(pid, "read,write,writev", dir.join("strace.log"));
+    let trace = Trace::start(&["-p", &pid.to_string()]);
+    let bench = Command::new("redis-benchmark")
+        .args([
+            "-p", &port, "-n", "2000", "-c", "10", "-P", "16", "-t", "set,get", "-q",
+        ])
+        .output()
+        .expect("redis-benchmark");
+    assert!(bench.status.success(), "redis-benchmark: {bench:?}");
+    thread::sleep(Duration::from_millis(300));
+    let out = trace.stop();
+    let calls = strace.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    // redis-server's socket calls, as strace saw them and as sockbuf did.
+    let reads = strace::results(&calls, "read");
+    let traced = |kind: &str| -> Vec<i64> {
+        out.iter()
+            .filter(|e| e["kind"] == kind && e["family"].is_string())
+            .map(|e| e["ret"].as_i64().unwrap())
+            .collect()
+    };
+    // redis-server does its socket I/O on one thread (io-threads 1): the same order.
+    let writes: Vec<i64> = calls
+        .iter()
+        .filter(|c| c.tcp && (c.name == "write" || c.name == "writev"))
+        .map(|c| c.ret)
+        .collect();
+    assert_eq!(traced("send"), writes, "send calls: sockbuf vs strace");
+    assert_eq!(traced("recv"), reads, "receive calls: sockbuf vs strace");
+    eprintln!(
+        "redis: {} write/writev and {} read calls on sockets ({} B, {} B), equal to strace",
+        writes.len(),
+        reads.len(),
+        writes.iter().filter(|r| **r > 0).sum::<i64>(),
+        reads.iter().filter(|r| **r > 0).sum::<i64>()
+    );
+}

@@ -43,6 +43,7 @@ pub const HOST_ONLY: &[&str] = &[
     CHURN_TESTS,
     "redis_benchmark",
     "nginx_sendfile",
+    "slow_reader",
     "stale_named_namespaces",
 ];
 
