@@ -565,6 +565,8 @@ pub struct KernelOffsets {
     /// `sock.sk_shutdown` (u8): which directions are shut (`RCV_SHUTDOWN` once the peer's
     /// FIN was received).
     pub sk_shutdown: u32,
+    /// `task_struct.flags` (`PF_IO_WORKER`: an io_uring worker thread).
+    pub task_flags: u32,
 }
 
 const _: () = {
@@ -581,5 +583,5 @@ const _: () = {
     assert!(core::mem::size_of::<RecvEvent>() == 136);
     assert!(core::mem::size_of::<SockEvent>() == 176);
     assert!(core::mem::size_of::<UdpEvent>() == 128);
-    assert!(core::mem::size_of::<KernelOffsets>() == 204);
+    assert!(core::mem::size_of::<KernelOffsets>() == 208);
 };

@@ -58,6 +58,7 @@ static KOFFSETS: KernelOffsets = KernelOffsets {
     socket_sk: 0,
     task_stack: 0,
     sk_shutdown: 0,
+    task_flags: 0,
 };
 
 /// The offset of one kernel field, as the loader set it.
@@ -398,6 +399,12 @@ pub fn fd_sock(fd: u64) -> Result<Option<(u64, bool)>, Fault> {
 
 /// x86_64's and arm64's kernel stacks (16 KiB; twice that with KASAN, not supported).
 const THREAD_SIZE: u64 = 16 << 10;
+
+/// Task `task`'s `PF_*` flags.
+#[inline(always)]
+pub fn task_flags(task: u64) -> Result<u32, Fault> {
+    read(task, off!(task_flags))
+}
 
 /// Task `task`'s kernel stack: (lowest address, size).
 #[inline(always)]

@@ -17,13 +17,42 @@ pub struct AckedWrite {
     pub seq_end: u64,
     /// When the write's send call started.
     pub write_ns: u64,
-    /// When the covering ACK arrived, or (`by_state`) the state change that proved it.
+    /// When the covering ACK arrived, or what else proved it (`settled_by`).
     pub ack_ts_ns: u64,
-    /// Settled by a state change that showed the bytes acknowledged (`bytes_acked` then),
-    /// not by an ACK seen arriving: ACKs reach the ACK hook only while the connection is
-    /// ESTABLISHED, so those after `shutdown()` or `close()` show up this way (FIN_WAIT2:
-    /// the FIN and every byte before it acked). Its time is an upper bound.
-    pub by_state: bool,
+    /// What proved the bytes acknowledged.
+    pub settled_by: Settled,
+}
+
+/// What proved a write's bytes acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// An ACK seen arriving.
+    Ack,
+    /// A state change that showed them acknowledged (`bytes_acked` then): ACKs reach the
+    /// ACK hook only while the connection is ESTABLISHED, so those after `shutdown()` or
+    /// `close()` show up this way (FIN_WAIT2: the FIN and every byte before it acked). Its
+    /// time is an upper bound.
+    State,
+    /// The call's own return, whose send queue showed them acknowledged, with no ACK seen
+    /// for them: a call no hook saw begin (io_uring's, where the backend opens calls at
+    /// the send syscalls), so that the ACK arriving during it (loopback) was not watched
+    /// for. Its time is an upper bound.
+    Return,
+}
+
+impl Settled {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ack => "ack",
+            Self::State => "state",
+            Self::Return => "return",
+        }
+    }
+
+    /// Whether the time is an upper bound rather than the ACK's own.
+    pub fn upper_bound(self) -> bool {
+        self != Self::Ack
+    }
 }
 
 impl AckedWrite {
@@ -87,7 +116,7 @@ impl AckMatcher {
                 e.hdr.ts_ns
             },
             ack_ts_ns: 0,
-            by_state: false,
+            settled_by: Settled::Ack,
         };
         if self.socks.len() >= self.max_sockets && !self.socks.contains_key(&w.sock_id) {
             self.dropped += 1;
@@ -96,6 +125,14 @@ impl AckMatcher {
         let s = self.socks.entry(w.sock_id).or_default();
         if let Some(&(_, ts)) = s.recent.iter().find(|(acked, _)| *acked >= w.seq_end) {
             w.ack_ts_ns = ts;
+            out(&w);
+            return;
+        }
+        // An ACK the kernel reported comes before the send event that returned after it
+        // (one ring buffer, in order of reservation): none came, yet it was acked.
+        if e.queue.acked >= w.seq_end {
+            w.ack_ts_ns = e.hdr.ts_ns;
+            w.settled_by = Settled::Return;
             out(&w);
             return;
         }
@@ -131,7 +168,7 @@ impl AckMatcher {
             while s.pending.front().is_some_and(|w| w.seq_end <= e.send.acked) {
                 let mut w = s.pending.pop_front().expect("checked");
                 w.ack_ts_ns = e.hdr.ts_ns;
-                w.by_state = true;
+                w.settled_by = Settled::State;
                 out(&w);
             }
         }

@@ -208,6 +208,7 @@ impl KernelBtf {
             inode_mode: self.offset("inode", "i_mode", 2)?,
             socket_sk: self.offset("socket", "sk", 8)?,
             task_stack: self.offset("task_struct", "stack", 8)?,
+            task_flags: self.offset("task_struct", "flags", 4)?,
         })
     }
 

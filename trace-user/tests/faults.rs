@@ -87,8 +87,8 @@ fn sigkill_of_trace_leaves_no_program_map_or_link() {
     );
 }
 
-#[test]
-fn sigkill_of_fill_leaves_no_namespace() {
+/// `sockbuf fill --hold 60s` once it has reported, its report, and its namespace.
+fn holding_fill() -> (std::process::Child, Value, (u64, u64)) {
     let mut child = Command::new(SOCKBUF)
         .args(["fill", "--json", "--hold", "60s"])
         .stdout(Stdio::piped())
@@ -98,6 +98,12 @@ fn sigkill_of_fill_leaves_no_namespace() {
     let report = line_of(&mut lines, "fill_report");
     let path = report["netns"].as_str().expect("netns");
     let ns = netns_inode(path).expect("the namespace while the sockets are held");
+    (child, report, ns)
+}
+
+#[test]
+fn sigkill_of_fill_leaves_no_namespace() {
+    let (mut child, _, ns) = holding_fill();
     child.kill().expect("SIGKILL");
     child.wait().expect("wait");
     wait_until(Duration::from_secs(10), "the namespace gone", || {
@@ -242,4 +248,75 @@ fn stale_named_namespaces_are_deleted() {
     let _ = Command::new("ip").args(["netns", "del", &alive]).status();
     assert!(!listed.contains(dead), "the stale one deleted: {listed}");
     assert!(listed.contains(&alive), "the live one kept: {listed}");
+}
+
+/// The network namespace a running sockbuf holds (`/proc/PID/fd/N` → `net:[…]`).
+fn held_netns(pid: u32) -> (u64, u64) {
+    let dir = format!("/proc/{pid}/fd");
+    std::fs::read_dir(&dir)
+        .expect("fd dir")
+        .flatten()
+        .find(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("net:["))
+        })
+        .and_then(|e| netns_inode(e.path()))
+        .expect("sockbuf holds its namespace by a file descriptor")
+}
+
+/// Sends SIGINT, as Ctrl-C would, and waits for the exit: at once (2 s), not when the
+/// experiment would have ended; the namespace goes with the process.
+fn interrupt(child: &mut std::process::Child, ns: (u64, u64)) -> std::process::ExitStatus {
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "sockbuf still running 2 s after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    wait_until(Duration::from_secs(5), "the namespace gone", || {
+        !netns_alive(ns)
+    });
+    status
+}
+
+#[test]
+fn ctrl_c_during_hold_ends_it_at_once() {
+    let (mut child, report, ns) = holding_fill();
+    let checks = report["checks"].as_object().expect("checks");
+    assert!(checks.values().all(|c| c == true), "{report}");
+    let status = interrupt(&mut child, ns);
+    assert!(status.success(), "the experiment passed: {status}");
+}
+
+#[test]
+fn ctrl_c_during_the_fill_ends_it_at_once() {
+    // The writer sleeps on a full buffer for a minute before the server reads.
+    let mut child = Command::new(SOCKBUF)
+        .args([
+            "fill",
+            "--json",
+            "--mode",
+            "blocking",
+            "--read-after",
+            "60s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sockbuf fill");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    line_of(&mut lines, "block_start");
+    let ns = held_netns(child.id());
+    let status = interrupt(&mut child, ns);
+    let err = stderr_of(&mut child);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("interrupted before the experiment finished") && err.lines().count() == 1,
+        "one line saying so: {err}"
+    );
 }

@@ -167,6 +167,13 @@ fn iperf3_tcp_bytes_equal_iperf3s_own() {
 #[test]
 fn iperf3_zerocopy_sendfile_calls_add_up_to_iperf3s_bytes() {
     let (report, out, _) = traced_run(&["-Z"]);
+    if has_sendpage() {
+        // Documented: before 6.5 sendfile() bypasses tcp_sendmsg; only the cookie is seen.
+        let sends = on_data(&out, &report, "send", true);
+        assert_eq!(copied(&sends), COOKIE * data_ports(&report).len() as u64);
+        assert!(out.iter().all(|e| e["kind"] != "call"));
+        return;
+    }
     check_tcp(&report, &out, "sendfile");
     // What each sendfile() returned, as iperf3 added it up.
     let ports = data_ports(&report);
@@ -206,9 +213,11 @@ fn iperf3_udp_datagrams_equal_iperf3s_own() {
         .into_iter()
         .filter(|e| e["protocol"] == "udp" && u(&e["copied"]) == UDP_LEN)
         .collect();
+    // iperf3's `packets` is the highest sequence number seen: datagrams the receive
+    // buffer dropped (an emulated guest's slow reader) are in `lost_packets`.
     assert_eq!(
         reads.len() as u64,
-        u(&received["packets"]),
+        u(&received["packets"]) - u(&received["lost_packets"]),
         "datagrams read"
     );
     assert_eq!(copied(&reads), u(&received["bytes"]), "bytes read");

@@ -19,15 +19,6 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-/// Whether TCP still has `tcp_sendpage` (before 6.5): `sendfile()` and `splice()` reach it
-/// instead of `tcp_sendmsg`, and no backend hooks it (README: Real programs).
-fn has_sendpage() -> bool {
-    std::fs::read_to_string("/proc/kallsyms")
-        .expect("kallsyms")
-        .lines()
-        .any(|l| l.ends_with(" tcp_sendpage"))
-}
-
 /// A file of `len` bytes in memory (`memfd`), which `sendfile()` reads like any file.
 fn memfile(len: usize) -> File {
     let fd = unsafe { libc::memfd_create(c"sockbuf-test".as_ptr(), 0) };

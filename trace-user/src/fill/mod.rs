@@ -28,7 +28,7 @@ use crate::{
     error::SetupError,
     lab::{self, Lab},
     netns::NetNs,
-    preflight,
+    preflight, stop,
 };
 
 /// Runs the experiment; `Ok(false)` when a check failed.
@@ -59,9 +59,13 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
     let (asleep_tx, asleep_rx) = mpsc::channel();
     let (result_tx, result_rx) = mpsc::channel();
     let done = Arc::new(Notify::new());
+    let released = Arc::new(Notify::new());
     let writer = Arc::new(WriterState::default());
-    let experiment = {
+    // Not joined: a Ctrl-C during --hold ends the process, and the thread and its sockets
+    // with it.
+    let _experiment = {
         let (ns, done, writer, plan) = (ns.clone(), done.clone(), writer.clone(), plan.clone());
+        let released = released.clone();
         thread::Builder::new().name("fill".into()).spawn(move || {
             let (r, held) =
                 match experiment::run(plan.clone(), &ns, port_tx, go_rx, asleep_rx, writer) {
@@ -79,6 +83,7 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
                 thread::sleep(hold);
                 drop(held);
             }
+            released.notify_one();
         })?
     };
     let port = lab::port(&port_rx, &result_rx)?;
@@ -135,7 +140,8 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
     }
     printer.out.flush()?;
     lab::print_report(&report, args.json, |out| report.write_text(out))?;
-    // The experiment may still hold its sockets open (--hold).
-    let _ = tokio::task::spawn_blocking(move || experiment.join()).await;
+    // The experiment may still hold its sockets open (--hold): until it lets them go, or
+    // Ctrl-C or SIGTERM (tokio's handler has replaced the default that would end the process).
+    stop::stop_on(None, released.notified()).await;
     Ok(report.passed())
 }

@@ -260,7 +260,7 @@ impl Output for JsonOutput {
             seq_end: w.seq_end,
             write_ns: w.write_ns,
             acked_ns: w.acked_ns(),
-            settled_by: if w.by_state { "state" } else { "ack" },
+            settled_by: w.settled_by.name(),
         })
     }
 

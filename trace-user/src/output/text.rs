@@ -189,7 +189,11 @@ impl Output for TextOutput {
             "-",
             w.seq_start,
             w.seq_end,
-            if w.by_state { "at most " } else { "" },
+            if w.settled_by.upper_bound() {
+                "at most "
+            } else {
+                ""
+            },
             Nanos(w.acked_ns()),
             self.conn(w.sock_id),
         )

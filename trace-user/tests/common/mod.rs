@@ -112,6 +112,15 @@ pub fn end(out: &[Value]) -> &Value {
     out.last().expect("end line")
 }
 
+/// Whether TCP still has `tcp_sendpage` (before 6.5): `sendfile()` and `splice()` reach it
+/// instead of `tcp_sendmsg`, and no backend hooks it (README: Real programs).
+pub fn has_sendpage() -> bool {
+    std::fs::read_to_string("/proc/kallsyms")
+        .expect("kallsyms")
+        .lines()
+        .any(|l| l.ends_with(" tcp_sendpage"))
+}
+
 /// A loopback port free at the moment, for a server the test starts.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
