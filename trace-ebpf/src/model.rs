@@ -325,7 +325,9 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
             if !filter::sock_passes(&sock)? {
                 return Ok(());
             }
-            (0, 0, 0, 0, sock.ino()?)
+            // No hook saw it begin (an error before the copy loop, or TCP Fast Open, whose
+            // data goes into the SYN instead): its flags as the syscall passed them.
+            (0, 0, syscall::send_flags()?, 0, sock.ino()?)
         }
     };
     let track = unsafe { &mut *sock_track(&sock, ino, IPPROTO_TCP)? };
@@ -351,6 +353,10 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
     let seq_end = queue.acked + u64::from(queue.send_q);
     if ret > 0 || start_ns != 0 {
         track.write_end = seq_end;
+    }
+    if track.addrs.rport == 0 {
+        // Met before it was connected: a TCP Fast Open call connects it on the way.
+        sock.read_addrs(&mut track.addrs)?;
     }
     let (addrs, id, ino) = (track.addrs, track.id, track.ino);
     emit(|e: &mut SendEvent| {

@@ -236,7 +236,7 @@ pub struct TraceArgs {
     #[command(flatten)]
     pub tracer: TracerArgs,
 
-    /// One JSON object per line (fields in the README) instead of aligned text.
+    /// One JSON object per line (fields in docs/trace.md) instead of aligned text.
     #[arg(long)]
     pub json: bool,
 

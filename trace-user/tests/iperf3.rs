@@ -56,7 +56,7 @@ impl Drop for Server {
 
 /// Runs `iperf3 -c … -J ARGS` against a fresh server under `sockbuf trace --port`; iperf3's
 /// report, the traced objects, and the port.
-fn traced_run(args: &[&str]) -> (Value, Vec<Value>, u16) {
+fn traced_run(args: &[&str]) -> (Value, Vec<Value>, u16, u64) {
     let server = Server::start();
     let port = server.port.to_string();
     let trace = Trace::start(&["--port", &port]);
@@ -67,8 +67,27 @@ fn traced_run(args: &[&str]) -> (Value, Vec<Value>, u16) {
         .expect("iperf3 -c");
     assert!(out.status.success(), "iperf3 -c: {out:?}");
     let report: Value = serde_json::from_slice(&out.stdout).expect("iperf3 -J");
-    let traced = trace.stop();
-    (report, traced, server.port)
+    // Client, server and sockbuf contend for the CPU: a run the kernel skipped is counted in
+    // `missed`, and each check allows for that many calls (see `agrees`).
+    let (traced, missed) = trace.stop_counting_missed();
+    (report, traced, server.port, missed)
+}
+
+/// The largest call iperf3 makes (its TCP block, 128 KiB).
+const MAX_CALL: u64 = 128 * 1024;
+
+/// `traced` equals iperf3's `reference`, or, where the kernel skipped `missed` program runs,
+/// falls short by no more than that many calls of `per_call` bytes (or items) each.
+fn agrees(traced: u64, reference: u64, missed: u64, per_call: u64, what: &str) {
+    if missed == 0 {
+        assert_eq!(traced, reference, "{what}: sockbuf vs iperf3");
+    } else {
+        assert!(
+            traced <= reference && reference - traced <= missed * per_call,
+            "{what}: sockbuf {traced} vs iperf3 {reference}, {missed} runs skipped"
+        );
+        eprintln!("{what}: {missed} runs skipped by the kernel, counted; {traced} of {reference}");
+    }
 }
 
 /// The client's data connections' local ports, as iperf3 reports them.
@@ -95,7 +114,7 @@ fn copied(events: &[&Value]) -> u64 {
     events.iter().map(|e| u(&e["copied"])).sum()
 }
 
-fn check_tcp(report: &Value, out: &[Value], syscall: &str) {
+fn check_tcp(report: &Value, out: &[Value], syscall: &str, missed: u64) {
     let sent = u(&report["end"]["sum_sent"]["bytes"]);
     let received = u(&report["end"]["sum_received"]["bytes"]);
     let streams = data_ports(report).len() as u64;
@@ -103,22 +122,26 @@ fn check_tcp(report: &Value, out: &[Value], syscall: &str) {
     let recvs = on_data(out, report, "recv", false);
     assert!(sent > 0 && streams > 0, "iperf3 sent nothing: {report}");
     assert_eq!(sends[0]["copied"], COOKIE, "the cookie first: {}", sends[0]);
-    assert_eq!(
+    agrees(
         copied(&sends),
         sent + COOKIE * streams,
-        "bytes sent: sockbuf vs iperf3"
+        missed,
+        MAX_CALL,
+        "bytes sent",
     );
     let data: Vec<&Value> = sends[1..].to_vec();
     assert!(
         data.iter().all(|s| s["syscall"] == syscall),
         "every data send by {syscall}"
     );
-    assert_eq!(
+    agrees(
         copied(&recvs),
         received + COOKIE * streams,
-        "bytes received: sockbuf vs iperf3"
+        missed,
+        MAX_CALL,
+        "bytes received",
     );
-    check_acks(out, &sends);
+    check_acks(out, &sends, missed);
     eprintln!(
         "iperf3 {syscall}: {sent} B sent in {} kernel sends, {received} B received in {} calls, as iperf3 counted",
         data.len(),
@@ -129,7 +152,7 @@ fn check_tcp(report: &Value, out: &[Value], syscall: &str) {
 /// Every write the peer acknowledged has its `ack`; the others are the end line's
 /// `unacked`. The server may close a data connection with bytes unread when the time is up
 /// (a RST, `TCP_ABORT_ON_CLOSE`): the writes past what it had acknowledged then never are.
-fn check_acks(out: &[Value], sends: &[&Value]) {
+fn check_acks(out: &[Value], sends: &[&Value], missed: u64) {
     // Per socket, the highest offset any event showed acknowledged.
     let mut acked_at_end: HashMap<u64, u64> = HashMap::new();
     for e in out {
@@ -143,30 +166,36 @@ fn check_acks(out: &[Value], sends: &[&Value]) {
         .filter(|e| e["kind"] == "ack")
         .map(|e| (u(&e["sock_id"]), u(&e["seq_end"])))
         .collect();
-    let mut never = 0;
+    let (mut never, mut unmatched) = (0, 0);
     for s in sends.iter().filter(|s| u(&s["copied"]) > 0) {
         let (id, seq_end) = (u(&s["sock_id"]), u(&s["seq_end"]));
-        if seq_end <= acked_at_end.get(&id).copied().unwrap_or(0) {
-            assert!(
-                acks.contains(&(id, seq_end)),
-                "acknowledged, no ack event: {s}"
-            );
-        } else {
+        if seq_end > acked_at_end.get(&id).copied().unwrap_or(0) {
             never += 1;
+        } else if !acks.contains(&(id, seq_end)) {
+            unmatched += 1; // acknowledged, its ack event one of the runs skipped
         }
     }
-    assert_eq!(u(&end(out)["unacked"]), never, "unacked: {}", end(out));
+    assert!(
+        unmatched <= missed,
+        "{unmatched} acknowledged writes without an ack event"
+    );
+    assert_eq!(
+        u(&end(out)["unacked"]),
+        never + unmatched,
+        "unacked: {}",
+        end(out)
+    );
 }
 
 #[test]
 fn iperf3_tcp_bytes_equal_iperf3s_own() {
-    let (report, out, _) = traced_run(&[]);
-    check_tcp(&report, &out, "write");
+    let (report, out, _, missed) = traced_run(&[]);
+    check_tcp(&report, &out, "write", missed);
 }
 
 #[test]
 fn iperf3_zerocopy_sendfile_calls_add_up_to_iperf3s_bytes() {
-    let (report, out, _) = traced_run(&["-Z"]);
+    let (report, out, _, missed) = traced_run(&["-Z"]);
     if has_sendpage() {
         // Documented: before 6.5 sendfile() bypasses tcp_sendmsg; only the cookie is seen.
         let sends = on_data(&out, &report, "send", true);
@@ -174,7 +203,7 @@ fn iperf3_zerocopy_sendfile_calls_add_up_to_iperf3s_bytes() {
         assert!(out.iter().all(|e| e["kind"] != "call"));
         return;
     }
-    check_tcp(&report, &out, "sendfile");
+    check_tcp(&report, &out, "sendfile", missed);
     // What each sendfile() returned, as iperf3 added it up.
     let ports = data_ports(&report);
     let calls: u64 = out
@@ -182,17 +211,19 @@ fn iperf3_zerocopy_sendfile_calls_add_up_to_iperf3s_bytes() {
         .filter(|e| e["kind"] == "call" && ports.contains(&u(&e["lport"])))
         .map(|c| c["ret"].as_i64().unwrap().max(0) as u64)
         .sum();
-    assert_eq!(
+    agrees(
         calls,
         u(&report["end"]["sum_sent"]["bytes"]),
-        "sendfile() results"
+        missed,
+        MAX_CALL,
+        "sendfile() results",
     );
 }
 
 #[test]
 fn iperf3_udp_datagrams_equal_iperf3s_own() {
     let len = UDP_LEN.to_string();
-    let (report, out, port) = traced_run(&["-u", "-b", "100M", "-l", &len]);
+    let (report, out, port, missed) = traced_run(&["-u", "-b", "100M", "-l", &len]);
     let sent = &report["end"]["sum_sent"];
     let received = &report["end"]["sum_received"];
     let sends: Vec<&Value> = on_data(&out, &report, "udp_send", true)
@@ -206,8 +237,20 @@ fn iperf3_udp_datagrams_equal_iperf3s_own() {
         "one 4-byte hello, then datagrams"
     );
     assert_eq!(u(&sends[0]["bytes"]), UDP_HELLO);
-    assert_eq!(data.len() as u64, u(&sent["packets"]), "datagrams sent");
-    assert_eq!(data.len() as u64 * UDP_LEN, u(&sent["bytes"]), "bytes sent");
+    agrees(
+        data.len() as u64,
+        u(&sent["packets"]),
+        missed,
+        1,
+        "datagrams sent",
+    );
+    agrees(
+        data.len() as u64 * UDP_LEN,
+        u(&sent["bytes"]),
+        missed,
+        UDP_LEN,
+        "bytes sent",
+    );
     // The server reads them on its data socket (connected back to the client's port).
     let reads: Vec<&Value> = on_data(&out, &report, "recv", false)
         .into_iter()
@@ -215,12 +258,20 @@ fn iperf3_udp_datagrams_equal_iperf3s_own() {
         .collect();
     // iperf3's `packets` is the highest sequence number seen: datagrams the receive
     // buffer dropped (an emulated guest's slow reader) are in `lost_packets`.
-    assert_eq!(
+    agrees(
         reads.len() as u64,
         u(&received["packets"]) - u(&received["lost_packets"]),
-        "datagrams read"
+        missed,
+        1,
+        "datagrams read",
     );
-    assert_eq!(copied(&reads), u(&received["bytes"]), "bytes read");
+    agrees(
+        copied(&reads),
+        u(&received["bytes"]),
+        missed,
+        UDP_LEN,
+        "bytes read",
+    );
     eprintln!(
         "iperf3 udp: {} datagrams sent, {} read, as iperf3 counted",
         data.len(),

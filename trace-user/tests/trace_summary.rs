@@ -124,10 +124,15 @@ fn many_small_writes_are_counted_in_the_kernel_and_each_acked() {
     assert_eq!(u(&sock["requested_bytes"]), calls * 64);
     assert_eq!(hist_total(&sock["copy_bytes"]), calls);
     // Every write's ACK came while the socket was established (TCP_INFO says none is left):
-    // each one is timed, none left waiting.
-    assert_eq!(u(&sock["acked_writes"]), calls, "{sock}");
-    assert_eq!(u(&sock["untimed_writes"]), 0, "{sock}");
-    assert_eq!(hist_total(&sock["ack_us"]), calls);
+    // each one is timed, none left waiting; but a call whose start the kernel skipped (the
+    // kprobe backend's counted misses, 7.3 under emulation) cannot be timed.
+    let (acked, untimed) = (u(&sock["acked_writes"]), u(&sock["untimed_writes"]));
+    assert_eq!(acked + untimed, calls, "{sock}");
+    assert!(
+        untimed <= u(&end["missed"]),
+        "untimed {untimed}: {sock} {end}"
+    );
+    assert_eq!(hist_total(&sock["ack_us"]), acked);
     assert_eq!(u(&end["unacked"]), 0, "{end}");
     assert_eq!(u(&end["sends"]), calls, "{end}");
     // Counted in the kernel: the ring buffer carried the few lifecycle events, not a record

@@ -11,7 +11,7 @@ use crate::{
     lab::{self, Check, check, checks_as_map},
 };
 
-/// The report; serialized as the `fill_report` JSON object (fields in the README).
+/// The report; serialized as the `fill_report` JSON object (fields in docs/experiments.md).
 #[derive(Clone, Debug, Serialize)]
 pub struct FillReport {
     pub kind: &'static str,

@@ -1,4 +1,4 @@
-//! One JSON object per line. Field names are documented in the README; every object has
+//! One JSON object per line. Field names are documented in docs/trace.md; every object has
 //! `"kind"`.
 
 use std::io::Write;

@@ -37,7 +37,7 @@ impl EventHandler for UdpHandler {
     }
 }
 
-/// Serialized as the `udp_report` JSON object (fields in the README).
+/// Serialized as the `udp_report` JSON object (fields in docs/experiments.md).
 #[derive(Debug, Serialize)]
 pub struct UdpReport {
     pub kind: &'static str,

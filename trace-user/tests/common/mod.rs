@@ -113,7 +113,7 @@ pub fn end(out: &[Value]) -> &Value {
 }
 
 /// Whether TCP still has `tcp_sendpage` (before 6.5): `sendfile()` and `splice()` reach it
-/// instead of `tcp_sendmsg`, and no backend hooks it (README: Real programs).
+/// instead of `tcp_sendmsg`, and no backend hooks it (docs/limits.md: Real programs).
 pub fn has_sendpage() -> bool {
     std::fs::read_to_string("/proc/kallsyms")
         .expect("kallsyms")

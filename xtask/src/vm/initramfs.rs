@@ -21,7 +21,7 @@ const INIT: &str = include_str!("init.sh");
 /// `ip`, `ss` and `nsenter` for the fill tests, setpriv for the non-root test, bash for its
 /// /dev/tcp in the cgroup test, bpftool for the faults tests.
 const TOOLS: &[&str] = &[
-    "busybox", "ip", "ss", "nsenter", "setpriv", "bash", "bpftool", "iperf3",
+    "busybox", "ip", "ss", "nsenter", "setpriv", "bash", "bpftool",
 ];
 
 /// Where the archive is staged; the archive itself goes beside it.

@@ -27,9 +27,8 @@ const HOST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "bash",
-    // Real programs the guests run tests with.
+    // A real program the guests run tests with.
     "bpftool",
-    "iperf3",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
