@@ -7,11 +7,11 @@ mod common;
 
 use std::{
     collections::{HashMap, HashSet},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
-use common::*;
+use common::{guard::Running, *};
 use serde_json::Value;
 
 /// iperf3 writes a 37-byte cookie on each data connection before its data
@@ -23,18 +23,19 @@ const UDP_LEN: u64 = 1400;
 
 /// An `iperf3 -s -1` (one test, then it exits) on a free port.
 struct Server {
-    child: Child,
+    _server: Running,
     port: u16,
 }
 
 impl Server {
     fn start() -> Self {
         let port = free_port();
-        let child = Command::new("iperf3")
-            .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("iperf3 (installed by cargo xtask test's set-up)");
+        let server = Running::spawn(
+            Command::new("iperf3")
+                .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null()),
+            "iperf3",
+        );
         // Not by connecting: a connection would be the one test it serves.
         wait_until(Duration::from_secs(10), "iperf3 -s to listen", || {
             let ss = Command::new("ss")
@@ -43,14 +44,10 @@ impl Server {
                 .expect("ss");
             !ss.stdout.is_empty()
         });
-        Self { child, port }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Self {
+            _server: server,
+            port,
+        }
     }
 }
 

@@ -7,13 +7,16 @@
 mod common;
 
 use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::Duration,
 };
 
-use common::{summary::SummaryRun, *};
+use common::{
+    guard::{Running, ScratchDir},
+    summary::SummaryRun,
+    *,
+};
 use serde_json::Value;
 
 const BIG: usize = 50_000_000;
@@ -23,14 +26,15 @@ const REQUESTS: usize = 2_000;
 /// An nginx of the test's own (one process, so one pid to trace) in a directory of its own,
 /// both gone when dropped.
 struct Nginx {
-    child: Child,
-    dir: PathBuf,
+    // Fields drop in order: the server stops before its directory goes.
+    server: Running,
+    dir: ScratchDir,
     port: u16,
 }
 
 impl Nginx {
     fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("sockbuf-nginx-{}", std::process::id()));
+        let dir = ScratchDir::new("nginx");
         let www = dir.join("www");
         std::fs::create_dir_all(&www).expect("nginx dir");
         std::fs::write(www.join("big"), vec![b'b'; BIG]).unwrap();
@@ -46,12 +50,13 @@ impl Nginx {
                server {{ listen 127.0.0.1:{port}; root {d}/www; }} }}"
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
-            .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("nginx (installed by cargo xtask test's set-up)");
-        let n = Self { child, dir, port };
+        let server = Running::spawn(
+            Command::new("nginx")
+                .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
+                .stderr(Stdio::inherit()),
+            "nginx",
+        );
+        let n = Self { server, dir, port };
         wait_until(Duration::from_secs(10), "nginx to answer", || {
             n.get("small", &[]).is_some_and(|s| s == SMALL as u64)
         });
@@ -70,14 +75,6 @@ impl Nginx {
     }
 }
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Results of the traced application calls of `syscall`: its `call` events (`by_call`:
 /// sendfile), or its sends, each a call of its own (writev).
 fn traced(out: &[Value], syscall: &str, by_call: bool) -> Vec<i64> {
@@ -91,7 +88,7 @@ fn traced(out: &[Value], syscall: &str, by_call: bool) -> Vec<i64> {
 #[test]
 fn nginx_sendfile_calls_equal_strace_and_every_byte_is_acked() {
     let nginx = Nginx::start();
-    let pid = nginx.child.id();
+    let pid = nginx.server.pid();
     let strace = strace::Attached::to(pid, "sendfile,writev", nginx.dir.join("strace.log"));
     let trace = Trace::start(&["-p", &pid.to_string()]);
     let summary = SummaryRun::start(&["-p", &pid.to_string()]);

@@ -7,30 +7,35 @@ mod common;
 
 use std::{
     collections::HashMap,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::Duration,
 };
 
-use common::{summary::SummaryRun, *};
+use common::{
+    guard::{Running, ScratchDir},
+    summary::SummaryRun,
+    *,
+};
 use serde_json::Value;
 
 /// A redis-server of the test's own on a free loopback port, stopped when dropped.
 struct Redis {
-    child: Child,
+    server: Running,
     port: u16,
 }
 
 impl Redis {
     fn start() -> Self {
         let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (installed by cargo xtask test's set-up)");
-        let r = Self { child, port };
+        let server = Running::spawn(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .stdout(Stdio::null()),
+            "redis-server",
+        );
+        let r = Self { server, port };
         wait_until(Duration::from_secs(10), "redis-server to answer", || {
             Command::new("redis-cli")
                 .args(["-p", &port.to_string(), "ping"])
@@ -39,12 +44,24 @@ impl Redis {
         });
         r
     }
-}
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Runs `redis-benchmark -P 16` of SET and GET: `requests` each, on `clients`
+    /// connections.
+    fn bench(&self, requests: u32, clients: u32) {
+        let out = Command::new("redis-benchmark")
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-P",
+                "16",
+                "-t",
+                "set,get",
+                "-q",
+            ])
+            .args(["-n", &requests.to_string(), "-c", &clients.to_string()])
+            .output()
+            .expect("redis-benchmark");
+        assert!(out.status.success(), "redis-benchmark: {out:?}");
     }
 }
 
@@ -78,13 +95,7 @@ fn redis_benchmark_rows_equal_the_streamed_calls_socket_by_socket() {
     // by port (so the server's are met at their handshake, before accept()).
     let summary = SummaryRun::start(&["--port", &port, "--top", "100000"]);
     let stream = Trace::start(&["--port", &port]);
-    let bench = Command::new("redis-benchmark")
-        .args([
-            "-p", &port, "-n", "4000", "-c", "20", "-P", "16", "-t", "set,get", "-q",
-        ])
-        .output()
-        .expect("redis-benchmark");
-    assert!(bench.status.success(), "redis-benchmark: {bench:?}");
+    redis.bench(4000, 20);
     thread::sleep(Duration::from_millis(300));
     let out = stream.stop();
     let (summary, end) = summary.stop_whole();
@@ -154,22 +165,14 @@ fn redis_benchmark_rows_equal_the_streamed_calls_socket_by_socket() {
 #[test]
 fn redis_benchmark_calls_equal_strace() {
     let redis = Redis::start();
-    let (port, pid) = (redis.port.to_string(), redis.child.id());
-    let dir = std::env::temp_dir().join(format!("sockbuf-redis-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let pid = redis.server.pid();
+    let dir = ScratchDir::new("redis");
     let strace = strace::Attached::to(pid, "read,write,writev", dir.join("strace.log"));
     let trace = Trace::start(&["-p", &pid.to_string()]);
-    let bench = Command::new("redis-benchmark")
-        .args([
-            "-p", &port, "-n", "2000", "-c", "10", "-P", "16", "-t", "set,get", "-q",
-        ])
-        .output()
-        .expect("redis-benchmark");
-    assert!(bench.status.success(), "redis-benchmark: {bench:?}");
+    redis.bench(2000, 10);
     thread::sleep(Duration::from_millis(300));
     let out = trace.stop();
     let calls = strace.stop();
-    let _ = std::fs::remove_dir_all(&dir);
     // redis-server's socket calls, as strace saw them and as sockbuf did.
     let reads = strace::results(&calls, "read");
     let traced = |kind: &str| -> Vec<i64> {

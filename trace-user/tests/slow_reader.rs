@@ -8,15 +8,14 @@ mod common;
 
 use std::{io::Read, net::TcpListener, thread, time::Duration};
 
-use common::*;
+use common::{guard::ScratchDir, *};
 use serde_json::Value;
 
 const LEN: usize = 8 << 20;
 
 #[test]
 fn slow_reader_blocks_a_real_writer_for_as_long_as_strace_times_it() {
-    let dir = std::env::temp_dir().join(format!("sockbuf-slow-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::new("slow");
     let file = dir.join("payload");
     std::fs::write(&file, vec![b'c'; LEN]).unwrap();
     let log = dir.join("strace.log");
@@ -48,7 +47,6 @@ fn slow_reader_blocks_a_real_writer_for_as_long_as_strace_times_it() {
         .filter(|c| c.tcp)
         .map(|c| (c.ret, c.secs))
         .collect();
-    let _ = std::fs::remove_dir_all(&dir);
     let sends: Vec<&Value> = out.iter().filter(|e| e["kind"] == "send").collect();
     let traced: Vec<i64> = sends.iter().map(|s| s["ret"].as_i64().unwrap()).collect();
     let straced: Vec<i64> = strace.iter().map(|(r, _)| *r).collect();

@@ -12,7 +12,7 @@ use trace_common::{
 
 use super::{
     Output, SockNames, Totals,
-    json_sock::{self, Common, Outcome},
+    json_sock::{self, Common, Outcome, Who},
 };
 use crate::{
     acks::AckedWrite,
@@ -97,12 +97,8 @@ pub(super) fn is_not_err(ret: &i64) -> bool {
 /// event with them was seen).
 #[derive(Serialize)]
 struct TaskSock<'a> {
-    cpu: u32,
-    pid: u32,
-    tid: u32,
-    comm: &'a str,
-    sock_id: u64,
-    ino: u64,
+    #[serde(flatten)]
+    who: Who<'a>,
     lport: Option<u16>,
     rport: Option<u16>,
 }
@@ -111,12 +107,7 @@ impl<'a> TaskSock<'a> {
     fn new(hdr: &Header, comm: &'a [u8; 16], names: &SockNames) -> Self {
         let addrs = names.get(hdr.sock_id);
         Self {
-            cpu: hdr.cpu,
-            pid: hdr.pid,
-            tid: hdr.tid,
-            comm: format::comm_str(comm),
-            sock_id: hdr.sock_id,
-            ino: hdr.ino,
+            who: Who::new(hdr, comm),
             lport: addrs.map(|a| a.lport),
             rport: addrs.map(|a| a.rport),
         }

@@ -10,11 +10,9 @@ use trace_common::{
 use super::json::{is_not_err, ser_err, ser_flags};
 use crate::format;
 
-/// Fields every event with a socket carries.
+/// Who made an event and on which socket: the fields every event with a socket carries.
 #[derive(Serialize)]
-pub struct Common<'a> {
-    kind: &'static str,
-    ts_ns: u64,
+pub struct Who<'a> {
     cpu: u32,
     pid: u32,
     tid: u32,
@@ -23,6 +21,28 @@ pub struct Common<'a> {
     /// The inode (`ss -e`'s `ino`), 0 while unknown; differs from `sock_id` only for an
     /// accepted socket met before `accept()`.
     ino: u64,
+}
+
+impl<'a> Who<'a> {
+    pub fn new(hdr: &Header, comm: &'a [u8; 16]) -> Self {
+        Self {
+            cpu: hdr.cpu,
+            pid: hdr.pid,
+            tid: hdr.tid,
+            comm: format::comm_str(comm),
+            sock_id: hdr.sock_id,
+            ino: hdr.ino,
+        }
+    }
+}
+
+/// Fields every event that carries the socket's addresses has.
+#[derive(Serialize)]
+pub struct Common<'a> {
+    kind: &'static str,
+    ts_ns: u64,
+    #[serde(flatten)]
+    who: Who<'a>,
     family: &'static str,
     saddr: IpAddr,
     lport: u16,
@@ -35,12 +55,7 @@ impl<'a> Common<'a> {
         Self {
             kind,
             ts_ns: hdr.ts_ns,
-            cpu: hdr.cpu,
-            pid: hdr.pid,
-            tid: hdr.tid,
-            comm: format::comm_str(comm),
-            sock_id: hdr.sock_id,
-            ino: hdr.ino,
+            who: Who::new(hdr, comm),
             family: format::family_name(a),
             saddr: format::local_ip(a),
             lport: a.lport,

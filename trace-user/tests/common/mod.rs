@@ -2,6 +2,7 @@
 //! programs into this kernel), make loopback traffic, and read the kernel's own figures.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod guard;
 pub mod strace;
 pub mod summary;
 
