@@ -87,6 +87,8 @@ pub mod standby {
         ("recv_udp_recvmsg_fexit", "sb_recv_udp_recvmsg_fexit"),
         ("recv_udpv6_recvmsg_fexit", "sb_recv_udpv6_recvmsg_fexit"),
         ("calls_sys_exit", "sb_calls_sys_exit"),
+        ("layer_sys_enter", "sb_layer_sys_enter"),
+        ("layer_sock_send_length", "sb_layer_sock_send_length"),
     ];
 
     /// Programs whose copy is attached on every kernel, preemptible or not: a state change
@@ -184,6 +186,9 @@ pub mod globals {
     /// u32: a bit per standby slot whose copy is attached, so that its program marks each
     /// call it runs for (see [`crate::standby::mark_mask`]).
     pub const MARK_CALLS: &str = "MARK_CALLS";
+    /// u64: `tcp_sendmsg`'s address, to tell sockets with a layer above TCP (kTLS); 0 when
+    /// unknown.
+    pub const TCP_SENDMSG: &str = "TCP_SENDMSG";
 }
 
 /// Slots of the per-CPU counter array [`maps::LOST`].
@@ -351,6 +356,10 @@ pub struct SendEvent {
     pub seq_end: u64,
     /// The application's call this was (or was a piece of).
     pub call: calls::CallRef,
+    /// Bytes the call put into TCP's send queue (valid when [`SEND_F_TCP_BYTES`] is set):
+    /// `ret` for plain TCP; on a kTLS socket the records it pushed, headers and tags
+    /// included (or none yet: a record left open by `MSG_MORE`).
+    pub tcp_bytes: u64,
 }
 
 /// [`SendEvent::requested`] is known (the kernel reached its copy loop).
@@ -360,6 +369,10 @@ pub const SEND_F_BLOCKED: u32 = 1 << 1;
 /// An error the application never saw: this piece's call (`sendfile`, `splice`, `sendmmsg`)
 /// returned what its earlier pieces copied.
 pub const SEND_F_UNSEEN: u32 = 1 << 2;
+/// [`SendEvent::tcp_bytes`] is known: the call was seen from the syscall's entry.
+pub const SEND_F_TCP_BYTES: u32 = 1 << 3;
+/// The socket's `sendmsg` is not TCP's: a layer (kTLS) between the application and TCP.
+pub const SEND_F_LAYERED: u32 = 1 << 4;
 
 /// A sender slept inside a send call because the send buffer was full.
 #[repr(C)]
@@ -567,13 +580,17 @@ pub struct KernelOffsets {
     pub sk_shutdown: u32,
     /// `task_struct.flags` (`PF_IO_WORKER`: an io_uring worker thread).
     pub task_flags: u32,
+    /// `sock.sk_prot` and `struct proto`'s `sendmsg`: a socket whose `sendmsg` is not
+    /// `tcp_sendmsg` has a layer above TCP (kTLS).
+    pub sk_prot: u32,
+    pub proto_sendmsg: u32,
 }
 
 const _: () = {
     assert!(core::mem::size_of::<Header>() == 40);
     assert!(core::mem::size_of::<SockAddrs>() == 40);
     assert!(core::mem::size_of::<SendQueue>() == 32);
-    assert!(core::mem::size_of::<SendEvent>() == 184);
+    assert!(core::mem::size_of::<SendEvent>() == 192);
     assert!(core::mem::size_of::<calls::CallRef>() == 16);
     assert!(core::mem::size_of::<calls::CallEvent>() == 96);
     assert!(core::mem::size_of::<BlockEvent>() == 112);
@@ -583,5 +600,5 @@ const _: () = {
     assert!(core::mem::size_of::<RecvEvent>() == 136);
     assert!(core::mem::size_of::<SockEvent>() == 176);
     assert!(core::mem::size_of::<UdpEvent>() == 128);
-    assert!(core::mem::size_of::<KernelOffsets>() == 208);
+    assert!(core::mem::size_of::<KernelOffsets>() == 216);
 };

@@ -21,6 +21,20 @@ unsafe impl aya::Pod for CallEvent {}
 unsafe impl aya::Pod for crate::agg::SockAgg {}
 unsafe impl aya::Pod for crate::agg::Pending {}
 
+impl SendEvent {
+    /// Bytes the call put into TCP, where known (see [`SendEvent::tcp_bytes`]).
+    pub fn tcp_bytes(&self) -> Option<u64> {
+        (self.flags & crate::SEND_F_TCP_BYTES != 0).then_some(self.tcp_bytes)
+    }
+
+    /// Stream offset of the first byte the call put into TCP: `seq_end` less those bytes
+    /// (what the call copied, unless a layer above TCP made them more or fewer).
+    pub fn seq_start(&self) -> u64 {
+        let bytes = self.tcp_bytes().unwrap_or(self.ret.max(0) as u64);
+        self.seq_end - bytes.min(self.seq_end)
+    }
+}
+
 /// One decoded ring-buffer record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -160,8 +174,17 @@ mod tests {
                 syscall: crate::calls::nr::SENDFILE,
                 piece: 3,
             },
+            tcp_bytes: 1_058,
         };
         assert_eq!(Event::parse(as_bytes(&ev)), Ok(Event::Send(ev)));
+        // Without SEND_F_TCP_BYTES the call's TCP bytes are what it copied (nothing here).
+        assert_eq!((ev.tcp_bytes(), ev.seq_start()), (None, 8_077));
+        let layered = SendEvent {
+            ret: 1_000,
+            flags: crate::SEND_F_TCP_BYTES,
+            ..ev
+        };
+        assert_eq!(layered.seq_start(), 8_077 - 1_058);
         let call = CallEvent {
             hdr: header(EventKind::Call),
             comm: [b'y'; 16],

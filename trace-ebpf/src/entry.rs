@@ -3,11 +3,12 @@
 //! call as `model::send_begin` does; the scheduler says when the sleeping writer runs again.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use trace_common::{SEND_F_REQUESTED, SendQueue};
+use trace_common::{SEND_F_LAYERED, SEND_F_REQUESTED, SEND_F_TCP_BYTES, SendQueue};
 
 use crate::{
     filter,
     kernel::{self, Fault, IPPROTO_TCP, Sock},
+    layer,
     maps::{INFLIGHT, Inflight},
     model::{close_block_of, open_call},
     syscall,
@@ -15,9 +16,15 @@ use crate::{
 
 const MSG_DONTWAIT: u32 = 0x40;
 
-/// A send syscall on `fd` starts: `requested` bytes (when known), with `flags`.
+/// A send syscall on `fd` starts: `requested` bytes (when known), with `flags`; on any TCP
+/// socket, or with `layered_only` on those with a layer above TCP (see `layer`).
 #[inline(always)]
-pub fn send_begin_fd(fd: u64, requested: Option<u64>, flags: u32) -> Result<(), Fault> {
+pub fn send_begin_fd(
+    fd: u64,
+    requested: Option<u64>,
+    flags: u32,
+    layered_only: bool,
+) -> Result<(), Fault> {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !filter::task_passes((pid_tgid >> 32) as u32) {
         return Ok(());
@@ -26,9 +33,14 @@ pub fn send_begin_fd(fd: u64, requested: Option<u64>, flags: u32) -> Result<(), 
         return Ok(());
     };
     let sock = Sock::new(sk);
-    if sock.protocol()? != IPPROTO_TCP || !filter::sock_passes(&sock)? {
+    if sock.protocol()? != IPPROTO_TCP {
         return Ok(());
     }
+    let layered = layer::layered(&sock)?;
+    if (layered_only && !layered) || !filter::sock_passes(&sock)? {
+        return Ok(());
+    }
+    let known = SEND_F_TCP_BYTES | if layered { SEND_F_LAYERED } else { 0 };
     let call = Inflight {
         sk,
         msg: 0,
@@ -40,11 +52,12 @@ pub fn send_begin_fd(fd: u64, requested: Option<u64>, flags: u32) -> Result<(), 
         requested: requested.unwrap_or(0),
         // As sock_write_iter does for a non-blocking file.
         msg_flags: flags | if nonblocking { MSG_DONTWAIT } else { 0 },
-        flags: if requested.is_some() {
-            SEND_F_REQUESTED
-        } else {
-            0
-        },
+        flags: known
+            | if requested.is_some() {
+                SEND_F_REQUESTED
+            } else {
+                0
+            },
         block_start: 0,
         block_left: 0,
         block_queue: SendQueue::default(),

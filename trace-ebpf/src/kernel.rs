@@ -59,6 +59,8 @@ static KOFFSETS: KernelOffsets = KernelOffsets {
     task_stack: 0,
     sk_shutdown: 0,
     task_flags: 0,
+    sk_prot: 0,
+    proto_sendmsg: 0,
 };
 
 /// The offset of one kernel field, as the loader set it.
@@ -255,6 +257,13 @@ impl Sock {
             return Ok(0);
         }
         read(socket, off!(socket_alloc_inode) + off!(inode_ino))
+    }
+
+    /// The socket's `sk_prot->sendmsg`: `tcp_sendmsg` unless a layer (kTLS) took it over.
+    #[inline(always)]
+    pub fn sendmsg_fn(&self) -> Result<u64, Fault> {
+        let prot: u64 = read(self.ptr, off!(sk_prot))?;
+        read(prot, off!(proto_sendmsg))
     }
 
     #[inline(always)]

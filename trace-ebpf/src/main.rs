@@ -12,6 +12,7 @@ mod fentry;
 mod filter;
 mod kernel;
 mod kprobe;
+mod layer;
 mod life;
 mod maps;
 mod model;

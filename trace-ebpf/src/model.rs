@@ -14,7 +14,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use trace_common::{
     AckEvent, BlockEvent, COMM_LEN, EventKind, Header, SEND_F_BLOCKED, SEND_F_REQUESTED,
-    SEND_F_UNSEEN, SYNTHETIC_IDS, SendEvent, SendQueue,
+    SEND_F_TCP_BYTES, SEND_F_UNSEEN, SYNTHETIC_IDS, SendEvent, SendQueue,
 };
 
 use crate::{
@@ -291,7 +291,7 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
         piece = Some(p);
     }
     let tid = pid_tgid as u32;
-    let (start_ns, requested, msg_flags, flags, ino) = match INFLIGHT.get_ptr_mut(tid) {
+    let (start_ns, requested, msg_flags, flags, ino, seq0) = match INFLIGHT.get_ptr_mut(tid) {
         Some(call) if unsafe { (*call).sk } == sk => {
             let call = unsafe { &mut *call };
             close_block(call, pid_tgid, now);
@@ -301,6 +301,7 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
                 call.msg_flags,
                 call.flags,
                 call.ino,
+                call.seq0,
             );
             let _ = INFLIGHT.remove(tid);
             r
@@ -327,7 +328,7 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
             }
             // No hook saw it begin (an error before the copy loop, or TCP Fast Open, whose
             // data goes into the SYN instead): its flags as the syscall passed them.
-            (0, 0, syscall::send_flags()?, 0, sock.ino()?)
+            (0, 0, syscall::send_flags()?, 0, sock.ino()?, 0)
         }
     };
     let track = unsafe { &mut *sock_track(&sock, ino, IPPROTO_TCP)? };
@@ -351,6 +352,11 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
     }
     let queue = sock.send_queue()?;
     let seq_end = queue.acked + u64::from(queue.send_q);
+    let tcp_bytes = if flags & SEND_F_TCP_BYTES != 0 {
+        u64::from(sock.write_seq()?.wrapping_sub(seq0))
+    } else {
+        0
+    };
     if ret > 0 || start_ns != 0 {
         track.write_end = seq_end;
     }
@@ -371,6 +377,7 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
         e.queue = queue;
         e.seq_end = seq_end;
         e.call = call;
+        e.tcp_bytes = tcp_bytes;
     });
     Ok(())
 }

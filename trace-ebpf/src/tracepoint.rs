@@ -4,7 +4,9 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::{
-    calls, entry, filter, life, model, recv,
+    calls, entry, filter,
+    kernel::{IPPROTO_TCP, Sock},
+    layer, life, model, recv,
     standby::with_standby,
     syscall::{self, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV},
 };
@@ -21,9 +23,30 @@ with_standby! {
     /// `sock_send_length(sk, ret, flags)`: every sendmsg's return, any protocol.
     #[raw_tracepoint(tracepoint = "sock_send_length")]
     fn send_sock_send_length, sb_send_sock_send_length(ctx: RawTracePointContext) {
-        let ret: u64 = ctx.arg(1);
-        model::run(&ctx, || model::send_end(ctx.arg(0), i64::from(ret as i32)))
+        sock_send_length(&ctx, false)
     }
+}
+
+with_standby! {
+    /// The same, for TCP sockets with a layer above TCP only (see `layer`).
+    #[raw_tracepoint(tracepoint = "sock_send_length")]
+    fn layer_sock_send_length, sb_layer_sock_send_length(ctx: RawTracePointContext) {
+        sock_send_length(&ctx, true)
+    }
+}
+
+#[inline(always)]
+fn sock_send_length(ctx: &RawTracePointContext, layered_only: bool) -> u32 {
+    let (sk, ret): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    model::run(ctx, || {
+        if layered_only {
+            let sock = Sock::new(sk);
+            if sock.protocol()? != IPPROTO_TCP || !layer::layered(&sock)? {
+                return Ok(());
+            }
+        }
+        model::send_end(sk, i64::from(ret as i32))
+    })
 }
 
 /// `sched_switch(preempt, prev, next, prev_state)`: runs as `prev`, just before it sleeps.
@@ -130,17 +153,38 @@ pub fn filter_task_rename(_ctx: RawTracePointContext) -> u32 {
 with_standby! {
     /// `write`, `writev`, `sendto` and `sendmsg` open a call on a TCP socket.
     #[raw_tracepoint(tracepoint = "sys_enter")]
-    fn entry_sys_enter, sb_entry_sys_enter(ctx: RawTracePointContext)
-    if matches!(ctx.arg::<u64>(1), NR_WRITE | NR_WRITEV | NR_SENDTO | NR_SENDMSG) => {
-        let (regs, id): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-        let arg = |n| syscall::arg(regs, n);
-        model::run(&ctx, || match id {
-            NR_WRITE => entry::send_begin_fd(arg(0), Some(arg(2)), 0),
-            NR_WRITEV => entry::send_begin_fd(arg(0), entry::iov_requested(arg(1), arg(2)), 0),
-            NR_SENDTO => entry::send_begin_fd(arg(0), Some(arg(2)), arg(3) as u32),
-            _ => entry::send_begin_fd(arg(0), entry::msghdr_requested(arg(1)), arg(2) as u32),
-        })
+    fn entry_sys_enter, sb_entry_sys_enter(ctx: RawTracePointContext) if is_send(&ctx) => {
+        send_syscall(&ctx, false)
     }
+}
+
+with_standby! {
+    /// The same, on TCP sockets with a layer above TCP only (see `layer`).
+    #[raw_tracepoint(tracepoint = "sys_enter")]
+    fn layer_sys_enter, sb_layer_sys_enter(ctx: RawTracePointContext) if is_send(&ctx) => {
+        send_syscall(&ctx, true)
+    }
+}
+
+#[inline(always)]
+fn is_send(ctx: &RawTracePointContext) -> bool {
+    matches!(
+        ctx.arg::<u64>(1),
+        NR_WRITE | NR_WRITEV | NR_SENDTO | NR_SENDMSG
+    )
+}
+
+#[inline(always)]
+fn send_syscall(ctx: &RawTracePointContext, layered_only: bool) -> u32 {
+    let (regs, id): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    let arg = |n| syscall::arg(regs, n);
+    let open = |fd, requested, flags| entry::send_begin_fd(fd, requested, flags, layered_only);
+    model::run(ctx, || match id {
+        NR_WRITE => open(arg(0), Some(arg(2)), 0),
+        NR_WRITEV => open(arg(0), entry::iov_requested(arg(1), arg(2)), 0),
+        NR_SENDTO => open(arg(0), Some(arg(2)), arg(3) as u32),
+        _ => open(arg(0), entry::msghdr_requested(arg(1)), arg(2) as u32),
+    })
 }
 
 /// `sched_switch(preempt, prev, next, prev_state)` where there is no copy-loop tracepoint to

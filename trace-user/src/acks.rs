@@ -65,6 +65,8 @@ impl AckedWrite {
 #[derive(Default)]
 struct SockAcks {
     pending: VecDeque<AckedWrite>,
+    /// Writes a layer above TCP took without passing them on yet (see `on_send`).
+    held: Vec<AckedWrite>,
     /// (acked offset, time) of recent ACKs, oldest first.
     recent: VecDeque<(u64, u64)>,
 }
@@ -104,11 +106,11 @@ impl AckMatcher {
         if e.ret <= 0 {
             return;
         }
-        let mut w = AckedWrite {
+        let w = AckedWrite {
             sock_id: e.hdr.sock_id,
             pid: e.hdr.pid,
             tid: e.hdr.tid,
-            seq_start: e.seq_end.saturating_sub(e.ret as u64),
+            seq_start: e.seq_start(),
             seq_end: e.seq_end,
             write_ns: if e.start_ns != 0 {
                 e.start_ns
@@ -122,6 +124,24 @@ impl AckMatcher {
             self.dropped += 1;
             return;
         }
+        let s = self.socks.entry(w.sock_id).or_default();
+        if e.tcp_bytes() == Some(0) {
+            // A layer above TCP (kTLS) holds the bytes (a record left open by MSG_MORE):
+            // they enter TCP with a later call's record, and are acked with it.
+            s.held.push(w);
+            return;
+        }
+        let held = std::mem::take(&mut s.held);
+        for mut h in held {
+            (h.seq_start, h.seq_end) = (w.seq_start, w.seq_end);
+            self.settle(h, e, &mut out);
+        }
+        self.settle(w, e, out);
+    }
+
+    /// Write `w` of send event `e` is acked by an ACK seen already, by the send queue at the
+    /// call's return, or waits.
+    fn settle(&mut self, mut w: AckedWrite, e: &SendEvent, mut out: impl FnMut(&AckedWrite)) {
         let s = self.socks.entry(w.sock_id).or_default();
         if let Some(&(_, ts)) = s.recent.iter().find(|(acked, _)| *acked >= w.seq_end) {
             w.ack_ts_ns = ts;
@@ -182,13 +202,16 @@ impl AckMatcher {
     /// connections does not grow. Its waiting writes stay counted as unacked.
     pub fn close(&mut self, sock_id: u64) {
         if let Some(s) = self.socks.remove(&sock_id) {
-            self.closed_unacked += s.pending.len() as u64;
+            self.closed_unacked += (s.pending.len() + s.held.len()) as u64;
         }
     }
 
     /// Writes still waiting for an ACK, or left waiting when their socket closed.
     pub fn unacked(&self) -> usize {
-        self.socks.values().map(|s| s.pending.len()).sum::<usize>()
+        self.socks
+            .values()
+            .map(|s| s.pending.len() + s.held.len())
+            .sum::<usize>()
             + (self.closed_unacked + self.dropped) as usize
     }
 
@@ -225,6 +248,7 @@ mod tests {
             queue: SendQueue::default(),
             seq_end,
             call: Default::default(),
+            tcp_bytes: 0,
         }
     }
 
@@ -280,6 +304,30 @@ mod tests {
         assert_eq!(m.unacked(), 1);
         m.close(7);
         assert_eq!(m.unacked(), 1, "closing twice counts once");
+    }
+
+    #[test]
+    fn writes_a_layer_holds_are_acked_with_the_record_that_carries_them() {
+        // kTLS: 500 B held in an open record (MSG_MORE), then 700 B close it: one record of
+        // 1 229 B enters TCP, and its ACK delivers both writes.
+        let ktls = |ts, copied, tcp_bytes, seq_end| SendEvent {
+            flags: trace_common::SEND_F_TCP_BYTES,
+            tcp_bytes,
+            ..send(ts, copied, seq_end)
+        };
+        let mut m = AckMatcher::default();
+        let mut got = Vec::new();
+        m.on_send(&ktls(10, 500, 0, 0), |w| got.push(*w));
+        assert_eq!(m.unacked(), 1, "held, not acked by what came before");
+        m.on_send(&ktls(20, 700, 1_229, 1_229), |w| got.push(*w));
+        assert!(got.is_empty());
+        m.on_ack(&ack(30, 1_229), |w| got.push(*w));
+        let spans: Vec<_> = got
+            .iter()
+            .map(|w| (w.seq_start, w.seq_end, w.write_ns))
+            .collect();
+        assert_eq!(spans, [(0, 1_229, 9), (0, 1_229, 19)]);
+        assert_eq!(m.unacked(), 0);
     }
 
     #[test]

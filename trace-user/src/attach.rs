@@ -52,12 +52,7 @@ impl AttachMode {
             // Before tcp_sendmsg_locked existed, the send call opens at the syscall.
             // SOCKBUF_TRACEPOINT_SYSCALLS=1 forces that variant, so that kernels which have the
             // tracepoint can test it too.
-            Self::Tracepoint
-                if std::env::var_os("SOCKBUF_TRACEPOINT_SYSCALLS").is_some()
-                    || !preflight::has_tracepoint("tcp", "tcp_sendmsg_locked") =>
-            {
-                (TRACEPOINT_SYSCALLS, TRACEPOINT_COMMON)
-            }
+            Self::Tracepoint if syscall_form() => (TRACEPOINT_SYSCALLS, TRACEPOINT_COMMON),
             Self::Tracepoint => (TRACEPOINT, TRACEPOINT_COMMON),
         };
         // tcp_send_reset passes a reason from 6.10 on; each form has its own program.
@@ -68,6 +63,32 @@ impl AttachMode {
         };
         [own, common, LIFECYCLE, reset, CALLS].into_iter().flatten()
     }
+
+    /// The hooks that see calls on sockets with a layer above TCP (kTLS), where the
+    /// backend's own do not: all of the backend's hooks when `layered`, else none of them.
+    fn layer_hooks(self, layered: bool) -> &'static [Hook] {
+        match self {
+            _ if !layered => &[],
+            // Without the tracepoint (6.1 has none) the call's end is not seen: not traced.
+            Self::Fentry | Self::Kprobe
+                if !preflight::has_tracepoint("sock", "sock_send_length") =>
+            {
+                &[]
+            }
+            Self::Fentry | Self::Kprobe => LAYER_FUNCTIONS,
+            Self::Tracepoint if syscall_form() => &[],
+            Self::Tracepoint => &LAYER_FUNCTIONS[..1],
+            Self::Auto => &[],
+        }
+    }
+}
+
+/// Whether the tracepoint backend opens calls at the send syscalls' entries: before
+/// tcp_sendmsg_locked existed. SOCKBUF_TRACEPOINT_SYSCALLS=1 forces that form, so that kernels
+/// which have the tracepoint can test it too.
+fn syscall_form() -> bool {
+    std::env::var_os("SOCKBUF_TRACEPOINT_SYSCALLS").is_some()
+        || !preflight::has_tracepoint("tcp", "tcp_sendmsg_locked")
 }
 
 #[derive(Clone, Copy)]
@@ -166,6 +187,14 @@ const TRACEPOINT_SYSCALLS: &[Hook] = &[
     raw("entry_sched_switch", "sched", "sched_switch"),
 ];
 
+/// Calls on sockets with a layer above TCP (kTLS) open at the syscall and end at the socket
+/// layer's return (trace-ebpf's `layer`): where tcp_sendmsg is hooked, both; where
+/// tcp_sendmsg_locked is, the entry (the layer's records pass there as later passes).
+const LAYER_FUNCTIONS: &[Hook] = &[
+    raw("layer_sys_enter", "raw_syscalls", "sys_enter"),
+    raw("layer_sock_send_length", "sock", "sock_send_length"),
+];
+
 /// Both forms of the tracepoint backend.
 const TRACEPOINT_COMMON: &[Hook] = &[
     raw("send_sock_send_length", "sock", "sock_send_length"),
@@ -205,6 +234,7 @@ const COUNTS_SKIP: &[&str] = &[
     "send_tcp_sendmsg_locked",
     "block_sched_switch",
     "entry_sys_enter",
+    "layer_sys_enter",
     "entry_sched_switch",
     "ack_tcp_probe",
     "life_net_dev_queue",
@@ -337,7 +367,8 @@ fn load_and_attach_one(
 
 /// Unloads (and so detaches) whatever of `mode` got loaded before a failure.
 fn unload(ebpf: &mut Ebpf, mode: AttachMode) {
-    for program in mode.all_hooks().flat_map(|h| programs(h, true)) {
+    let hooks = mode.all_hooks().chain(mode.layer_hooks(true));
+    for program in hooks.flat_map(|h| programs(h, true)) {
         if let Some(p) = ebpf.program_mut(program) {
             let _ = match p {
                 aya::programs::Program::RawTracePoint(p) => p.unload(),
@@ -356,6 +387,8 @@ fn unload(ebpf: &mut Ebpf, mode: AttachMode) {
 struct Plan {
     level: Level,
     standby: bool,
+    /// Sockets with a layer above TCP (kTLS) may exist: their hooks are attached too.
+    layered: bool,
 }
 
 fn try_mode(
@@ -365,11 +398,23 @@ fn try_mode(
     btf: Option<&Btf>,
 ) -> Result<(), String> {
     precheck(mode, plan.level)?;
-    for h in mode.hooks(plan.level) {
+    let layer = mode
+        .layer_hooks(plan.layered)
+        .iter()
+        .filter(|h| plan.level != Level::Counts || !COUNTS_SKIP.contains(&h.program));
+    for h in mode.hooks(plan.level).chain(layer) {
         if let Err(e) = load_and_attach(ebpf, h, plan, btf, false) {
             unload(ebpf, mode);
             return Err(e);
         }
+    }
+    if plan.layered
+        && matches!(mode, AttachMode::Fentry | AttachMode::Kprobe)
+        && mode.layer_hooks(true).is_empty()
+    {
+        log::warn!(
+            "kTLS: the kernel has no sock_send_length tracepoint: sends on kTLS sockets are not traced"
+        );
     }
     Ok(())
 }
@@ -394,6 +439,7 @@ pub fn check_all(ebpf: &mut Ebpf, standby: bool) -> Vec<BackendCheck> {
     let plan = Plan {
         level: Level::Off,
         standby,
+        layered: true,
     };
     [
         AttachMode::Fentry,
@@ -404,6 +450,7 @@ pub fn check_all(ebpf: &mut Ebpf, standby: bool) -> Vec<BackendCheck> {
     .map(|mode| {
         let verified = mode
             .all_hooks()
+            .chain(mode.layer_hooks(true))
             .try_for_each(|h| load_and_attach(ebpf, h, plan, btf.as_ref(), true));
         unload(ebpf, mode);
         let attached = verified
@@ -422,15 +469,20 @@ pub fn check_all(ebpf: &mut Ebpf, standby: bool) -> Vec<BackendCheck> {
 
 /// Attaches the requested backend, or with `auto` the best one that works, and says why each
 /// better one was passed over: the hooks `--summary` needs at `level`, with the standby
-/// copies if `standby`. The other backends' programs are never left loaded.
+/// copies if `standby`, and those of sockets with a layer above TCP if `layered`. The other backends' programs are never left loaded.
 pub fn attach(
     ebpf: &mut Ebpf,
     requested: AttachMode,
     level: Level,
     standby: bool,
+    layered: bool,
 ) -> Result<(AttachMode, Vec<String>), SetupError> {
     let btf = Btf::from_sys_fs().ok();
-    let plan = Plan { level, standby };
+    let plan = Plan {
+        level,
+        standby,
+        layered,
+    };
     if requested != AttachMode::Auto {
         return match try_mode(ebpf, requested, plan, btf.as_ref()) {
             Ok(()) => Ok((requested, Vec::new())),

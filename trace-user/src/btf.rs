@@ -209,6 +209,8 @@ impl KernelBtf {
             socket_sk: self.offset("socket", "sk", 8)?,
             task_stack: self.offset("task_struct", "stack", 8)?,
             task_flags: self.offset("task_struct", "flags", 4)?,
+            sk_prot: self.offset("sock", "__sk_common.skc_prot", 8)?,
+            proto_sendmsg: self.offset("proto", "sendmsg", 8)?,
         })
     }
 

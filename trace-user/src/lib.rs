@@ -14,6 +14,7 @@ pub mod filter;
 pub mod format;
 pub mod hist;
 pub mod lab;
+pub mod layer;
 pub mod loader;
 pub mod netns;
 pub mod output;

@@ -36,6 +36,18 @@ const TEST_PACKAGES: &[&str] = &[
 /// What the churn tests' names contain (trace-user/tests/churn.rs).
 pub const CHURN_TESTS: &str = "under_churn";
 
+/// What the kTLS tests' names contain (trace-user/tests/ktls.rs): they need a kernel with
+/// TLS, which every guest of the matrix has.
+const KTLS_TESTS: &str = "ktls_";
+
+/// Whether the running kernel has TLS: loaded (each namespace then has tls_stat), or a
+/// module that a kTLS socket would load.
+fn host_has_tls() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    std::path::Path::new("/proc/net/tls_stat").exists()
+        || std::path::Path::new(&format!("/lib/modules/{}/kernel/net/tls", release.trim())).is_dir()
+}
+
 /// Tests the kernel matrix leaves out: the churn tests (emulated guests cannot make
 /// thousands of connections a second), those of real programs the guests do not have
 /// (iperf3 they could have: 20-30 s per guest, too much of CI's hour), and the clean-up of
@@ -100,11 +112,17 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     let filter: Vec<&str> = args.filter.as_deref().into_iter().collect();
     // The churn tests make thousands of connections a second for half a minute: they run
     // on the release build, as users run sockbuf (a debug build cannot keep up with them).
-    let debug_filter: Vec<&str> = filter
+    let mut debug_filter: Vec<&str> = filter
         .iter()
         .copied()
         .chain(["--skip", CHURN_TESTS])
         .collect();
+    if !host_has_tls() {
+        eprintln!(
+            "xtask: this kernel has no TLS (CONFIG_TLS): the kTLS tests run in the kernel matrix only"
+        );
+        debug_filter.extend(["--skip", KTLS_TESTS]);
+    }
     let (mut passed, mut failed, mut ok) = cargo_test(&[], &debug_filter, &[])?;
     if args
         .filter

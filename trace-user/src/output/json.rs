@@ -5,8 +5,8 @@ use std::io::Write;
 
 use serde::{Serialize, Serializer};
 use trace_common::{
-    BlockEvent, EventKind, Header, RecvEvent, SEND_F_BLOCKED, SEND_F_REQUESTED, SEND_F_UNSEEN,
-    SendEvent, SendQueue, SockEvent, UdpEvent,
+    BlockEvent, EventKind, Header, RecvEvent, SEND_F_BLOCKED, SEND_F_LAYERED, SEND_F_REQUESTED,
+    SEND_F_UNSEEN, SendEvent, SendQueue, SockEvent, UdpEvent,
     calls::{CALL_F_EXIT_MISSED, CallEvent, CallRef},
 };
 
@@ -64,6 +64,10 @@ struct SendJson<'a> {
     call: CallRefJson,
     /// An error its application call did not return (see `SEND_F_UNSEEN`).
     unseen_error: bool,
+    /// Bytes the call put into TCP, where known (see `SendEvent::tcp_bytes`).
+    tcp_bytes: Option<u64>,
+    /// A layer above TCP (kTLS) took the bytes (see `SEND_F_LAYERED`).
+    layered: bool,
 }
 
 /// The application call a kernel send was, or was a piece of.
@@ -199,7 +203,7 @@ impl Output for JsonOutput {
 
     fn send(&mut self, e: &SendEvent) -> std::io::Result<()> {
         self.names.learn(e.hdr.sock_id, &e.addrs);
-        let copied = e.ret.max(0) as u64;
+        let tcp_bytes = e.tcp_bytes();
         self.line(&SendJson {
             common: Common::new("send", &e.hdr, &e.comm, &e.addrs),
             start_ns: e.start_ns,
@@ -212,10 +216,12 @@ impl Output for JsonOutput {
             outcome: Outcome::new(e.ret, e.msg_flags),
             blocked: e.flags & SEND_F_BLOCKED != 0,
             queue: e.queue,
-            seq_start: e.seq_end - copied.min(e.seq_end),
+            seq_start: e.seq_start(),
             seq_end: e.seq_end,
             call: (&e.call).into(),
             unseen_error: e.flags & SEND_F_UNSEEN != 0,
+            tcp_bytes,
+            layered: e.flags & SEND_F_LAYERED != 0,
         })
     }
 

@@ -3,8 +3,8 @@
 use std::io::Write;
 
 use trace_common::{
-    BlockEvent, EventKind, RecvEvent, SEND_F_REQUESTED, SEND_F_UNSEEN, SendEvent, SockAddrs,
-    SockEvent, UdpEvent,
+    BlockEvent, EventKind, RecvEvent, SEND_F_LAYERED, SEND_F_REQUESTED, SEND_F_UNSEEN, SendEvent,
+    SockAddrs, SockEvent, UdpEvent,
     calls::{self, CALL_F_EXIT_MISSED, CallEvent, nr},
 };
 
@@ -101,7 +101,6 @@ impl Output for TextOutput {
             write!(self.out, "{:>8} ", ErrName(e.ret))?;
         }
         let q = &e.queue;
-        let copied = e.ret.max(0) as u64;
         write!(
             self.out,
             "{:>8} {:>8} {:>8} {:>8}  {}:{} > {}:{} seq {}-{}",
@@ -113,7 +112,7 @@ impl Output for TextOutput {
             e.addrs.lport,
             format::remote_ip(&e.addrs),
             e.addrs.rport,
-            e.seq_end - copied.min(e.seq_end),
+            e.seq_start(),
             e.seq_end,
         )?;
         if e.msg_flags != 0 {
@@ -135,6 +134,11 @@ impl Output for TextOutput {
         }
         if e.flags & SEND_F_UNSEEN != 0 {
             write!(self.out, " (not returned to the application)")?;
+        }
+        if e.flags & SEND_F_LAYERED != 0
+            && let Some(n) = e.tcp_bytes()
+        {
+            write!(self.out, " ({n} B into TCP: kTLS)")?;
         }
         writeln!(self.out)
     }

@@ -31,8 +31,9 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 # binaries there, and a tmpfs on top would hide them.
 chmod 1777 /tmp
 ip link set lo up
-# `ss -m` needs sock_diag for TCP; Debian builds it as modules.
-for m in inet_diag tcp_diag; do
+# `ss -m` needs sock_diag for TCP, kTLS needs tls (and gcm where it is a module): Debian
+# builds them as modules; the list says which this kernel has, in load order.
+for m in $(cat "/lib/modules/$(uname -r)/modules"); do
 	insmod "/lib/modules/$(uname -r)/$m.ko" || echo "VMTEST:warn insmod $m failed"
 done
 echo "VMTEST:boot $(uname -r)"

@@ -12,9 +12,24 @@ use anyhow::{Context as _, bail};
 
 use crate::cmd;
 
-/// Modules the guest loads, in load order (tcp_diag needs inet_diag): `ss -m`, which the fill
-/// tests read, asks the kernel through sock_diag, and Debian builds it as modules.
-pub const MODULES: &[&str] = &["inet_diag", "tcp_diag"];
+/// Modules the guest loads, in load order, and whether every kernel has them as modules:
+/// `ss -m`, which the fill tests read, asks the kernel through sock_diag (tcp_diag needs
+/// inet_diag); kTLS is `tls` with AES-GCM, whose parts some kernels build in (then they are
+/// not in the package, and not loaded).
+pub const MODULES: &[(&str, bool)] = &[
+    ("inet_diag", true),
+    ("tcp_diag", true),
+    ("gf128mul", false),
+    ("ghash-generic", false),
+    ("ctr", false),
+    ("crypto_null", false),
+    ("gcm", false),
+    ("tls", true),
+];
+
+/// The file in a kernel's directory that lists its unpacked modules, in load order (the
+/// guest's init loads them from it).
+pub const MODULE_LIST: &str = "modules";
 
 /// Suites searched when the system's own do not have a release line (bookworm has no 7.x).
 /// They get a private apt state under target/vm/apt: the system's apt set-up is never changed.
@@ -29,7 +44,7 @@ pub struct Kernel {
     /// The Debian package and version it came from.
     pub package: String,
     pub vmlinuz: PathBuf,
-    /// Uncompressed, in `MODULES` order.
+    /// Uncompressed, in `MODULES` order: the list file, then the modules.
     pub modules: Vec<PathBuf>,
 }
 
@@ -116,10 +131,13 @@ fn cached(name: &str, dir: &Path) -> anyhow::Result<Option<Kernel>> {
         release: release.to_owned(),
         package: package.to_owned(),
         vmlinuz: dir.join("vmlinuz"),
-        modules: MODULES
-            .iter()
-            .map(|m| dir.join(format!("{m}.ko")))
-            .collect(),
+        modules: match fs::read_to_string(dir.join(MODULE_LIST)) {
+            // From before the list existed: downloaded again.
+            Err(_) => return Ok(None),
+            Ok(list) => std::iter::once(dir.join(MODULE_LIST))
+                .chain(list.lines().map(|m| dir.join(format!("{m}.ko"))))
+                .collect(),
+        },
     };
     let complete = k.vmlinuz.is_file() && k.modules.iter().all(|m| m.is_file());
     Ok(complete.then_some(k))
@@ -236,9 +254,15 @@ fn download(apt: &Apt, name: &str, image: &str, dir: &Path) -> anyhow::Result<Ke
     }
     let (release, vmlinuz) = find_vmlinuz(&root)?;
     fs::copy(&vmlinuz, dir.join("vmlinuz")).context("copying the kernel image")?;
-    for m in MODULES {
-        unpack_module(&root, &release, m, &dir.join(format!("{m}.ko")))?;
+    let mut list = String::new();
+    for &(m, required) in MODULES {
+        if unpack_module(&root, &release, m, &dir.join(format!("{m}.ko")))? {
+            list.push_str(&format!("{m}\n"));
+        } else if required {
+            bail!("module {m} of {release} is not in the downloaded packages");
+        }
     }
+    fs::write(dir.join(MODULE_LIST), list)?;
     fs::write(dir.join("info"), format!("{release}\n{image} {version}\n"))?;
     fs::remove_dir_all(&debs)?;
     fs::remove_dir_all(&root)?;
@@ -267,14 +291,13 @@ fn find_vmlinuz(root: &Path) -> anyhow::Result<(String, PathBuf)> {
 }
 
 /// Finds module `m` of `release`, plain or compressed, and writes it uncompressed to `out`
-/// (busybox's insmod takes plain modules only).
-fn unpack_module(root: &Path, release: &str, m: &str, out: &Path) -> anyhow::Result<()> {
+/// (busybox's insmod takes plain modules only); false when the packages do not have it.
+fn unpack_module(root: &Path, release: &str, m: &str, out: &Path) -> anyhow::Result<bool> {
     for base in ["lib/modules", "usr/lib/modules"] {
-        let stem = root
-            .join(base)
-            .join(release)
-            .join("kernel/net/ipv4")
-            .join(m);
+        let Some(dir) = module_dir(&root.join(base).join(release).join("kernel"), m) else {
+            continue;
+        };
+        let stem = dir.join(m);
         for (ext, tool) in [
             ("ko", None),
             ("ko.xz", Some("xz")),
@@ -284,8 +307,8 @@ fn unpack_module(root: &Path, release: &str, m: &str, out: &Path) -> anyhow::Res
             if !path.is_file() {
                 continue;
             }
-            return match tool {
-                None => fs::copy(&path, out).map(drop).context("copying a module"),
+            match tool {
+                None => fs::copy(&path, out).map(drop).context("copying a module")?,
                 Some(tool) => {
                     let data = Command::new(tool)
                         .arg("-dc")
@@ -295,12 +318,30 @@ fn unpack_module(root: &Path, release: &str, m: &str, out: &Path) -> anyhow::Res
                     if !data.status.success() {
                         bail!("{tool} -dc {} failed", path.display());
                     }
-                    fs::write(out, data.stdout).context("writing a module")
+                    fs::write(out, data.stdout).context("writing a module")?;
                 }
-            };
+            }
+            return Ok(true);
         }
     }
-    bail!("module {m} of {release} is not in the downloaded packages")
+    Ok(false)
+}
+
+/// The directory under `tree` that holds module `m` (`m.ko`, `m.ko.xz`, …).
+fn module_dir(tree: &Path, m: &str) -> Option<PathBuf> {
+    for e in fs::read_dir(tree).ok()?.flatten() {
+        let path = e.path();
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if path.is_dir() {
+            if let Some(found) = module_dir(&path, m) {
+                return Some(found);
+            }
+        } else if name.split_once(".ko").is_some_and(|(stem, _)| stem == m) {
+            return Some(tree.to_owned());
+        }
+    }
+    None
 }
 
 #[cfg(test)]
