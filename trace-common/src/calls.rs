@@ -24,7 +24,13 @@ pub const NO_SYSCALL: u32 = u32::MAX;
 
 /// x86_64 numbers of the system calls sockbuf names.
 pub mod nr {
+    pub const READ: u32 = 0;
     pub const WRITE: u32 = 1;
+    pub const READV: u32 = 19;
+    pub const RECVFROM: u32 = 45;
+    pub const RECVMSG: u32 = 47;
+    pub const RECVMMSG: u32 = 299;
+    pub const PREADV2: u32 = 327;
     pub const WRITEV: u32 = 20;
     pub const SENDFILE: u32 = 40;
     pub const SENDTO: u32 = 44;
@@ -35,15 +41,21 @@ pub mod nr {
     pub const IO_URING_ENTER: u32 = 426;
 }
 
-/// Whether one call of syscall `nr` can be several kernel sends, and so ends with a
-/// [`CallEvent`]: `sendfile`, `splice` and `sendmmsg`.
+/// Whether one call of syscall `nr` can be several kernel sends or receives, and so ends
+/// with a [`CallEvent`]: `sendfile`, `splice`, `sendmmsg` and `recvmmsg`.
 pub const fn pieced(nr: u32) -> bool {
-    matches!(nr, nr::SENDFILE | nr::SPLICE | nr::SENDMMSG)
+    matches!(nr, nr::SENDFILE | nr::SPLICE | nr::SENDMMSG | nr::RECVMMSG)
 }
 
 /// The name of syscall `nr` where sockbuf knows it.
 pub const fn name(nr: u32) -> Option<&'static str> {
     Some(match nr {
+        nr::READ => "read",
+        nr::READV => "readv",
+        nr::RECVFROM => "recvfrom",
+        nr::RECVMSG => "recvmsg",
+        nr::RECVMMSG => "recvmmsg",
+        nr::PREADV2 => "preadv2",
         nr::WRITE => "write",
         nr::WRITEV => "writev",
         nr::SENDFILE => "sendfile",
@@ -57,7 +69,7 @@ pub const fn name(nr: u32) -> Option<&'static str> {
     })
 }
 
-/// A `sendfile()`, `splice()` or `sendmmsg()` that made kernel sends returned
+/// A `sendfile()`, `splice()`, `sendmmsg()` or `recvmmsg()` that made kernel calls returned
 /// (`Header::ts_ns`) to the application. `hdr.sock_id` is its last piece's socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,10 +79,10 @@ pub struct CallEvent {
     pub comm: [u8; COMM_LEN],
     /// The tie of its pieces: the first one's `call_ns`, the syscall, and how many there were.
     pub call: CallRef,
-    /// What the application got: bytes (`sendfile`, `splice`), messages (`sendmmsg`), or
-    /// `-errno`.
+    /// What the application got: bytes (`sendfile`, `splice`), messages (`sendmmsg`,
+    /// `recvmmsg`), or `-errno`.
     pub ret: i64,
-    /// Bytes its pieces copied into send buffers.
+    /// Bytes its pieces copied into send buffers (out of receive buffers: `recvmmsg`).
     pub copied: u64,
     /// Pieces that failed (at most the last one; an error the application saw only when no
     /// piece before it copied anything).

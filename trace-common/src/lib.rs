@@ -438,7 +438,16 @@ pub struct RecvEvent {
     pub protocol: u32,
     /// The receive queue after the copy.
     pub queue: RecvQueue,
+    /// The application's call this was (or was a piece of: `recvmmsg()`'s messages).
+    pub call: calls::CallRef,
+    /// `RECV_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
 }
+
+/// An error the application never saw: this piece's `recvmmsg()` (or, for a UDP send,
+/// `sendmmsg()`) returned the messages before it.
+pub const RECV_F_UNSEEN: u32 = 1 << 0;
 
 /// A TCP connection's lifecycle: a state change, a RST or a FIN. Which fields mean something
 /// depends on `hdr.kind` (see each field).
@@ -487,7 +496,12 @@ pub struct UdpEvent {
     pub corked: u32,
     /// Non-zero while a corked datagram is pending (`udp_sock.pending`).
     pub pending: u32,
-    pub _pad: u32,
+    /// `UdpSend`: `RECV_F_UNSEEN` when the error is one the application never saw (a
+    /// `sendmmsg()` returned the messages sent before it).
+    pub flags: u32,
+    /// `UdpSend`: the application's call this was (or was a piece of: `sendmmsg()`'s
+    /// messages).
+    pub call: calls::CallRef,
 }
 
 /// Filters, set by the loader before load; an event that fails one never reaches the ring buffer.
@@ -597,8 +611,8 @@ const _: () = {
     assert!(core::mem::size_of::<AckEvent>() == 56);
     assert!(core::mem::size_of::<Filter>() == 32);
     assert!(core::mem::size_of::<RecvQueue>() == 24);
-    assert!(core::mem::size_of::<RecvEvent>() == 136);
+    assert!(core::mem::size_of::<RecvEvent>() == 160);
     assert!(core::mem::size_of::<SockEvent>() == 176);
-    assert!(core::mem::size_of::<UdpEvent>() == 128);
+    assert!(core::mem::size_of::<UdpEvent>() == 144);
     assert!(core::mem::size_of::<KernelOffsets>() == 216);
 };

@@ -232,6 +232,13 @@ mod tests {
                 _pad: 0,
                 received: 1 << 33,
             },
+            call: CallRef {
+                call_ns: 5,
+                syscall: crate::calls::nr::RECVMMSG,
+                piece: 2,
+            },
+            flags: crate::RECV_F_UNSEEN,
+            _pad: 0,
         };
         assert_eq!(Event::parse(as_bytes(&recv)), Ok(Event::Recv(recv)));
         for kind in [
@@ -266,7 +273,12 @@ mod tests {
                 wmem_alloc: 2_304,
                 corked: 3_000,
                 pending: 2,
-                _pad: 0,
+                flags: 0,
+                call: CallRef {
+                    call_ns: 9,
+                    syscall: crate::calls::nr::SENDMMSG,
+                    piece: 1,
+                },
             };
             assert_eq!(Event::parse(as_bytes(&ev)), Ok(Event::Udp(ev)));
         }

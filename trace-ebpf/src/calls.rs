@@ -1,6 +1,7 @@
-//! Ties the kernel's send calls to the application's system call (see
-//! `trace_common::calls`): a `sendfile()`, `splice()` or `sendmmsg()` is remembered per thread
-//! from its first kernel send to the syscall's exit, which reports what the application got.
+//! Ties the kernel's send and receive calls to the application's system call (see
+//! `trace_common::calls`): a `sendfile()`, `splice()`, `sendmmsg()` or `recvmmsg()` is
+//! remembered per thread from its first kernel call to the syscall's exit, which reports what
+//! the application got.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use trace_common::{

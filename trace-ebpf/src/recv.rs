@@ -1,10 +1,10 @@
 //! Receive calls: bytes copied out of the receive buffer and the queue left behind.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use trace_common::{EventKind, RecvEvent};
+use trace_common::{EventKind, RECV_F_UNSEEN, RecvEvent};
 
 use crate::{
-    agg, filter,
+    agg, calls, filter,
     kernel::{Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
     maps::{put_call, take_call},
     model::{comm, emit, header, sock_track, udp_track},
@@ -39,16 +39,19 @@ pub fn recv_end(sk: u64, ret: i64, msg_flags: u32) -> Result<(), Fault> {
     }
     let queue = sock.recv_queue(proto == IPPROTO_TCP)?;
     let (addrs, id, ino) = (track.addrs, track.id, track.ino);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (call, unseen) = calls::piece(id, ino, 0, now, ret)?;
     emit(|e: &mut RecvEvent| {
-        e.hdr = header(EventKind::Recv, pid_tgid, id, ino, unsafe {
-            bpf_ktime_get_ns()
-        });
+        e.hdr = header(EventKind::Recv, pid_tgid, id, ino, now);
         e.comm = comm();
         e.addrs = addrs;
         e.ret = ret;
         e.msg_flags = msg_flags;
         e.protocol = u32::from(proto);
         e.queue = queue;
+        e.call = call;
+        e.flags = if unseen { RECV_F_UNSEEN } else { 0 };
+        e._pad = 0;
     });
     Ok(())
 }

@@ -2,10 +2,10 @@
 //! which shows when a datagram corked by `MSG_MORE` is finally pushed.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use trace_common::{EventKind, UdpEvent};
+use trace_common::{EventKind, RECV_F_UNSEEN, UdpEvent, calls::CallRef};
 
 use crate::{
-    filter,
+    calls, filter,
     kernel::{self, Fault, IPPROTO_UDP, Sock},
     maps::{SockTrack, put_call, take_call},
     model::{comm, emit, header, udp_track},
@@ -36,6 +36,13 @@ fn emit_udp(
     ret: i64,
     msg_flags: u32,
 ) -> Result<(), Fault> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    // A send call is (a piece of) the application's call; a datagram leaving is not one.
+    let (call, unseen) = if kind == EventKind::UdpSend {
+        calls::piece(track.id, track.ino, 0, now, ret)?
+    } else {
+        (CallRef::default(), false)
+    };
     let (pending, corked) = sock.udp_cork()?;
     let sndbuf = sock.sndbuf()?;
     let wmem_alloc = sock.wmem_alloc()?;
@@ -46,7 +53,7 @@ fn emit_udp(
         None
     };
     emit(|e: &mut UdpEvent| {
-        e.hdr = header(kind, pid_tgid, id, ino, unsafe { bpf_ktime_get_ns() });
+        e.hdr = header(kind, pid_tgid, id, ino, now);
         e.comm = comm();
         e.addrs = track.addrs;
         if let Some((addr, port)) = dest {
@@ -59,7 +66,8 @@ fn emit_udp(
         e.wmem_alloc = wmem_alloc;
         e.corked = corked;
         e.pending = pending;
-        e._pad = 0;
+        e.flags = if unseen { RECV_F_UNSEEN } else { 0 };
+        e.call = call;
     });
     Ok(())
 }

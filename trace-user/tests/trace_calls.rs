@@ -1,5 +1,5 @@
-//! One application call, many kernel sends: `sendfile()`, `splice()` and `sendmmsg()`. Each
-//! kernel send names its syscall and piece, the pieces of one call share `call_ns`, and a
+//! One application call, many kernel sends: `sendfile()`, `splice()` and `sendmmsg()`, or
+//! receives: `recvmmsg()`. Each kernel call names its syscall and piece, the pieces of one call share `call_ns`, and a
 //! `call` event says what the application got back, equal to the program's own results,
 //! EAGAINs included (and no more: a piece's EAGAIN after earlier pieces copied bytes is
 //! flagged, as the application never saw it).
@@ -74,10 +74,37 @@ fn slow_reader(mut s: TcpStream, total: u64) -> thread::JoinHandle<u64> {
     })
 }
 
+/// One iovec per buffer (the kernel writes into them for a receive).
+fn iovecs<B: AsRef<[u8]>>(bufs: &[B]) -> Vec<libc::iovec> {
+    bufs.iter()
+        .map(|b| libc::iovec {
+            iov_base: b.as_ref().as_ptr() as *mut _,
+            iov_len: b.as_ref().len(),
+        })
+        .collect()
+}
+
+/// One message per iovec, for `sendmmsg()`/`recvmmsg()`.
+fn mmsghdrs(iovs: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
+    iovs.iter_mut()
+        .map(|iov| {
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect()
+}
+
 /// Checks the trace of socket `ino`'s calls of `syscall` against the program's own results:
 /// one `call` event per call, in order, with its result; the pieces of each call (sends with
 /// its `call_ns` on the thread) add up to the call's bytes and count.
 fn check_calls(out: &[Value], ino: u64, syscall: &str, app: &AppCalls) {
+    check_pieced(out, ino, syscall, "send", app)
+}
+
+/// [`check_calls`] for calls whose pieces are events of `kind` (`send`, `recv`, `udp_send`).
+fn check_pieced(out: &[Value], ino: u64, syscall: &str, kind: &str, app: &AppCalls) {
     let calls: Vec<&Value> = events(out, "call", ino)
         .into_iter()
         .filter(|c| c["syscall"] == syscall)
@@ -88,7 +115,7 @@ fn check_calls(out: &[Value], ino: u64, syscall: &str, app: &AppCalls) {
         "{syscall}: traced results vs the program's"
     );
     let mut pieces: BTreeMap<(u64, u64), Vec<&Value>> = BTreeMap::new();
-    for s in events(out, "send", ino) {
+    for s in events(out, kind, ino) {
         if s["syscall"] == syscall {
             pieces
                 .entry((u(&s["tid"]), u(&s["call_ns"])))
@@ -109,7 +136,12 @@ fn check_calls(out: &[Value], ino: u64, syscall: &str, app: &AppCalls) {
             "{syscall}: pieces numbered in order: {c}"
         );
         assert_eq!(u(&c["pieces"]), p.len() as u64, "{c}");
-        let copied: u64 = p.iter().map(|s| u(&s["copied"])).sum();
+        let bytes = if kind == "udp_send" {
+            "bytes"
+        } else {
+            "copied"
+        };
+        let copied: u64 = p.iter().map(|s| u(&s[bytes])).sum();
         assert_eq!(u(&c["copied"]), copied, "{syscall}: pieces' bytes: {c}");
         // An error piece is the last; the application saw it only if nothing was copied.
         for (i, s) in p.iter().enumerate() {
@@ -209,22 +241,8 @@ fn sendmmsg_messages_are_pieces_of_one_call() {
     let ino = ino(&client);
     let trace = Trace::start(&["-p", &std::process::id().to_string()]);
     let bufs: Vec<Vec<u8>> = (1..=5).map(|k| vec![b'm'; 1000 * k]).collect();
-    let mut iovs: Vec<libc::iovec> = bufs
-        .iter()
-        .map(|b| libc::iovec {
-            iov_base: b.as_ptr() as *mut _,
-            iov_len: b.len(),
-        })
-        .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .map(|iov| {
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
-        .collect();
+    let mut iovs = iovecs(&bufs);
+    let mut msgs = mmsghdrs(&mut iovs);
     let mut app = AppCalls::default();
     for _ in 0..3 {
         let r = unsafe { libc::sendmmsg(client.as_raw_fd(), msgs.as_mut_ptr(), 5, 0) };
@@ -237,4 +255,68 @@ fn sendmmsg_messages_are_pieces_of_one_call() {
     let sends = events(&out, "send", ino);
     let copied: Vec<u64> = sends.iter().map(|s| u(&s["copied"])).collect();
     assert_eq!(copied, [1000, 2000, 3000, 4000, 5000].repeat(3));
+}
+
+#[test]
+fn recvmmsg_messages_are_pieces_of_one_call() {
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    tx.connect(rx.local_addr().unwrap()).unwrap();
+    let ino = ino(&rx);
+    let trace = Trace::start(&["-p", &std::process::id().to_string()]);
+    let bufs = vec![[0u8; 1000]; 8];
+    let mut iovs = iovecs(&bufs);
+    let mut msgs = mmsghdrs(&mut iovs);
+    let mut app = AppCalls::default();
+    let mut sizes = Vec::new();
+    for _ in 0..2 {
+        for k in 1..=5 {
+            tx.send(&vec![b'r'; 100 * k]).unwrap();
+            sizes.push(100 * k as u64);
+        }
+        // Waits for the first datagram, then takes what is there: the sixth try finds
+        // none (EAGAIN, which the application does not see: it gets 5).
+        let r = unsafe {
+            libc::recvmmsg(
+                rx.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                8,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(app.record(r as isize), 5);
+    }
+    let out = trace.stop();
+    check_pieced(&out, ino, "recvmmsg", "recv", &app);
+    let copied: Vec<u64> = events(&out, "recv", ino)
+        .iter()
+        .filter(|e| e["ret"].as_i64().unwrap() >= 0)
+        .map(|e| u(&e["copied"]))
+        .collect();
+    assert_eq!(copied, sizes, "each datagram a piece");
+}
+
+#[test]
+fn udp_sendmmsg_datagrams_are_pieces_of_one_call() {
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    tx.connect(rx.local_addr().unwrap()).unwrap();
+    let ino = ino(&tx);
+    let trace = Trace::start(&["-p", &std::process::id().to_string()]);
+    let bufs: Vec<Vec<u8>> = (1..=5).map(|k| vec![b'u'; 100 * k]).collect();
+    let mut iovs = iovecs(&bufs);
+    let mut msgs = mmsghdrs(&mut iovs);
+    let mut app = AppCalls::default();
+    for _ in 0..2 {
+        let r = unsafe { libc::sendmmsg(tx.as_raw_fd(), msgs.as_mut_ptr(), 5, 0) };
+        assert_eq!(app.record(r as isize), 5);
+    }
+    let out = trace.stop();
+    check_pieced(&out, ino, "sendmmsg", "udp_send", &app);
+    let bytes: Vec<u64> = events(&out, "udp_send", ino)
+        .iter()
+        .map(|e| u(&e["bytes"]))
+        .collect();
+    assert_eq!(bytes, [100, 200, 300, 400, 500].repeat(2));
 }

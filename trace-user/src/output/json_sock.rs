@@ -4,7 +4,8 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 use trace_common::{
-    EventKind, Header, RecvEvent, RecvQueue, SendQueue, SockAddrs, SockEvent, UdpEvent,
+    EventKind, Header, RECV_F_UNSEEN, RecvEvent, RecvQueue, SendQueue, SockAddrs, SockEvent,
+    UdpEvent,
 };
 
 use super::json::{is_not_err, ser_err, ser_flags};
@@ -100,6 +101,10 @@ pub struct RecvJson<'a> {
     recv_q: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     received: Option<u64>,
+    #[serde(flatten)]
+    call: super::json::CallRefJson,
+    /// An error its application call did not return (see `RECV_F_UNSEEN`).
+    unseen_error: bool,
 }
 
 pub fn recv(e: &RecvEvent) -> RecvJson<'_> {
@@ -112,6 +117,8 @@ pub fn recv(e: &RecvEvent) -> RecvJson<'_> {
         rmem_alloc: e.queue.rmem_alloc,
         recv_q: tcp.then_some(e.queue.recv_q),
         received: tcp.then_some(e.queue.received),
+        call: (&e.call).into(),
+        unseen_error: e.flags & RECV_F_UNSEEN != 0,
     }
 }
 
@@ -170,6 +177,11 @@ pub struct UdpJson<'a> {
     wmem_alloc: u32,
     corked: u32,
     pending: bool,
+    /// `udp_send` only: the application's call, and whether its error went unseen.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    call: Option<super::json::CallRefJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unseen_error: Option<bool>,
 }
 
 pub fn udp(e: &UdpEvent) -> UdpJson<'_> {
@@ -189,5 +201,7 @@ pub fn udp(e: &UdpEvent) -> UdpJson<'_> {
         wmem_alloc: e.wmem_alloc,
         corked: e.corked,
         pending: e.pending != 0,
+        call: send.then(|| (&e.call).into()),
+        unseen_error: send.then_some(e.flags & RECV_F_UNSEEN != 0),
     }
 }

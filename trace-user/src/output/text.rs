@@ -5,7 +5,7 @@ use std::io::Write;
 use trace_common::{
     BlockEvent, EventKind, RecvEvent, SEND_F_LAYERED, SEND_F_REQUESTED, SEND_F_UNSEEN, SendEvent,
     SockAddrs, SockEvent, UdpEvent,
-    calls::{self, CALL_F_EXIT_MISSED, CallEvent, nr},
+    calls::{CALL_F_EXIT_MISSED, CallEvent, nr},
 };
 
 use super::{Output, SockNames, Totals, text_sock};
@@ -118,20 +118,11 @@ impl Output for TextOutput {
         if e.msg_flags != 0 {
             write!(self.out, " [{}]", MsgFlags(e.msg_flags))?;
         }
-        // The call it belongs to, where it is not one kernel send per call.
-        if calls::pieced(e.call.syscall) {
-            write!(
-                self.out,
-                " {} piece {}",
-                SyscallName(e.call.syscall),
-                e.call.piece
-            )?;
-        } else if !matches!(
-            e.call.syscall,
-            nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG
-        ) {
-            write!(self.out, " via {}", SyscallName(e.call.syscall))?;
-        }
+        text_sock::call(
+            &mut self.out,
+            &e.call,
+            &[nr::WRITE, nr::WRITEV, nr::SENDTO, nr::SENDMSG],
+        )?;
         if e.flags & SEND_F_UNSEEN != 0 {
             write!(self.out, " (not returned to the application)")?;
         }

@@ -6,9 +6,12 @@ use std::{
     io::{self, Write},
 };
 
-use trace_common::{EventKind, Header, RecvEvent, SendQueue, SockEvent, UdpEvent};
+use trace_common::{
+    EventKind, Header, RECV_F_UNSEEN, RecvEvent, SendQueue, SockEvent, UdpEvent,
+    calls::{self, CallRef, nr},
+};
 
-use crate::format::{self, ErrName, MsgFlags};
+use crate::format::{self, ErrName, MsgFlags, SyscallName};
 
 /// TIME PID TID COMM EVENT.
 fn prefix(
@@ -58,6 +61,18 @@ fn flags(out: &mut dyn Write, f: u32) -> io::Result<()> {
     writeln!(out)
 }
 
+/// The application's call a kernel call belongs to, where it is not one of the `usual`
+/// syscalls that make one kernel call each: `recvmmsg piece 2`, `via io_uring_enter`.
+pub fn call(out: &mut dyn Write, call: &CallRef, usual: &[u32]) -> io::Result<()> {
+    if calls::pieced(call.syscall) {
+        write!(out, " {} piece {}", SyscallName(call.syscall), call.piece)
+    } else if !usual.contains(&call.syscall) {
+        write!(out, " via {}", SyscallName(call.syscall))
+    } else {
+        Ok(())
+    }
+}
+
 pub fn recv(out: &mut dyn Write, secs: f64, e: &RecvEvent, conn: &dyn Display) -> io::Result<()> {
     prefix(out, secs, &e.hdr, &e.comm, "recv")?;
     result(out, e.ret)?;
@@ -73,6 +88,14 @@ pub fn recv(out: &mut dyn Write, secs: f64, e: &RecvEvent, conn: &dyn Display) -
         q.rmem_alloc,
         format::protocol_name(e.protocol)
     )?;
+    call(
+        out,
+        &e.call,
+        &[nr::READ, nr::READV, nr::RECVFROM, nr::RECVMSG],
+    )?;
+    if e.flags & RECV_F_UNSEEN != 0 {
+        write!(out, " (not returned to the application)")?;
+    }
     flags(out, e.msg_flags)
 }
 
@@ -137,5 +160,12 @@ pub fn udp(out: &mut dyn Write, secs: f64, e: &UdpEvent) -> io::Result<()> {
         format::remote_ip(a),
         a.rport
     )?;
+    if send {
+        call(
+            out,
+            &e.call,
+            &[nr::SENDTO, nr::SENDMSG, nr::WRITE, nr::WRITEV],
+        )?;
+    }
     flags(out, e.msg_flags)
 }
