@@ -89,6 +89,10 @@ pub mod standby {
         ("calls_sys_exit", "sb_calls_sys_exit"),
         ("layer_sys_enter", "sb_layer_sys_enter"),
         ("layer_sock_send_length", "sb_layer_sock_send_length"),
+        (
+            "recv_tcp_splice_read_fexit",
+            "sb_recv_tcp_splice_read_fexit",
+        ),
     ];
 
     /// Programs whose copy is attached on every kernel, preemptible or not: a state change

@@ -108,3 +108,14 @@ fn recv_fexit(ctx: &FExitContext) -> u32 {
     let ret = func_ret(ctx);
     model::run(ctx, || recv::recv_end(sk, ret, flags as u32))
 }
+
+with_standby! {
+    /// `tcp_splice_read(sock, ppos, pipe, len, flags)` returns: a `splice()` from a TCP
+    /// socket, which reads through `tcp_read_sock`, past `tcp_recvmsg`.
+    #[fexit(function = "tcp_splice_read")]
+    fn recv_tcp_splice_read_fexit, sb_recv_tcp_splice_read_fexit(ctx: FExitContext) {
+        let socket: u64 = ctx.arg(0);
+        let ret = func_ret(&ctx);
+        model::run(&ctx, || recv::recv_end(kernel::socket_sock(socket)?, ret, 0))
+    }
+}

@@ -400,10 +400,13 @@ pub fn fd_sock(fd: u64) -> Result<Option<(u64, bool)>, Fault> {
     }
     let socket: u64 = read(file, off!(file_private_data))?;
     let flags: u32 = read(file, off!(file_flags))?;
-    Ok(Some((
-        read(socket, off!(socket_sk))?,
-        flags & O_NONBLOCK != 0,
-    )))
+    Ok(Some((socket_sock(socket)?, flags & O_NONBLOCK != 0)))
+}
+
+/// The `struct sock` of a `struct socket`.
+#[inline(always)]
+pub fn socket_sock(socket: u64) -> Result<u64, Fault> {
+    read(socket, off!(socket_sk))
 }
 
 /// x86_64's and arm64's kernel stacks (16 KiB; twice that with KASAN, not supported).

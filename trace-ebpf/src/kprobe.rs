@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use crate::{model, recv, udp};
+use crate::{kernel, model, recv, udp};
 
 #[kprobe]
 pub fn send_tcp_sendmsg_kprobe(ctx: ProbeContext) -> u32 {
@@ -76,6 +76,16 @@ pub fn recv_recvmsg_kprobe(ctx: ProbeContext) -> u32 {
         return 0;
     };
     model::run(&ctx, || recv::recv_enter(sk, flags as u32))
+}
+
+/// `tcp_splice_read(sock, ppos, pipe, len, flags)`: a `splice()` from a TCP socket (it reads
+/// past `tcp_recvmsg`); `recv_recvmsg_kretprobe` is attached to its return too.
+#[kprobe]
+pub fn recv_tcp_splice_read_kprobe(ctx: ProbeContext) -> u32 {
+    let Some(socket) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    model::run(&ctx, || recv::recv_enter(kernel::socket_sock(socket)?, 0))
 }
 
 #[kretprobe]

@@ -142,6 +142,7 @@ const FENTRY: &[Hook] = &[
     hook("recv_tcp_recvmsg_fexit", "tcp_recvmsg", Kind::FExit),
     hook("recv_udp_recvmsg_fexit", "udp_recvmsg", Kind::FExit),
     hook("recv_udpv6_recvmsg_fexit", "udpv6_recvmsg", Kind::FExit),
+    hook("recv_tcp_splice_read_fexit", "tcp_splice_read", Kind::FExit),
 ];
 
 /// kretprobes are KProbe programs too; aya knows which from the program's section.
@@ -173,6 +174,12 @@ const KPROBE: &[Hook] = &[
     hook("recv_recvmsg_kretprobe", "tcp_recvmsg", Kind::KProbe),
     hook("recv_recvmsg_kretprobe", "udp_recvmsg", Kind::KProbe),
     hook("recv_recvmsg_kretprobe", "udpv6_recvmsg", Kind::KProbe),
+    hook(
+        "recv_tcp_splice_read_kprobe",
+        "tcp_splice_read",
+        Kind::KProbe,
+    ),
+    hook("recv_recvmsg_kretprobe", "tcp_splice_read", Kind::KProbe),
 ];
 
 const TRACEPOINT: &[Hook] = &[

@@ -320,3 +320,48 @@ fn udp_sendmmsg_datagrams_are_pieces_of_one_call() {
         .collect();
     assert_eq!(bytes, [100, 200, 300, 400, 500].repeat(2));
 }
+
+#[test]
+fn splice_from_a_tcp_socket_is_a_receive() {
+    const LEN: usize = 300_000;
+    let (mut client, server) = tcp_pair();
+    let ino = ino(&server);
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (rd, wr) = (fds[0], fds[1]);
+    let trace = Trace::start(&["-p", &std::process::id().to_string()]);
+    client.write_all(&vec![2u8; LEN]).unwrap();
+    drop(client);
+    let mut pipe_out = unsafe { File::from_raw_fd(rd) };
+    let mut app = AppCalls::default();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let r = unsafe {
+            libc::splice(
+                server.as_raw_fd(),
+                std::ptr::null_mut(),
+                wr,
+                std::ptr::null_mut(),
+                1 << 16,
+                0,
+            )
+        };
+        if app.record(r) <= 0 {
+            break;
+        }
+        pipe_out.read_exact(&mut buf[..r as usize]).unwrap();
+    }
+    let attach = trace.start["attach"].as_str().unwrap().to_owned();
+    let out = trace.stop();
+    unsafe { libc::close(wr) };
+    assert_eq!(app.results.iter().sum::<i64>(), LEN as i64, "{app:?}");
+    let recvs = events(&out, "recv", ino);
+    if attach == "tracepoint" {
+        // docs/limits.md: tcp_read_sock passes no tracepoint.
+        assert!(recvs.is_empty(), "{recvs:?}");
+        return;
+    }
+    let got: Vec<i64> = recvs.iter().map(|e| e["ret"].as_i64().unwrap()).collect();
+    assert_eq!(got, app.results, "one recv per splice(), its result");
+    check_pieced(&out, ino, "splice", "recv", &app);
+}
