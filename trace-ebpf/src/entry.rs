@@ -65,7 +65,7 @@ pub fn send_begin_fd(
     open_call(&sock, pid_tgid as u32, call)
 }
 
-/// `sendmsg`/`writev`: the bytes an user iovec array asks for, when it is short enough to add.
+/// `sendmsg`/`writev`: the bytes an user iovec array asks for.
 #[inline(always)]
 pub fn iov_requested(iov: u64, n: u64) -> Option<u64> {
     syscall::user_iov_len(iov, n)

@@ -3,7 +3,12 @@
 //! the place is confirmed by the user code segment found there), so that no program needs
 //! to run at every syscall's entry: its flags, and a UDP datagram's destination.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_user, bpf_probe_read_user_buf};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{
+        bpf_get_current_task, bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_loop,
+    },
+};
 
 use crate::kernel::{self, Fault, read};
 
@@ -142,22 +147,46 @@ fn user<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_user(addr as *const T) }.ok()
 }
 
-/// Bytes in a user `iovec` array of `n` entries (at most [`MAX_IOV`]; `None` beyond).
-pub const MAX_IOV: u64 = 8;
+/// The most iovecs one call may pass (the kernel's `UIO_MAXIOV`; more fail with EINVAL).
+const UIO_MAXIOV: u64 = 1024;
 
+/// [`user_iov_len`]'s running sum, for its `bpf_loop` callback.
+#[repr(C)]
+struct IovSum {
+    iov: u64,
+    total: u64,
+    failed: u64,
+}
+
+/// Adds iovec `i`'s length; 1 (stop) when it cannot be read.
+extern "C" fn add_iov(i: u32, ctx: *mut c_void) -> i64 {
+    let sum = unsafe { &mut *ctx.cast::<IovSum>() };
+    match user::<u64>(sum.iov + u64::from(i) * 16 + 8) {
+        Some(len) => {
+            sum.total = sum.total.wrapping_add(len);
+            0
+        }
+        None => {
+            sum.failed = 1;
+            1
+        }
+    }
+}
+
+/// Bytes in a user `iovec` array of `n` entries; `None` when it cannot be read. A
+/// `bpf_loop` callback, verified once, rather than an open-coded loop verified pass by pass.
 #[inline(always)]
 pub fn user_iov_len(iov: u64, n: u64) -> Option<u64> {
-    if n > MAX_IOV {
+    if n > UIO_MAXIOV {
         return None;
     }
-    let mut total = 0u64;
-    for i in 0..MAX_IOV {
-        if i >= n {
-            break;
-        }
-        total += user::<u64>(iov + i * 16 + 8)?;
-    }
-    Some(total)
+    let mut sum = IovSum {
+        iov,
+        total: 0,
+        failed: 0,
+    };
+    unsafe { bpf_loop(n as u32, add_iov as *mut c_void, (&raw mut sum).cast(), 0) };
+    (sum.failed == 0).then_some(sum.total)
 }
 
 /// A user `struct msghdr`'s iovec array and its length (x86-64 layout).

@@ -195,3 +195,45 @@ fn bad_input_exits_2_with_one_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn writev_of_many_iovecs_names_its_requested_bytes() {
+    // 1 024 iovecs (the kernel's most) of different lengths, and a sendmsg of 100.
+    let (c, mut s) = tcp_pair();
+    let ino = ino(&c);
+    let bufs: Vec<Vec<u8>> = (0..1024).map(|i| vec![b'v'; 1 + i % 7]).collect();
+    let iovs: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut _,
+            iov_len: b.len(),
+        })
+        .collect();
+    let want: usize = bufs.iter().map(Vec::len).sum();
+    let trace = Trace::start(&["-p", &std::process::id().to_string()]);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&c);
+    let n = unsafe { libc::writev(fd, iovs.as_ptr(), 1024) };
+    assert_eq!(n, want as isize, "{}", std::io::Error::last_os_error());
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iovs.as_ptr() as *mut _;
+    msg.msg_iovlen = 100;
+    let m = unsafe { libc::sendmsg(fd, &msg, 0) };
+    let want_msg: usize = bufs[..100].iter().map(Vec::len).sum();
+    assert_eq!(m, want_msg as isize);
+    let mut got = vec![0u8; want + want_msg];
+    s.read_exact(&mut got).unwrap();
+    let out = trace.stop();
+    let sends = events(&out, "send", ino);
+    let seen: Vec<(u64, u64)> = sends
+        .iter()
+        .map(|e| (u(&e["requested"]), u(&e["copied"])))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (want as u64, want as u64),
+            (want_msg as u64, want_msg as u64)
+        ],
+        "{sends:?}"
+    );
+}
