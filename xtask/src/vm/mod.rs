@@ -86,6 +86,10 @@ pub struct VmTestArgs {
     /// Default: room for every test binary's --test-timeout, and two minutes.
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
+    /// Guests run at once (default: one per host core; each emulates its vCPU on one host
+    /// thread).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
     /// Show the guests' consoles as they run (always kept in target/vm/logs/).
     #[arg(long, short)]
     verbose: bool,
@@ -164,50 +168,40 @@ pub fn run(args: VmTestArgs) -> anyhow::Result<u64> {
     let timeout = args
         .timeout
         .unwrap_or(steps as u64 * args.test_timeout + 120);
+    // Each guest emulates its one vCPU on one host thread: as many run at once as the host
+    // has cores (CI's two halve the matrix's time), each on its own core.
+    let jobs: Vec<(&kernels::Kernel, &Vec<String>)> = kernels
+        .iter()
+        .flat_map(|k| groups.iter().map(move |g| (k, g)))
+        .collect();
+    let workers = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..workers.clamp(1, jobs.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(k, group)) = jobs.get(i) else {
+                        break;
+                    };
+                    let r = run_guest(k, group, &args, &initrd, timeout, &logs_dir);
+                    done.lock().expect("no worker panics").push((i, r));
+                }
+            });
+        }
+    });
+    let mut done = done.into_inner().expect("no worker panics");
+    done.sort_by_key(|(i, _)| *i);
     let mut cells = Vec::new();
     let mut logs: Vec<(String, String, GuestLog)> = Vec::new();
-    for k in &kernels {
-        for group in &groups {
-            let label = format!("{} {}", k.name, group.join(","));
-            let params = params(group, &args);
-            let log_path = logs_dir.join(format!("{}-{}.log", k.name, group.join("-")));
-            eprintln!("xtask: [{label}] booting {} ({})", k.release, k.package);
-            let mut log = GuestLog::default();
-            let console = qemu::boot(
-                k,
-                args.smp,
-                &initrd,
-                &params,
-                Duration::from_secs(timeout),
-                &log_path,
-                &mut |at, line| {
-                    if args.verbose {
-                        eprintln!("[{:8.3}] {line}", at.as_secs_f64());
-                    }
-                    if let Some(msg) = log.feed(at, line) {
-                        eprintln!("xtask: [{label}] {msg}");
-                    }
-                },
-            )?;
-            log.died = match console.end {
-                qemu::End::Done => None,
-                qemu::End::Timeout => {
-                    Some(format!("guest killed at the {timeout} s timeout (hung?)"))
-                }
-                qemu::End::Exited => {
-                    Some("guest stopped before /init finished (kernel panic?)".to_owned())
-                }
-            };
-            if let Some(d) = &log.died {
-                eprintln!("xtask: [{label}] {d}; console in {}", log_path.display());
-            }
-            eprintln!(
-                "xtask: [{label}] {:.1} s in all",
-                console.elapsed.as_secs_f64()
-            );
-            cells.extend(report::judge(&k.name, group, &log, binaries_of));
-            logs.push((k.name.clone(), k.release.clone(), log));
-        }
+    for (i, r) in done {
+        let (k, group) = jobs[i];
+        let log = r?;
+        cells.extend(report::judge(&k.name, group, &log, binaries_of));
+        logs.push((k.name.clone(), k.release.clone(), log));
     }
     let log_refs: Vec<(String, String, &GuestLog)> = logs
         .iter()
@@ -231,6 +225,51 @@ pub fn run(args: VmTestArgs) -> anyhow::Result<u64> {
         bail!("{failed} kernel × mode combinations failed");
     }
     Ok(cells.len() as u64)
+}
+
+/// Boots `k` once for the modes of `group` and reads its console.
+fn run_guest(
+    k: &kernels::Kernel,
+    group: &[String],
+    args: &VmTestArgs,
+    initrd: &std::path::Path,
+    timeout: u64,
+    logs_dir: &std::path::Path,
+) -> anyhow::Result<GuestLog> {
+    let label = format!("{} {}", k.name, group.join(","));
+    let params = params(group, args);
+    let log_path = logs_dir.join(format!("{}-{}.log", k.name, group.join("-")));
+    eprintln!("xtask: [{label}] booting {} ({})", k.release, k.package);
+    let mut log = GuestLog::default();
+    let console = qemu::boot(
+        k,
+        args.smp,
+        initrd,
+        &params,
+        Duration::from_secs(timeout),
+        &log_path,
+        &mut |at, line| {
+            if args.verbose {
+                eprintln!("[{label}] [{:8.3}] {line}", at.as_secs_f64());
+            }
+            if let Some(msg) = log.feed(at, line) {
+                eprintln!("xtask: [{label}] {msg}");
+            }
+        },
+    )?;
+    log.died = match console.end {
+        qemu::End::Done => None,
+        qemu::End::Timeout => Some(format!("guest killed at the {timeout} s timeout (hung?)")),
+        qemu::End::Exited => Some("guest stopped before /init finished (kernel panic?)".to_owned()),
+    };
+    if let Some(d) = &log.died {
+        eprintln!("xtask: [{label}] {d}; console in {}", log_path.display());
+    }
+    eprintln!(
+        "xtask: [{label}] {:.1} s in all",
+        console.elapsed.as_secs_f64()
+    );
+    Ok(log)
 }
 
 /// The kernel command line words /init reads (the kernel passes NAME=VALUE words it does not
