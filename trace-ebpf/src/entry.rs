@@ -3,7 +3,7 @@
 //! call as `model::send_begin` does; the scheduler says when the sleeping writer runs again.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use trace_common::{SEND_F_LAYERED, SEND_F_REQUESTED, SEND_F_TCP_BYTES, SendQueue};
+use trace_common::{SEND_F_REQUESTED, SEND_F_TCP_BYTES, SendQueue};
 
 use crate::{
     filter,
@@ -16,15 +16,10 @@ use crate::{
 
 const MSG_DONTWAIT: u32 = 0x40;
 
-/// A send syscall on `fd` starts: `requested` bytes (when known), with `flags`; on any TCP
-/// socket, or with `layered_only` on those with a layer above TCP (see `layer`).
+/// A send syscall on `fd` starts: `requested` bytes (when known), with `flags`; its event
+/// flagged `extra`.
 #[inline(always)]
-pub fn send_begin_fd(
-    fd: u64,
-    requested: Option<u64>,
-    flags: u32,
-    layered_only: bool,
-) -> Result<(), Fault> {
+pub fn send_begin_fd(fd: u64, requested: Option<u64>, flags: u32, extra: u32) -> Result<(), Fault> {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !filter::task_passes((pid_tgid >> 32) as u32) {
         return Ok(());
@@ -33,14 +28,11 @@ pub fn send_begin_fd(
         return Ok(());
     };
     let sock = Sock::new(sk);
-    if sock.protocol()? != IPPROTO_TCP {
+    if sock.protocol()? != IPPROTO_TCP || !filter::sock_passes(&sock)? {
         return Ok(());
     }
-    let layered = layer::layered(&sock)?;
-    if (layered_only && !layered) || !filter::sock_passes(&sock)? {
-        return Ok(());
-    }
-    let known = SEND_F_TCP_BYTES | if layered { SEND_F_LAYERED } else { 0 };
+    // Seen from the syscall's entry: `write_seq` now tells what entered TCP.
+    let known = SEND_F_TCP_BYTES | extra;
     let call = Inflight {
         sk,
         msg: 0,
@@ -63,6 +55,16 @@ pub fn send_begin_fd(
         block_queue: SendQueue::default(),
     };
     open_call(&sock, pid_tgid as u32, call)
+}
+
+/// Whether `fd` is a TCP socket with a layer above TCP (see `layer`).
+#[inline(always)]
+pub fn layered_fd(fd: u64) -> Result<bool, Fault> {
+    let Some((sk, _)) = kernel::fd_sock(fd)? else {
+        return Ok(false);
+    };
+    let sock = Sock::new(sk);
+    Ok(sock.protocol()? == IPPROTO_TCP && layer::layered(&sock)?)
 }
 
 /// `sendmsg`/`writev`: the bytes an user iovec array asks for.

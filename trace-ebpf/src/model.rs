@@ -352,10 +352,13 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
     }
     let queue = sock.send_queue()?;
     let seq_end = queue.acked + u64::from(queue.send_q);
-    let tcp_bytes = if flags & SEND_F_TCP_BYTES != 0 {
-        u64::from(sock.write_seq()?.wrapping_sub(seq0))
+    // Known from the entry's write_seq, unless the socket was not connected then (TCP Fast
+    // Open: the initial sequence number was chosen during the call; until then write_seq is
+    // 0, which a chosen one is once in 2^32).
+    let (tcp_bytes, flags) = if flags & SEND_F_TCP_BYTES != 0 && seq0 != 0 {
+        (u64::from(sock.write_seq()?.wrapping_sub(seq0)), flags)
     } else {
-        0
+        (0, flags & !SEND_F_TCP_BYTES)
     };
     if ret > 0 || start_ns != 0 {
         track.write_end = seq_end;

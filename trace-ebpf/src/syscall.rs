@@ -180,6 +180,7 @@ pub fn user_iov_len(iov: u64, n: u64) -> Option<u64> {
     if n > UIO_MAXIOV {
         return None;
     }
+    // On the stack: bpf_loop's context must be (the verifier refuses a map value).
     let mut sum = IovSum {
         iov,
         total: 0,

@@ -2,6 +2,7 @@
 //! Each program only pulls its hook's arguments and calls the model.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use trace_common::SEND_F_LAYERED;
 
 use crate::{
     calls, entry, filter,
@@ -154,15 +155,19 @@ with_standby! {
     /// `write`, `writev`, `sendto` and `sendmsg` open a call on a TCP socket.
     #[raw_tracepoint(tracepoint = "sys_enter")]
     fn entry_sys_enter, sb_entry_sys_enter(ctx: RawTracePointContext) if is_send(&ctx) => {
-        send_syscall(&ctx, false)
+        send_syscall::<0>(&ctx)
     }
 }
 
 with_standby! {
-    /// The same, on TCP sockets with a layer above TCP only (see `layer`).
+    /// The same, on TCP sockets with a layer above TCP only (see `layer`), found before
+    /// anything else is done.
     #[raw_tracepoint(tracepoint = "sys_enter")]
     fn layer_sys_enter, sb_layer_sys_enter(ctx: RawTracePointContext) if is_send(&ctx) => {
-        send_syscall(&ctx, true)
+        match entry::layered_fd(syscall::arg(ctx.arg(0), 0)) {
+            Ok(true) => send_syscall::<SEND_F_LAYERED>(&ctx),
+            _ => 0,
+        }
     }
 }
 
@@ -174,16 +179,23 @@ fn is_send(ctx: &RawTracePointContext) -> bool {
     )
 }
 
+/// A send syscall opens a call, its event flagged `EXTRA` (`SEND_F_*`). A constant, not an
+/// argument: a value captured by the closure would grow the program's own stack frame, and
+/// 6.1's verifier rounds each frame of the call chain up to 32 bytes (at 512 in all).
 #[inline(always)]
-fn send_syscall(ctx: &RawTracePointContext, layered_only: bool) -> u32 {
+fn send_syscall<const EXTRA: u32>(ctx: &RawTracePointContext) -> u32 {
     let (regs, id): (u64, u64) = (ctx.arg(0), ctx.arg(1));
     let arg = |n| syscall::arg(regs, n);
-    let open = |fd, requested, flags| entry::send_begin_fd(fd, requested, flags, layered_only);
     model::run(ctx, || match id {
-        NR_WRITE => open(arg(0), Some(arg(2)), 0),
-        NR_WRITEV => open(arg(0), entry::iov_requested(arg(1), arg(2)), 0),
-        NR_SENDTO => open(arg(0), Some(arg(2)), arg(3) as u32),
-        _ => open(arg(0), entry::msghdr_requested(arg(1)), arg(2) as u32),
+        NR_WRITE => entry::send_begin_fd(arg(0), Some(arg(2)), 0, EXTRA),
+        NR_WRITEV => entry::send_begin_fd(arg(0), entry::iov_requested(arg(1), arg(2)), 0, EXTRA),
+        NR_SENDTO => entry::send_begin_fd(arg(0), Some(arg(2)), arg(3) as u32, EXTRA),
+        _ => entry::send_begin_fd(
+            arg(0),
+            entry::msghdr_requested(arg(1)),
+            arg(2) as u32,
+            EXTRA,
+        ),
     })
 }
 

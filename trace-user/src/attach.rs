@@ -76,7 +76,7 @@ impl AttachMode {
                 &[]
             }
             Self::Fentry | Self::Kprobe => LAYER_FUNCTIONS,
-            Self::Tracepoint if syscall_form() => &[],
+            // Its own sys_enter opens every call; this one, after it, flags the layered.
             Self::Tracepoint => &LAYER_FUNCTIONS[..1],
             Self::Auto => &[],
         }
@@ -195,8 +195,9 @@ const TRACEPOINT_SYSCALLS: &[Hook] = &[
 ];
 
 /// Calls on sockets with a layer above TCP (kTLS) open at the syscall and end at the socket
-/// layer's return (trace-ebpf's `layer`): where tcp_sendmsg is hooked, both; where
-/// tcp_sendmsg_locked is, the entry (the layer's records pass there as later passes).
+/// layer's return (trace-ebpf's `layer`): where tcp_sendmsg is hooked, both; with the
+/// tracepoint backend, the entry (the layer's records pass tcp_sendmsg_locked as later passes;
+/// in the syscall-entry form it reopens the call its own sys_enter opened, flagged layered).
 const LAYER_FUNCTIONS: &[Hook] = &[
     raw("layer_sys_enter", "raw_syscalls", "sys_enter"),
     raw("layer_sock_send_length", "sock", "sock_send_length"),
@@ -419,7 +420,7 @@ fn try_mode(
         && matches!(mode, AttachMode::Fentry | AttachMode::Kprobe)
         && mode.layer_hooks(true).is_empty()
     {
-        log::warn!(
+        log::info!(
             "kTLS: the kernel has no sock_send_length tracepoint: sends on kTLS sockets are not traced"
         );
     }

@@ -1,4 +1,4 @@
-//! io_uring sends and receives: no syscall per operation, yet each reaches TCP as a kernel
+//! io_uring sends (`SEND`, `SEND_ZC`, `SENDMSG`) and receives: no syscall per operation, yet each reaches TCP as a kernel
 //! send or receive that sockbuf sees. A send done inline names the `io_uring_enter` it was
 //! submitted in; one forced to an io-wq worker (`IOSQE_ASYNC`) names no syscall (`none`),
 //! from the worker thread. Traced results equal the completions the program reaped.
@@ -47,6 +47,22 @@ fn io_uring_sends_and_receives_are_traced_with_their_origin() {
         let zc = opcode::SendZc::new(fd, buf.as_ptr(), len).build();
         results.push(("io_uring_enter", complete(&mut ring, zc)));
     }
+    // IORING_OP_SENDMSG: a msghdr of two iovecs.
+    let iovs = [
+        libc::iovec {
+            iov_base: buf.as_ptr() as *mut _,
+            iov_len: 600,
+        },
+        libc::iovec {
+            iov_base: buf.as_ptr() as *mut _,
+            iov_len: 400,
+        },
+    ];
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iovs.as_ptr() as *mut _;
+    msg.msg_iovlen = 2;
+    let sendmsg = opcode::SendMsg::new(fd, &raw const msg).build();
+    results.push(("io_uring_enter", complete(&mut ring, sendmsg)));
     let total: i32 = results.iter().map(|(_, r)| *r).sum();
     let mut got = vec![0u8; total as usize];
     server.read_exact(&mut got).unwrap();
