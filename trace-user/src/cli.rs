@@ -76,6 +76,51 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+
+    /// Feed ring-buffer records written by `trace --record` through decoding, ACK matching
+    /// and one output again, without the kernel, and say how many events per second one
+    /// core handles (`cargo xtask bench`). Needs no privileges.
+    #[command(hide = true)]
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// A file `sockbuf trace --record FILE` wrote.
+    pub file: PathBuf,
+
+    /// The output the events go through.
+    #[arg(long, value_enum, default_value_t = ReplayOutput::Json)]
+    pub output: ReplayOutput,
+
+    /// Where the output goes (default: /dev/null).
+    #[arg(long, value_name = "PATH")]
+    pub to: Option<PathBuf>,
+
+    /// Passes over the records; the median pass is reported.
+    #[arg(long, default_value_t = 5)]
+    pub passes: u32,
+
+    #[command(flatten)]
+    pub bounds: BoundArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplayOutput {
+    Json,
+    Text,
+    /// `--summary`'s per-socket rows, built from the events in user space.
+    Summary,
+}
+
+impl ReplayOutput {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Text => "text",
+            Self::Summary => "summary",
+        }
+    }
 }
 
 /// How the fill experiment's client writes.
@@ -258,6 +303,10 @@ pub struct TraceArgs {
 
     #[command(flatten)]
     pub bounds: BoundArgs,
+
+    /// Also write every ring-buffer record, as read, to FILE (for `sockbuf replay`).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub record: Option<PathBuf>,
 }
 
 /// What sockbuf keeps per socket, bounded so that it can run for days on a host whose

@@ -19,6 +19,7 @@ pub mod loader;
 pub mod netns;
 pub mod output;
 pub mod preflight;
+pub mod replay;
 pub mod session;
 pub mod sockio;
 pub mod stop;

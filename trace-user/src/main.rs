@@ -5,7 +5,7 @@ use trace_user::{
     check,
     cli::{Cli, Command},
     error::SetupError,
-    fill, trace, udp,
+    fill, replay, trace, udp,
 };
 
 fn main() -> ExitCode {
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             Command::Fill(args) => fill::run(args, cli.verbose).await,
             Command::Udp(args) => udp::run(args, cli.verbose).await,
             Command::Check { json } => check::run(json),
+            Command::Replay(args) => replay::run(args),
         }
     });
     match result {

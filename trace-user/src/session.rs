@@ -12,7 +12,10 @@ use tokio::io::{
 };
 use trace_common::user::Event;
 
-use crate::loader::{DRAIN_INTERVAL, KernelCounters, LoadOptions, Tracer};
+use crate::{
+    loader::{DRAIN_INTERVAL, KernelCounters, LoadOptions, Tracer},
+    replay::Recorder,
+};
 
 /// Receives decoded events, a batch at a time.
 pub trait EventHandler {
@@ -35,6 +38,8 @@ pub struct Session {
     ring: AsyncFd<RingBuf<MapData>>,
     logger: Option<AsyncFd<Logger>>,
     pub stats: SessionStats,
+    /// `trace --record`: where every record goes too.
+    pub recorder: Option<Recorder>,
 }
 
 impl Session {
@@ -51,6 +56,7 @@ impl Session {
             ring,
             logger,
             stats: SessionStats::default(),
+            recorder: None,
         })
     }
 
@@ -79,12 +85,12 @@ impl Session {
         drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = drain_timer.tick() => drain(self.ring.get_mut(), &mut self.stats, handler),
+                _ = drain_timer.tick() => drain(self.ring.get_mut(), &mut self.stats, &mut self.recorder, handler),
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard.context("waiting on the ring buffer")?;
                     // Cleared before draining, so a wake-up during the drain is not lost.
                     guard.clear_ready();
-                    drain(guard.get_inner_mut(), &mut self.stats, handler);
+                    drain(guard.get_inner_mut(), &mut self.stats, &mut self.recorder, handler);
                 }
                 guard = readable_log(&mut self.logger) => {
                     let mut guard = guard.context("waiting on the eBPF log")?;
@@ -100,7 +106,12 @@ impl Session {
 
     /// Reads whatever the ring buffer holds right now.
     pub fn drain_now<H: EventHandler>(&mut self, handler: &mut H) {
-        drain(self.ring.get_mut(), &mut self.stats, handler);
+        drain(
+            self.ring.get_mut(),
+            &mut self.stats,
+            &mut self.recorder,
+            handler,
+        );
         if let Some(l) = &mut self.logger {
             l.get_mut().flush();
         }
@@ -126,11 +137,22 @@ async fn readable_log(
     }
 }
 
-fn drain<H: EventHandler>(ring: &mut RingBuf<MapData>, stats: &mut SessionStats, handler: &mut H) {
+fn drain<H: EventHandler>(
+    ring: &mut RingBuf<MapData>,
+    stats: &mut SessionStats,
+    recorder: &mut Option<Recorder>,
+    handler: &mut H,
+) {
     let mut any = false;
     while let Some(item) = ring.next() {
         stats.records += 1;
         any = true;
+        if let Some(r) = recorder
+            && let Err(e) = r.record(&item)
+        {
+            log::warn!("--record: {e}; recording stops");
+            *recorder = None;
+        }
         match Event::parse(&item) {
             Ok(ev) => handler.on_event(&ev),
             Err(e) => {

@@ -2,6 +2,7 @@
 
 use std::{io::Write, rc::Rc};
 
+use anyhow::Context as _;
 use tokio::sync::Notify;
 use trace_common::{agg::Level, user::Event};
 
@@ -12,6 +13,7 @@ use crate::{
     format::monotonic_ns,
     loader::LoadOptions,
     output::{self, Output, Totals},
+    replay::Recorder,
     session::{EventHandler, Session},
     stop,
     summary::Summary,
@@ -103,6 +105,7 @@ impl EventHandler for Printer {
                 });
             }
         }
+        let res = res.and_then(|()| out.event_done());
         self.check(res);
     }
 
@@ -144,6 +147,9 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         args.bounds.max_sockets(),
     )?;
     let mut session = Session::start(&opts)?;
+    if let Some(path) = &args.record {
+        session.recorder = Some(Recorder::create(path)?);
+    }
     let t0 = monotonic_ns();
     let stdout: Box<dyn Write> = Box::new(std::io::BufWriter::with_capacity(
         1 << 16,
@@ -158,6 +164,9 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
     let stop = stop::stop_on(args.duration, broken.notified());
     if !args.summary {
         session.run(&mut printer, stop).await?;
+        if let Some(r) = session.recorder.take() {
+            r.finish().context("--record")?;
+        }
         return finish(&session, &mut printer, t0);
     }
     let counts = session.tracer_mut().take_counts(args.full)?;

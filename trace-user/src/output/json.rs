@@ -11,7 +11,7 @@ use trace_common::{
 };
 
 use super::{
-    Output, SockNames, Totals,
+    Gather, Output, SockNames, Totals,
     json_sock::{self, Common, Outcome, Who},
 };
 use crate::{
@@ -20,14 +20,14 @@ use crate::{
 };
 
 pub struct JsonOutput {
-    out: Box<dyn Write>,
+    out: Gather,
     names: SockNames,
 }
 
 impl JsonOutput {
     pub fn new(out: Box<dyn Write>) -> Self {
         Self {
-            out,
+            out: Gather::new(out),
             names: SockNames::default(),
         }
     }
@@ -297,6 +297,10 @@ impl Output for JsonOutput {
             kind: "end",
             totals: t,
         })
+    }
+
+    fn event_done(&mut self) -> std::io::Result<()> {
+        self.out.event_done()
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -120,10 +120,65 @@ pub trait Output {
     /// A `sendfile()`, `splice()` or `sendmmsg()` returned to the application.
     fn call(&mut self, e: &CallEvent) -> std::io::Result<()>;
     fn end(&mut self, t: &Totals) -> std::io::Result<()>;
+    /// After each event's lines (see [`Gather`]).
+    fn event_done(&mut self) -> std::io::Result<()>;
     fn flush(&mut self) -> std::io::Result<()>;
 }
 
 /// Text or JSON, chosen at run time; `header`: the text column header (not for summaries).
+/// Output gathered in memory and handed to the real writer at each flush, or once an event
+/// leaves 64 KiB or more. An event's line is written in many small pieces (serde_json,
+/// `write!`): into a Vec each is a plain copy, where through `dyn Write` each was a call into
+/// the buffered writer (a third of the consumer's time, measured with `sockbuf replay`).
+pub struct Gather {
+    inner: Box<dyn Write>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 1 << 16;
+
+impl Gather {
+    pub fn new(inner: Box<dyn Write>) -> Self {
+        Self {
+            inner,
+            buf: Vec::with_capacity(2 * CHUNK),
+        }
+    }
+
+    /// An event's lines are complete: hands them over once a chunk has gathered.
+    pub fn event_done(&mut self) -> std::io::Result<()> {
+        if self.buf.len() >= CHUNK {
+            self.hand_over()?;
+        }
+        Ok(())
+    }
+
+    fn hand_over(&mut self) -> std::io::Result<()> {
+        let r = self.inner.write_all(&self.buf);
+        self.buf.clear();
+        r
+    }
+}
+
+impl Write for Gather {
+    #[inline]
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.buf.extend_from_slice(b);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.hand_over()?;
+        self.inner.flush()
+    }
+}
+
 pub fn new_output(json: bool, out: Box<dyn Write>, t0_ns: u64, header: bool) -> Box<dyn Output> {
     if json {
         Box::new(JsonOutput::new(out))

@@ -8,14 +8,14 @@ use trace_common::{
     calls::{CALL_F_EXIT_MISSED, CallEvent, nr},
 };
 
-use super::{Output, SockNames, Totals, text_sock};
+use super::{Gather, Output, SockNames, Totals, text_sock};
 use crate::{
     acks::AckedWrite,
     format::{self, ErrName, MsgFlags, Nanos, SyscallName},
 };
 
 pub struct TextOutput {
-    out: Box<dyn Write>,
+    out: Gather,
     t0_ns: u64,
     names: SockNames,
     header: bool,
@@ -24,7 +24,7 @@ pub struct TextOutput {
 impl TextOutput {
     pub fn new(out: Box<dyn Write>, t0_ns: u64, header: bool) -> Self {
         Self {
-            out,
+            out: Gather::new(out),
             t0_ns,
             names: SockNames::default(),
             header,
@@ -262,6 +262,10 @@ impl Output for TextOutput {
             t.faults,
             t.missed
         )
+    }
+
+    fn event_done(&mut self) -> std::io::Result<()> {
+        self.out.event_done()
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

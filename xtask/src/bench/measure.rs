@@ -174,19 +174,7 @@ pub fn run_once(
     }
     // The tracer's CPU from here on: its start-up (BTF parsing, loading) is not overhead.
     let cpu_at_start = tracer.process().map_or(0.0, |c| usage(c.id()).0);
-    let mut w = Command::new(workload);
-    if let Some(cpu) = workload_cpu(a) {
-        w.args(["--cpu", &cpu.to_string()]);
-    }
-    let w = w
-        .args([
-            "-n",
-            &a.writes.to_string(),
-            "-s",
-            &a.size.to_string(),
-            "-c",
-            &a.conns.to_string(),
-        ])
+    let w = workload_command(workload, a)
         .output()
         .context("running the workload")?;
     if !w.status.success() {
@@ -237,6 +225,56 @@ pub fn run_once(
         }
     }
     Ok(run)
+}
+
+/// The workload as `a` asks for it, pinned where the bench pins it.
+fn workload_command(workload: &Path, a: &BenchArgs) -> Command {
+    let mut w = Command::new(workload);
+    if let Some(cpu) = workload_cpu(a) {
+        w.args(["--cpu", &cpu.to_string()]);
+    }
+    w.args([
+        "-n",
+        &a.writes.to_string(),
+        "-s",
+        &a.size.to_string(),
+        "-c",
+        &a.conns.to_string(),
+    ]);
+    w
+}
+
+/// Runs the workload once under `tracer` (started off the workload's CPU, its stdout to
+/// `out`), and stops it; for runs whose figures are not timed (`replay`'s recording).
+pub fn record_run(
+    mut tracer: Command,
+    a: &BenchArgs,
+    workload: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
+    if let Some(cpu) = workload_cpu(a) {
+        off_cpu(&mut tracer, cpu)?;
+    }
+    let mut child = tracer
+        .stdout(fs::File::create(out)?)
+        .stderr(Stdio::null())
+        .spawn()?;
+    let t0 = Instant::now();
+    while fs::metadata(out).map(|m| m.len()).unwrap_or(0) == 0 {
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("the recording tracer did not start within 60 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let status = workload_command(workload, a)
+        .stdout(Stdio::null())
+        .status()
+        .context("running the workload")?;
+    if !status.success() {
+        bail!("workload failed");
+    }
+    thread::sleep(Duration::from_millis(300));
+    stop(&mut child)
 }
 
 /// SIGINT, as Ctrl-C; again if ignored (bpftrace can miss one), then SIGKILL.

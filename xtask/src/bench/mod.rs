@@ -3,6 +3,7 @@
 
 mod floor;
 mod measure;
+mod replay;
 mod report;
 mod stats;
 
@@ -176,7 +177,10 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
             .map(|&c| run(c, "accounted"))
             .collect::<anyhow::Result<Vec<_>>>()?
     };
-    let table = report::report(&configs, &runs, &accounted, &a);
+    let mut table = report::report(&configs, &runs, &accounted, &a);
+    table.push_str(&replay::table(&replay::run(
+        &a, &sockbuf, &workload, &out_dir,
+    )?));
     println!("{table}");
     fs::write(out_dir.join("last.md"), &table)?;
     eprintln!("xtask: table written to target/bench/last.md");

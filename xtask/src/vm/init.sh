@@ -32,10 +32,24 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 chmod 1777 /tmp
 ip link set lo up
 # `ss -m` needs sock_diag for TCP, kTLS needs tls (and gcm where it is a module): Debian
-# builds them as modules; the list says which this kernel has, in load order.
-for m in $(cat "/lib/modules/$(uname -r)/modules"); do
-	insmod "/lib/modules/$(uname -r)/$m.ko" || echo "VMTEST:warn insmod $m failed"
+# builds them as modules; the list says which this kernel has, in load order, and which
+# are loaded only around the kTLS tests (`ktls`).
+modules=/lib/modules/$(uname -r)
+for m in $(awk '$2 != "ktls" { print $1 }' "$modules/modules.list"); do
+	insmod "$modules/$m.ko" || echo "VMTEST:warn insmod $m failed"
 done
+# ktls load|unload: TLS and its ciphers, for the kTLS tests only.
+ktls() {
+	if [ "$1" = load ]; then
+		for m in $(awk '$2 == "ktls" { print $1 }' "$modules/modules.list"); do
+			insmod "$modules/$m.ko" || echo "VMTEST:warn insmod $m failed"
+		done
+	else
+		for m in $(awk '$2 == "ktls" { l[n++] = $1 } END { while (n) print l[--n] }' "$modules/modules.list"); do
+			rmmod "$m" || echo "VMTEST:warn rmmod $m failed"
+		done
+	fi
+}
 echo "VMTEST:boot $(uname -r)"
 # Whether sockbuf attaches its standby copies follows from this (the console keeps it).
 echo "preemption: $(cat /sys/kernel/debug/sched/preempt 2>&1)"
@@ -90,8 +104,10 @@ for mode in $(echo "$VMTEST_MODES" | tr , ' '); do
 		fi
 	fi
 	while read -r name path; do
+		[ "$name" = ktls ] && ktls load
 		# shellcheck disable=SC2086 # filters are words
 		run "$name" "$mode" "$path" --test-threads=1 $filters
+		[ "$name" = ktls ] && ktls unload
 	done <"$list"
 	case "$VMTEST_INJECT" in
 	fail) run injected "$mode" sh -c 'echo "test injected ... FAILED"; exit 1' ;;

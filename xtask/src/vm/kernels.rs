@@ -12,24 +12,26 @@ use anyhow::{Context as _, bail};
 
 use crate::cmd;
 
-/// Modules the guest loads, in load order, and whether every kernel has them as modules:
-/// `ss -m`, which the fill tests read, asks the kernel through sock_diag (tcp_diag needs
-/// inet_diag); kTLS is `tls` with AES-GCM, whose parts some kernels build in (then they are
-/// not in the package, and not loaded).
-pub const MODULES: &[(&str, bool)] = &[
-    ("inet_diag", true),
-    ("tcp_diag", true),
-    ("gf128mul", false),
-    ("ghash-generic", false),
-    ("ctr", false),
-    ("crypto_null", false),
-    ("gcm", false),
-    ("tls", true),
+/// Modules the guest loads, in load order: (name, whether every kernel has it as a module,
+/// whether only the kTLS tests load it). `ss -m`, which the fill tests read, asks the kernel
+/// through sock_diag (tcp_diag needs inet_diag); kTLS is `tls` with AES-GCM, whose parts some
+/// kernels build in (then they are not in the package, and not loaded). TLS is loaded only
+/// around the kTLS tests: where it is, sockbuf attaches two more programs (one at every
+/// syscall), which under emulation made other tests a third slower.
+pub const MODULES: &[(&str, bool, bool)] = &[
+    ("inet_diag", true, false),
+    ("tcp_diag", true, false),
+    ("gf128mul", false, true),
+    ("ghash-generic", false, true),
+    ("ctr", false, true),
+    ("crypto_null", false, true),
+    ("gcm", false, true),
+    ("tls", true, true),
 ];
 
-/// The file in a kernel's directory that lists its unpacked modules, in load order (the
-/// guest's init loads them from it).
-pub const MODULE_LIST: &str = "modules";
+/// The file in a kernel's directory that lists its unpacked modules in load order, a line
+/// each: the name, and `ktls` for those the guest loads only around the kTLS tests.
+pub const MODULE_LIST: &str = "modules.list";
 
 /// Suites searched when the system's own do not have a release line (bookworm has no 7.x).
 /// They get a private apt state under target/vm/apt: the system's apt set-up is never changed.
@@ -135,7 +137,11 @@ fn cached(name: &str, dir: &Path) -> anyhow::Result<Option<Kernel>> {
             // From before the list existed: downloaded again.
             Err(_) => return Ok(None),
             Ok(list) => std::iter::once(dir.join(MODULE_LIST))
-                .chain(list.lines().map(|m| dir.join(format!("{m}.ko"))))
+                .chain(
+                    list.lines()
+                        .filter_map(|l| l.split_whitespace().next())
+                        .map(|m| dir.join(format!("{m}.ko"))),
+                )
                 .collect(),
         },
     };
@@ -255,9 +261,9 @@ fn download(apt: &Apt, name: &str, image: &str, dir: &Path) -> anyhow::Result<Ke
     let (release, vmlinuz) = find_vmlinuz(&root)?;
     fs::copy(&vmlinuz, dir.join("vmlinuz")).context("copying the kernel image")?;
     let mut list = String::new();
-    for &(m, required) in MODULES {
+    for &(m, required, ktls) in MODULES {
         if unpack_module(&root, &release, m, &dir.join(format!("{m}.ko")))? {
-            list.push_str(&format!("{m}\n"));
+            list.push_str(&format!("{m}{}\n", if ktls { " ktls" } else { "" }));
         } else if required {
             bail!("module {m} of {release} is not in the downloaded packages");
         }
