@@ -17,7 +17,7 @@ pub struct TestArgs {
     #[arg(long)]
     no_lint: bool,
     /// Skip the kernel matrix (`cargo xtask vm-test`: Debian 6.1, 6.12 and 7.3 under QEMU,
-    /// every attach mode; about 40 minutes, most of the run).
+    /// every attach mode; about 34 minutes on two cores, most of the run).
     #[arg(long)]
     no_vm: bool,
 }
