@@ -96,6 +96,21 @@ fn mmsghdrs(iovs: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
         .collect()
 }
 
+/// `calls` `sendmmsg()`s on `fd` of five messages of 1 to 5 × `unit` bytes, each followed by
+/// `after` (a peer reading them); the program's own results.
+fn sendmmsg_fives(fd: i32, unit: usize, calls: usize, mut after: impl FnMut()) -> AppCalls {
+    let bufs: Vec<Vec<u8>> = (1..=5).map(|k| vec![b'm'; unit * k]).collect();
+    let mut iovs = iovecs(&bufs);
+    let mut msgs = mmsghdrs(&mut iovs);
+    let mut app = AppCalls::default();
+    for _ in 0..calls {
+        let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), 5, 0) };
+        assert_eq!(app.record(r as isize), 5);
+        after();
+    }
+    app
+}
+
 /// Checks the trace of socket `ino`'s calls of `syscall` against the program's own results:
 /// one `call` event per call, in order, with its result; the pieces of each call (sends with
 /// its `call_ns` on the thread) add up to the call's bytes and count.
@@ -240,16 +255,10 @@ fn sendmmsg_messages_are_pieces_of_one_call() {
     let (client, mut server) = tcp_pair();
     let ino = ino(&client);
     let trace = Trace::start(&["-p", &std::process::id().to_string()]);
-    let bufs: Vec<Vec<u8>> = (1..=5).map(|k| vec![b'm'; 1000 * k]).collect();
-    let mut iovs = iovecs(&bufs);
-    let mut msgs = mmsghdrs(&mut iovs);
-    let mut app = AppCalls::default();
-    for _ in 0..3 {
-        let r = unsafe { libc::sendmmsg(client.as_raw_fd(), msgs.as_mut_ptr(), 5, 0) };
-        assert_eq!(app.record(r as isize), 5);
+    let app = sendmmsg_fives(client.as_raw_fd(), 1000, 3, || {
         let mut buf = vec![0u8; 15_000];
         server.read_exact(&mut buf).unwrap();
-    }
+    });
     let out = trace.stop();
     check_calls(&out, ino, "sendmmsg", &app);
     let sends = events(&out, "send", ino);
@@ -304,14 +313,7 @@ fn udp_sendmmsg_datagrams_are_pieces_of_one_call() {
     tx.connect(rx.local_addr().unwrap()).unwrap();
     let ino = ino(&tx);
     let trace = Trace::start(&["-p", &std::process::id().to_string()]);
-    let bufs: Vec<Vec<u8>> = (1..=5).map(|k| vec![b'u'; 100 * k]).collect();
-    let mut iovs = iovecs(&bufs);
-    let mut msgs = mmsghdrs(&mut iovs);
-    let mut app = AppCalls::default();
-    for _ in 0..2 {
-        let r = unsafe { libc::sendmmsg(tx.as_raw_fd(), msgs.as_mut_ptr(), 5, 0) };
-        assert_eq!(app.record(r as isize), 5);
-    }
+    let app = sendmmsg_fives(tx.as_raw_fd(), 100, 2, || {});
     let out = trace.stop();
     check_pieced(&out, ino, "sendmmsg", "udp_send", &app);
     let bytes: Vec<u64> = events(&out, "udp_send", ino)
