@@ -15,8 +15,9 @@ use trace_common::{
 };
 
 use crate::{
+    count::{self, add},
     kernel::{self, Fault, IPPROTO_TCP, Sock},
-    maps::{AGG_STREAMED, LOST, SOCKS, SockTrack},
+    maps::{AGG_STREAMED, SOCKS, SockTrack},
     model::comm,
 };
 
@@ -115,9 +116,7 @@ fn entry(track: &SockTrack, pid_tgid: u64) -> Option<&'static mut SockAgg> {
     // Inserted from the map by reference: by value it would be copied onto the stack.
     let blank: &SockAgg = blank;
     if AGG.insert(track.id, blank, 0).is_err() {
-        if let Some(n) = LOST.get_ptr_mut(AGG_STREAMED) {
-            unsafe { *n += 1 };
-        }
+        count::lost(AGG_STREAMED);
         return None;
     }
     AGG.get_ptr_mut(track.id).map(|a| unsafe { &mut *a })
@@ -132,9 +131,9 @@ fn acked(a: &mut SockAgg, ns: u64, in_call: bool) {
     } else {
         (&mut a.acked_writes, &mut a.ack_us)
     };
-    *n += 1;
+    add(n, 1);
     if let Some(c) = hist.get_mut(bucket(ns / 1000)) {
-        *c += 1;
+        add(c, 1);
     }
 }
 
@@ -168,33 +167,33 @@ pub fn send(
     let Some(a) = entry(track, pid_tgid) else {
         return Ok(false);
     };
-    a.sends += 1;
-    a.requested += requested;
+    add(&mut a.sends, 1);
+    add(&mut a.requested, requested);
     if call.piece == 0 && calls::pieced(call.syscall) {
-        a.pieced_calls += 1;
+        add(&mut a.pieced_calls, 1);
     }
     if ret < 0 {
         // An EAGAIN the application did not get is no EAGAIN of its.
         if unseen {
-            a.unseen_eagain += 1;
+            add(&mut a.unseen_eagain, 1);
         } else {
-            a.eagain += 1;
+            add(&mut a.eagain, 1);
         }
         return Ok(true);
     }
-    a.copied += ret as u64;
+    add(&mut a.copied, ret as u64);
     if let Some(c) = a.copy_bytes.get_mut(bucket(ret as u64)) {
-        *c += 1;
+        add(c, 1);
     }
     if ret == 0 || !timed() {
         return Ok(true);
     }
     if start_ns == 0 {
-        a.untimed_writes += 1;
+        add(&mut a.untimed_writes, 1);
         return Ok(true);
     }
     let Some(p) = pending(track.id) else {
-        a.untimed_writes += 1; // no room for another socket's queue
+        add(&mut a.untimed_writes, 1); // no room for another socket's queue
         return Ok(true);
     };
     let end = sock.write_seq()?;
@@ -204,14 +203,14 @@ pub fn send(
         if p.covered(end) && p.last_ack_ns >= start_ns {
             acked(a, p.last_ack_ns - start_ns, true);
         } else {
-            a.untimed_writes += 1;
+            add(&mut a.untimed_writes, 1);
         }
         return Ok(true);
     }
     let head = unsafe { core::ptr::read_volatile(&raw const p.head) };
     let tail = unsafe { core::ptr::read_volatile(&raw const p.tail) };
     if head.wrapping_sub(tail) >= PENDING_SLOTS {
-        a.untimed_writes += 1;
+        add(&mut a.untimed_writes, 1);
         return Ok(true);
     }
     let i = (head & SLOT_MASK) as usize;
@@ -230,14 +229,14 @@ pub fn recv(track: &SockTrack, pid_tgid: u64, ret: i64) -> bool {
     let Some(a) = entry(track, pid_tgid) else {
         return false;
     };
-    a.recvs += 1;
+    add(&mut a.recvs, 1);
     if ret < 0 {
-        a.recv_eagain += 1;
+        add(&mut a.recv_eagain, 1);
         return true;
     }
-    a.received += ret as u64;
+    add(&mut a.received, ret as u64);
     if let Some(c) = a.recv_bytes.get_mut(bucket(ret as u64)) {
-        *c += 1;
+        add(c, 1);
     }
     true
 }
@@ -340,7 +339,7 @@ pub fn closed(sock: &Sock, track: &SockTrack) -> Result<(), Fault> {
     if left > 0
         && let Some(a) = entry(track, 0)
     {
-        a.unacked_writes += u64::from(left);
+        add(&mut a.unacked_writes, u64::from(left));
     }
     let _ = PENDING.remove(track.id);
     Ok(())
@@ -377,7 +376,7 @@ extern "C" fn pop_one(_: u32, ctx: *mut c_void) -> i64 {
     if covers(pop.before_seq, pop.before_ns, end) {
         acked(pop.a, pop.before_ns.saturating_sub(start), false);
     } else if pop.closing {
-        pop.a.close_acked_writes += 1;
+        add(&mut pop.a.close_acked_writes, 1);
     } else {
         acked(pop.a, pop.now.saturating_sub(start), false);
     }

@@ -10,17 +10,17 @@ use trace_common::{
 };
 
 use crate::{
-    agg,
+    agg, count,
     kernel::{Fault, read},
-    maps::{EXITS_MISSED, LOST, PIECED, Pieced},
+    maps::{EXITS_MISSED, PIECED, Pieced},
     model::{comm, emit, header},
     syscall,
 };
 
 /// Non-zero once a kernel send was met inside a `sendfile()`, `splice()` or `sendmmsg()`:
 /// until then the exit hook, which runs at every syscall's exit on the machine, returns at
-/// once; after, it looks the thread up. A flag, not a count of open calls: the BPF target
-/// has no atomic add.
+/// once; after, it looks the thread up. A flag, not a count of open calls: it would have to
+/// be counted down at every exit.
 static mut PIECED_SEEN: u64 = 0;
 
 /// The application call a kernel send of the current thread belongs to: the send started at
@@ -112,8 +112,8 @@ pub fn exit(regs: u64, ret: i64) -> Result<(), Fault> {
     let _ = PIECED.remove(tid);
     // orig_ax: the syscall's number.
     let missed = read::<u64>(regs, syscall::ORIG_AX)? as u32 != p.nr;
-    if missed && let Some(n) = LOST.get_ptr_mut(EXITS_MISSED) {
-        unsafe { *n += 1 };
+    if missed {
+        count::lost(EXITS_MISSED);
     }
     if agg::on() {
         return Ok(()); // the summary counted the call at its first piece

@@ -24,8 +24,8 @@ static FILTER: Global<Filter> = Global::new(Filter {
 
 /// When a task was last renamed (exec, `prctl(PR_SET_NAME)`, `/proc/…/comm`), as the low 32
 /// bits of the clock, odd; 0 before any: a thread's pass of the comm filter remembered on a
-/// socket holds while this stays the same. A time, not a count: the BPF target has no atomic
-/// add, and two renames racing to store the same count would leave it unchanged.
+/// socket holds while this stays the same. A time, not a count: reading a count back after
+/// adding to it is two instructions, and two renames between them would read the same.
 static mut RENAMED_AT: u64 = 0;
 
 // The filter is read field by field: `Global::load` would copy all of it, byte by byte.

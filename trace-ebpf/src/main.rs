@@ -4,9 +4,13 @@
 //! backends (`tracepoint` today) only pull their hook's arguments and call into it.
 #![no_std]
 #![no_main]
+// BPF's atomic add (`count`): the target offers no `AtomicU64::fetch_add`.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod agg;
 mod calls;
+mod count;
 mod entry;
 mod fentry;
 mod filter;

@@ -18,10 +18,10 @@ use trace_common::{
 };
 
 use crate::{
-    agg, calls, filter,
+    agg, calls, count, filter,
     kernel::{self, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
     life,
-    maps::{EVENTS, INFLIGHT, Inflight, LOST, LOST_EVENTS, NEXT_ID, READ_ERRORS, SOCKS, SockTrack},
+    maps::{EVENTS, INFLIGHT, Inflight, LOST_EVENTS, NEXT_ID, READ_ERRORS, SOCKS, SockTrack},
     syscall, udp,
 };
 
@@ -30,12 +30,8 @@ use crate::{
 #[inline(always)]
 pub fn run<C: EbpfContext>(ctx: &C, f: impl FnOnce() -> Result<(), Fault>) -> u32 {
     if let Err(fault) = f() {
-        let Some(n) = LOST.get_ptr_mut(READ_ERRORS) else {
+        let Some(n) = count::lost(READ_ERRORS) else {
             return 0;
-        };
-        let n = unsafe {
-            *n += 1;
-            *n
         };
         if n & (n - 1) == 0 {
             match fault {
@@ -100,9 +96,7 @@ pub fn emit<T: 'static>(fill: impl FnOnce(&mut T)) {
             entry.submit(flags);
         }
         None => {
-            if let Some(n) = LOST.get_ptr_mut(LOST_EVENTS) {
-                unsafe { *n += 1 };
-            }
+            count::lost(LOST_EVENTS);
         }
     }
 }
@@ -406,16 +400,13 @@ pub fn known_track(sock: &Sock, ino: u64) -> Result<Option<*mut SockTrack>, Faul
 }
 
 /// A new socket id where the socket has no inode yet: see `trace_common::SYNTHETIC_IDS`.
+/// Two programs that both make one on a CPU, one of them between the other's add and its
+/// read (an instruction apart), would get the same id: the default BPF CPU has no atomic
+/// fetch-and-add.
 #[inline(always)]
 fn synthetic_id() -> u64 {
     let cpu = u64::from(unsafe { bpf_get_smp_processor_id() } & 0xff);
-    let n = match LOST.get_ptr_mut(NEXT_ID) {
-        Some(n) => unsafe {
-            *n += 1;
-            *n
-        },
-        None => 0,
-    };
+    let n = count::lost(NEXT_ID).unwrap_or(0);
     SYNTHETIC_IDS | (cpu << 32) | (n & 0xffff_ffff)
 }
 

@@ -22,7 +22,7 @@ use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_
 use trace_common::standby::{CPUS, THREADS};
 
 use crate::{
-    kernel,
+    count, kernel,
     maps::{STANDBY, STANDBY_MARKS},
 };
 
@@ -98,7 +98,7 @@ pub fn standby(slot: u32, call: u64, f: impl FnOnce() -> u32) -> u32 {
         }
     }
     if let Some(n) = STANDBY.get_ptr_mut(slot) {
-        unsafe { *n += 1 };
+        count::add(unsafe { &mut *n }, 1);
     }
     f()
 }
