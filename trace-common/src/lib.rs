@@ -40,6 +40,9 @@ pub mod maps {
     /// `--summary --full`: per socket (`sock_id`), its writes waiting for their ACK; taken
     /// out by userspace with the socket's AGG entry.
     pub const PENDING: &str = "PENDING";
+    /// Sockets `close()` orphaned that turned time-wait before the peer's FIN, keyed by
+    /// their addresses (LRU): what that FIN's event needs (function backends).
+    pub const TIMEWAIT: &str = "TIMEWAIT";
 }
 
 /// Standby copies. Where the kernel runs BPF programs preemptibly (7.x), a thread preempted
@@ -217,6 +220,8 @@ pub const COUNTER_SLOTS: u32 = 5;
 pub const INFLIGHT_ENTRIES: u32 = 16_384;
 /// Capacity of [`maps::SOCKS`]: least recently used sockets are evicted past this.
 pub const SOCKS_ENTRIES: u32 = 65_536;
+/// Capacity of [`maps::TIMEWAIT`]: least recently closed sockets are evicted past this.
+pub const TIMEWAIT_ENTRIES: u32 = 8_192;
 
 /// Stable numeric ids of event kinds. Never renumber: JSON consumers and old captures rely on them.
 #[repr(u32)]
@@ -593,9 +598,8 @@ pub struct KernelOffsets {
     pub socket_sk: u32,
     /// The task's kernel stack, at whose top the syscall's user registers are saved.
     pub task_stack: u32,
-    /// `sock.sk_shutdown` (u8): which directions are shut (`RCV_SHUTDOWN` once the peer's
-    /// FIN was received).
-    pub sk_shutdown: u32,
+    /// `sock.sk_flags` (unsigned long): `SOCK_DONE` once the peer's FIN was received.
+    pub sk_flags: u32,
     /// `task_struct.flags` (`PF_IO_WORKER`: an io_uring worker thread).
     pub task_flags: u32,
     /// `sock.sk_prot` and `struct proto`'s `sendmsg`: a socket whose `sendmsg` is not

@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext},
 };
 
-use crate::{kernel, model, recv, standby::with_standby, udp};
+use crate::{kernel, life, model, recv, standby::with_standby, udp};
 
 with_standby! {
     /// `tcp_sendmsg(sk, msg, size)`: a send call starts.
@@ -118,4 +118,11 @@ with_standby! {
         let ret = func_ret(&ctx);
         model::run(&ctx, || recv::recv_end(kernel::socket_sock(socket)?, ret, 0))
     }
+}
+
+/// `tcp_timewait_state_process(tw, skb, th, …)`: a segment reaches a time-wait socket. No
+/// standby copy: it runs in softirq, where no task is preempted inside it.
+#[fentry(function = "tcp_timewait_state_process")]
+pub fn life_tcp_timewait_state_process_fentry(ctx: FEntryContext) -> u32 {
+    model::run(&ctx, || life::timewait_segment(ctx.arg(0), ctx.arg(2)))
 }

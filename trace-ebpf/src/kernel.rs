@@ -57,7 +57,7 @@ static KOFFSETS: KernelOffsets = KernelOffsets {
     inode_mode: 0,
     socket_sk: 0,
     task_stack: 0,
-    sk_shutdown: 0,
+    sk_flags: 0,
     task_flags: 0,
     sk_prot: 0,
     proto_sendmsg: 0,
@@ -150,11 +150,13 @@ impl Sock {
         read(self.ptr, off!(sk_state))
     }
 
-    /// Whether the peer's FIN was received (`RCV_SHUTDOWN` in `sk_shutdown`).
+    /// Whether the peer's FIN was received: `SOCK_DONE`, which only `tcp_fin()` sets
+    /// (`RCV_SHUTDOWN` is set by the application's `close()` and `shutdown(SHUT_RD)` too).
     #[inline(always)]
     pub fn fin_received(&self) -> Result<bool, Fault> {
-        const RCV_SHUTDOWN: u8 = 1;
-        Ok(read::<u8>(self.ptr, off!(sk_shutdown))? & RCV_SHUTDOWN != 0)
+        // enum sock_flags: SOCK_DEAD, SOCK_DONE, …; the low byte holds it (little endian).
+        const SOCK_DONE: u8 = 1 << 1;
+        Ok(read::<u8>(self.ptr, off!(sk_flags))? & SOCK_DONE != 0)
     }
 
     #[inline(always)]

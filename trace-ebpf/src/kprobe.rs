@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use crate::{kernel, model, recv, udp};
+use crate::{kernel, life, model, recv, udp};
 
 #[kprobe]
 pub fn send_tcp_sendmsg_kprobe(ctx: ProbeContext) -> u32 {
@@ -92,4 +92,13 @@ pub fn recv_tcp_splice_read_kprobe(ctx: ProbeContext) -> u32 {
 pub fn recv_recvmsg_kretprobe(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
     model::run(&ctx, || recv::recv_return(i64::from(ret)))
+}
+
+/// `tcp_timewait_state_process(tw, skb, th, …)`: a segment reaches a time-wait socket.
+#[kprobe]
+pub fn life_tcp_timewait_state_process_kprobe(ctx: ProbeContext) -> u32 {
+    let (Some(tw), Some(th)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(2)) else {
+        return 0;
+    };
+    model::run(&ctx, || life::timewait_segment(tw, th))
 }

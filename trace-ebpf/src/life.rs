@@ -13,7 +13,7 @@ use trace_common::{COMM_LEN, EventKind, RecvQueue, SendQueue, SockEvent};
 use crate::{
     agg, filter,
     kernel::{self, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
-    maps::{SOCKS, SockTrack},
+    maps::{SOCKS, SockTrack, TIMEWAIT, TimeWait},
     model::{comm, emit, header, known_track, sock_track},
 };
 
@@ -123,10 +123,24 @@ pub fn state(sk: u64, old: u32, new: u32) -> Result<(), Fault> {
         // connect() enters SYN_SENT before it picks the local port: cache the final ones.
         unsafe { (*track).addrs = sock.addrs()? };
     }
-    if !agg::counts_only() && fin_arrived(&sock, old, new)? {
-        // Its data and the FIN received: the FIN took the last sequence number.
-        let seq = sock.recv_queue(true)?.received.saturating_sub(1);
-        emit_fin(EventKind::FinIn, &sock, unsafe { &*track }, seq)?;
+    if !agg::counts_only() {
+        match fin_arrived(&sock, old, new)? {
+            Fin::Arrived => {
+                // Its data and the FIN received: the FIN took the last sequence number.
+                let seq = sock.recv_queue(true)?.received.saturating_sub(1);
+                emit_fin(EventKind::FinIn, &sock, unsafe { &*track }, seq)?;
+            }
+            Fin::Later => {
+                let t = unsafe { &*track };
+                let tw = TimeWait {
+                    id: t.id,
+                    ino: t.ino,
+                    received: sock.recv_queue(true)?.received,
+                };
+                let _ = TIMEWAIT.insert(t.addrs, tw, 0);
+            }
+            Fin::No => {}
+        }
     }
     if new == TCP_CLOSE {
         // Before the event: userspace takes the socket's counts out when it reads it.
@@ -174,20 +188,66 @@ fn close_stale(sk: u64) {
     let _ = SOCKS.remove(sk);
 }
 
-/// The peer's FIN reached a socket that closed (or shut its sending side) first, where no
-/// ACK hook runs: FIN_WAIT1 → CLOSING, or FIN_WAIT2 → CLOSE with the receiving side shut
-/// (not a RST's CLOSE). A FIN_WAIT2 socket that `close()` orphaned becomes a time-wait
-/// socket at once, before any FIN; the FIN then reaches that, which no tracepoint sees.
+/// What a state change says of the peer's FIN.
+enum Fin {
+    /// It reached a socket that closed (or shut its sending side) first, where no ACK hook
+    /// runs: FIN_WAIT1 → CLOSING, or FIN_WAIT2 → CLOSE with the FIN received.
+    Arrived,
+    /// Not yet, and it never will reach this socket: FIN_WAIT2 → CLOSE without it is a
+    /// socket `close()` orphaned turning time-wait as soon as its own FIN was acked (or a
+    /// RST's or the FIN_WAIT2 timer's CLOSE). The FIN reaches the time-wait socket
+    /// ([`timewait_segment`]).
+    Later,
+    No,
+}
+
 #[inline(always)]
-fn fin_arrived(sock: &Sock, old: u32, new: u32) -> Result<bool, Fault> {
+fn fin_arrived(sock: &Sock, old: u32, new: u32) -> Result<Fin, Fault> {
     const FIN_WAIT1: u32 = 4;
     const FIN_WAIT2: u32 = 5;
     const CLOSING: u32 = 11;
     Ok(match (old, new) {
-        (FIN_WAIT1, CLOSING) => true,
-        (FIN_WAIT2, TCP_CLOSE) => sock.fin_received()?,
-        _ => false,
+        (FIN_WAIT1, CLOSING) => Fin::Arrived,
+        (FIN_WAIT2, TCP_CLOSE) if sock.fin_received()? => Fin::Arrived,
+        (FIN_WAIT2, TCP_CLOSE) => Fin::Later,
+        _ => Fin::No,
     })
+}
+
+/// `tcp_timewait_state_process(tw, skb, th, …)` (function backends: no tracepoint runs
+/// there): a segment reaches a time-wait socket. Its FIN is the peer's, after a socket that
+/// `close()` orphaned turned time-wait ([`Fin::Later`]); the same socket's id, no task (a
+/// softirq), no queues (the socket is gone), the new state TIME_WAIT.
+#[inline(always)]
+pub fn timewait_segment(tw: u64, th: u64) -> Result<(), Fault> {
+    if !kernel::tcph_fin(th)? {
+        return Ok(());
+    }
+    // The time-wait socket begins with the same `sock_common` as the socket it replaced.
+    let addrs = Sock::new(tw).addrs()?;
+    let Some(t) = (unsafe { TIMEWAIT.get(addrs) }).copied() else {
+        return Ok(());
+    };
+    // Once: a FIN sent again (its ACK lost) is not another FIN.
+    let _ = TIMEWAIT.remove(addrs);
+    emit(|e: &mut SockEvent| {
+        e.hdr = header(EventKind::FinIn, 0, t.id, t.ino, unsafe {
+            bpf_ktime_get_ns()
+        });
+        e.comm = [0; COMM_LEN];
+        e.addrs = addrs;
+        e.old_state = 0;
+        e.new_state = u32::from(TCP_TIME_WAIT);
+        e.reason = 0;
+        e._pad = 0;
+        e.seq = t.received;
+        e.send = SendQueue::default();
+        e.recv = RecvQueue {
+            received: t.received,
+            ..RecvQueue::default()
+        };
+    });
+    Ok(())
 }
 
 /// `tcp_send_reset(sk, skb[, reason])`: a RST leaves. `sk` is NULL for a reply to a segment

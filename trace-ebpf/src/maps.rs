@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use trace_common::{INFLIGHT_ENTRIES, SOCKS_ENTRIES, SendQueue, SockAddrs};
+use trace_common::{INFLIGHT_ENTRIES, SOCKS_ENTRIES, SendQueue, SockAddrs, TIMEWAIT_ENTRIES};
 
 /// Carries events to userspace. Its size is set by the loader (`--ring-size`).
 #[map]
@@ -84,6 +84,21 @@ pub struct SockTrack {
 /// LRU so it stays bounded however many sockets come and go without a close being seen.
 #[map]
 pub static SOCKS: LruHashMap<u64, SockTrack> = LruHashMap::with_max_entries(SOCKS_ENTRIES, 0);
+
+/// A socket that `close()` orphaned, turned time-wait before the peer's FIN arrived: the
+/// time-wait socket that will meet the FIN is another object, with the same addresses.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct TimeWait {
+    pub id: u64,
+    pub ino: u64,
+    /// Bytes of the peer's stream received (the FIN will follow the last).
+    pub received: u64,
+}
+
+#[map]
+pub static TIMEWAIT: LruHashMap<SockAddrs, TimeWait> =
+    LruHashMap::with_max_entries(TIMEWAIT_ENTRIES, 0);
 
 /// A call whose return hook cannot see its arguments (kprobe mode).
 #[derive(Clone, Copy)]

@@ -143,6 +143,11 @@ const FENTRY: &[Hook] = &[
     hook("recv_udp_recvmsg_fexit", "udp_recvmsg", Kind::FExit),
     hook("recv_udpv6_recvmsg_fexit", "udpv6_recvmsg", Kind::FExit),
     hook("recv_tcp_splice_read_fexit", "tcp_splice_read", Kind::FExit),
+    hook(
+        "life_tcp_timewait_state_process_fentry",
+        "tcp_timewait_state_process",
+        Kind::FEntry,
+    ),
 ];
 
 /// kretprobes are KProbe programs too; aya knows which from the program's section.
@@ -180,6 +185,11 @@ const KPROBE: &[Hook] = &[
         Kind::KProbe,
     ),
     hook("recv_recvmsg_kretprobe", "tcp_splice_read", Kind::KProbe),
+    hook(
+        "life_tcp_timewait_state_process_kprobe",
+        "tcp_timewait_state_process",
+        Kind::KProbe,
+    ),
 ];
 
 const TRACEPOINT: &[Hook] = &[
@@ -246,6 +256,8 @@ const COUNTS_SKIP: &[&str] = &[
     "entry_sched_switch",
     "ack_tcp_probe",
     "life_net_dev_queue",
+    "life_tcp_timewait_state_process_fentry",
+    "life_tcp_timewait_state_process_kprobe",
 ];
 
 /// Why `mode` cannot work here, found without loading anything.

@@ -181,7 +181,10 @@ impl KernelBtf {
             tcb_tcp_flags: self.offset_any_size("tcp_skb_cb", "tcp_flags", &[1, 2])?,
             tcb_end_seq: self.offset("tcp_skb_cb", "end_seq", 4)?,
             sk_state: self.offset("sock", "__sk_common.skc_state", 1)?,
-            sk_shutdown: self.offset("sock", "sk_shutdown", 1)?,
+            // Moved into sock_common in 6.x (`#define sk_flags __sk_common.skc_flags`).
+            sk_flags: self
+                .offset("sock", "__sk_common.skc_flags", 8)
+                .or_else(|_| self.offset("sock", "sk_flags", 8))?,
             sk_rcvbuf: self.offset("sock", "sk_rcvbuf", 4)?,
             sk_rmem_alloc: self.offset("sock", "sk_backlog.rmem_alloc", 4)?,
             sk_wmem_alloc: self.offset("sock", "sk_wmem_alloc", 4)?,
