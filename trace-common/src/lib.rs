@@ -96,6 +96,13 @@ pub mod standby {
             "recv_tcp_splice_read_fexit",
             "sb_recv_tcp_splice_read_fexit",
         ),
+        (
+            "send_tcp_sendmsg_locked_btf",
+            "sb_send_tcp_sendmsg_locked_btf",
+        ),
+        ("send_sock_send_length_btf", "sb_send_sock_send_length_btf"),
+        ("ack_tcp_probe_btf", "sb_ack_tcp_probe_btf"),
+        ("recv_sock_recv_length_btf", "sb_recv_sock_recv_length_btf"),
     ];
 
     /// Programs whose copy is attached on every kernel, preemptible or not: a state change

@@ -16,7 +16,7 @@ use trace_common::{
 
 use crate::{
     count::{self, add},
-    kernel::{self, Fault, IPPROTO_TCP, Sock},
+    kernel::{self, Access, Fault, IPPROTO_TCP, Sock},
     maps::{AGG_STREAMED, SOCKS, SockTrack},
     model::comm,
 };
@@ -155,8 +155,8 @@ pub fn pending(id: u64) -> Option<&'static mut Pending> {
 /// A TCP send call returned `ret` (bytes, or -EAGAIN); it started at `start_ns` (0: unseen).
 /// `false`: not counted (no room for the socket), to be streamed instead.
 #[inline(always)]
-pub fn send(
-    sock: &Sock,
+pub fn send<A: Access>(
+    sock: &Sock<A>,
     track: &SockTrack,
     pid_tgid: u64,
     start_ns: u64,
@@ -243,7 +243,7 @@ pub fn recv(track: &SockTrack, pid_tgid: u64, ret: i64) -> bool {
 
 /// A segment arrives on tracked socket `sk`: every waiting write its ACK covers is acked.
 #[inline(always)]
-pub fn ack(sock: &Sock, track: &SockTrack, skb: u64) -> Result<(), Fault> {
+pub fn ack<A: Access>(sock: &Sock<A>, track: &SockTrack, skb: u64) -> Result<(), Fault> {
     let Some(p) = PENDING.get_ptr_mut(track.id) else {
         return Ok(()); // no traced write on this socket
     };
@@ -325,7 +325,7 @@ pub fn forget(id: u64) {
 /// what its `snd_una` says was acked (ACKs after ESTABLISHED reach no ACK hook), the rest
 /// counted as never acked, and its queue freed.
 #[inline(always)]
-pub fn closed(sock: &Sock, track: &SockTrack) -> Result<(), Fault> {
+pub fn closed<A: Access>(sock: &Sock<A>, track: &SockTrack) -> Result<(), Fault> {
     if !timed() {
         return Ok(());
     }

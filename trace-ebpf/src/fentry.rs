@@ -6,13 +6,18 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext},
 };
 
-use crate::{kernel, life, model, recv, standby::with_standby, udp};
+use crate::{
+    kernel::{self, Sock},
+    life, model, recv,
+    standby::with_standby,
+    udp,
+};
 
 with_standby! {
     /// `tcp_sendmsg(sk, msg, size)`: a send call starts.
     #[fentry(function = "tcp_sendmsg")]
     fn send_tcp_sendmsg_fentry, sb_send_tcp_sendmsg_fentry(ctx: FEntryContext) {
-        model::run(&ctx, || model::send_begin(ctx.arg(0), ctx.arg(1)))
+        model::run(&ctx, || model::send_begin(Sock::new(ctx.arg(0)), ctx.arg(1)))
     }
 }
 
@@ -21,7 +26,7 @@ with_standby! {
     #[fexit(function = "tcp_sendmsg")]
     fn send_tcp_sendmsg_fexit, sb_send_tcp_sendmsg_fexit(ctx: FExitContext) {
         let ret = func_ret(&ctx);
-        model::run(&ctx, || model::send_end(ctx.arg(0), ret))
+        model::run(&ctx, || model::send_end(Sock::new(ctx.arg(0)), ret))
     }
 }
 
@@ -54,7 +59,7 @@ with_standby! {
     /// `tcp_rcv_established(sk, skb)`: each segment an established socket receives.
     #[fentry(function = "tcp_rcv_established")]
     fn ack_tcp_rcv_established_fentry, sb_ack_tcp_rcv_established_fentry(ctx: FEntryContext) {
-        model::run(&ctx, || model::ack(ctx.arg(0), ctx.arg(1)))
+        model::run(&ctx, || model::ack(Sock::new(ctx.arg(0)), ctx.arg(1)))
     }
 }
 
@@ -106,7 +111,7 @@ with_standby! {
 fn recv_fexit(ctx: &FExitContext) -> u32 {
     let (sk, flags): (u64, i32) = (ctx.arg(0), ctx.arg(3));
     let ret = func_ret(ctx);
-    model::run(ctx, || recv::recv_end(sk, ret, flags as u32))
+    model::run(ctx, || recv::recv_end(Sock::new(sk), ret, flags as u32))
 }
 
 with_standby! {
@@ -116,7 +121,9 @@ with_standby! {
     fn recv_tcp_splice_read_fexit, sb_recv_tcp_splice_read_fexit(ctx: FExitContext) {
         let socket: u64 = ctx.arg(0);
         let ret = func_ret(&ctx);
-        model::run(&ctx, || recv::recv_end(kernel::socket_sock(socket)?, ret, 0))
+        model::run(&ctx, || {
+            recv::recv_end(Sock::new(kernel::socket_sock(socket)?), ret, 0)
+        })
     }
 }
 

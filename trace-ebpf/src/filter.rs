@@ -9,7 +9,7 @@ use aya_ebpf::{
 use trace_common::{COMM_LEN, Filter};
 
 use crate::{
-    kernel::{Fault, Sock},
+    kernel::{Access, Fault, Sock},
     maps::SockTrack,
 };
 
@@ -108,7 +108,7 @@ pub fn renamed() {
 
 /// Socket-level filter: local or remote port.
 #[inline(always)]
-pub fn sock_passes(sk: &Sock) -> Result<bool, Fault> {
+pub fn sock_passes<A: Access>(sk: &Sock<A>) -> Result<bool, Fault> {
     let port = unsafe { read_volatile(&raw const (*filter()).port) };
     Ok(port == 0 || sk.lport()? == port || sk.rport()? == port)
 }

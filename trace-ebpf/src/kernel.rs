@@ -1,6 +1,9 @@
 //! Reads of kernel structs at offsets the loader found in the running kernel's BTF.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_probe_read_kernel, generated::bpf_skc_to_tcp_sock},
+};
 use trace_common::{KernelOffsets, RecvQueue, SendQueue, SockAddrs};
 
 /// Set by the loader before load. Read field by field with volatile reads (see [`off!`]): a
@@ -112,20 +115,80 @@ fn settled<T: PartialEq + Copy>(mut f: impl FnMut() -> Result<T, Fault>) -> Resu
     Ok(prev)
 }
 
-/// A `struct sock *` (for TCP, also a `struct tcp_sock *`).
-pub struct Sock {
-    pub ptr: u64,
+/// How a socket's fields are read: [`Probe`] (a helper call per read, from any hook) or
+/// [`Direct`] (loads the verifier checks against the kernel's BTF, from hooks whose socket
+/// argument is a typed pointer).
+pub trait Access: Copy {
+    /// A `T` at `off` in socket `ptr`, a `struct sock` and for TCP a `struct tcp_sock`.
+    fn get<T>(self, ptr: u64, off: u32) -> Result<T, Fault>;
 }
 
-impl Sock {
+/// `bpf_probe_read_kernel`, about 20 ns each.
+#[derive(Clone, Copy)]
+pub struct Probe;
+
+impl Access for Probe {
+    #[inline(always)]
+    fn get<T>(self, ptr: u64, off: u32) -> Result<T, Fault> {
+        read(ptr, off)
+    }
+}
+
+/// The socket as a typed `struct tcp_sock *` (0 when it is not a TCP socket: probe reads
+/// then). A load at a constant offset (the loader's offsets sit in frozen read-only data, so
+/// the verifier knows each) of a typed pointer is one instruction, its fault handled by the
+/// kernel, where a probe read is a helper call.
+#[derive(Clone, Copy)]
+pub struct Direct {
+    tp: u64,
+}
+
+impl Access for Direct {
+    #[inline(always)]
+    fn get<T>(self, ptr: u64, off: u32) -> Result<T, Fault> {
+        if self.tp == 0 {
+            return read(ptr, off);
+        }
+        Ok(unsafe { core::ptr::read_volatile((self.tp + u64::from(off)) as *const T) })
+    }
+}
+
+/// A `struct sock *` (for TCP, also a `struct tcp_sock *`), and how its fields are read.
+#[derive(Clone, Copy)]
+pub struct Sock<A: Access = Probe> {
+    pub ptr: u64,
+    access: A,
+}
+
+impl Sock<Probe> {
     #[inline(always)]
     pub fn new(ptr: u64) -> Self {
-        Self { ptr }
+        Self { ptr, access: Probe }
+    }
+}
+
+impl Sock<Direct> {
+    /// `ptr` must be a typed pointer in the verifier's eyes: a BTF-typed hook's argument.
+    #[inline(always)]
+    pub fn typed(ptr: u64) -> Self {
+        let tp = unsafe { bpf_skc_to_tcp_sock(ptr as *mut c_void) } as u64;
+        Self {
+            ptr,
+            access: Direct { tp },
+        }
+    }
+}
+
+impl<A: Access> Sock<A> {
+    /// A field of the socket: see [`Access`].
+    #[inline(always)]
+    fn get<T>(&self, off: u32) -> Result<T, Fault> {
+        self.access.get(self.ptr, off)
     }
 
     #[inline(always)]
     pub fn family(&self) -> Result<u16, Fault> {
-        read(self.ptr, off!(sk_family))
+        self.get(off!(sk_family))
     }
 
     /// `IPPROTO_TCP` for an IPv4/IPv6 TCP stream socket, `IPPROTO_UDP` for a UDP datagram
@@ -136,8 +199,8 @@ impl Sock {
         if family != AF_INET && family != AF_INET6 {
             return Ok(0);
         }
-        let proto: u16 = read(self.ptr, off!(sk_protocol))?;
-        let kind: u16 = read(self.ptr, off!(sk_type))?;
+        let proto: u16 = self.get(off!(sk_protocol))?;
+        let kind: u16 = self.get(off!(sk_type))?;
         Ok(match (proto, kind) {
             (IPPROTO_TCP, SOCK_STREAM) | (IPPROTO_UDP, SOCK_DGRAM) => proto,
             _ => 0,
@@ -147,7 +210,7 @@ impl Sock {
     /// `sk_state`, from `sock_common`: safe to read on time-wait and request sockets too.
     #[inline(always)]
     pub fn state(&self) -> Result<u8, Fault> {
-        read(self.ptr, off!(sk_state))
+        self.get(off!(sk_state))
     }
 
     /// Whether the peer's FIN was received: `SOCK_DONE`, which only `tcp_fin()` sets
@@ -156,25 +219,28 @@ impl Sock {
     pub fn fin_received(&self) -> Result<bool, Fault> {
         // enum sock_flags: SOCK_DEAD, SOCK_DONE, …; the low byte holds it (little endian).
         const SOCK_DONE: u8 = 1 << 1;
-        Ok(read::<u8>(self.ptr, off!(sk_flags))? & SOCK_DONE != 0)
+        Ok(self.get::<u8>(off!(sk_flags))? & SOCK_DONE != 0)
     }
 
     #[inline(always)]
     pub fn sndbuf(&self) -> Result<u32, Fault> {
-        read(self.ptr, off!(sk_sndbuf))
+        self.get(off!(sk_sndbuf))
     }
 
     /// `sk_wmem_alloc` less the reference the socket holds on itself: what SIOCOUTQ
     /// reports for UDP (`sk_wmem_alloc_get`).
     #[inline(always)]
     pub fn wmem_alloc(&self) -> Result<u32, Fault> {
-        read::<u32>(self.ptr, off!(sk_wmem_alloc)).map(|w| w.saturating_sub(1))
+        self.get::<u32>(off!(sk_wmem_alloc))
+            .map(|w| w.saturating_sub(1))
     }
 
     /// UDP corking: `udp_sock.pending`, and the payload bytes held for one datagram
     /// (`udp_sock.len` counts the 8-byte UDP header too).
     #[inline(always)]
     pub fn udp_cork(&self) -> Result<(u32, u32), Fault> {
+        // Probe reads: a typed socket is a `tcp_sock` to the verifier, which holds other
+        // fields there.
         let pending: u32 = read(self.ptr, off!(up_pending))?;
         let len: u16 = read(self.ptr, off!(up_len))?;
         Ok((pending, u32::from(len).saturating_sub(8)))
@@ -184,16 +250,16 @@ impl Sock {
     #[inline(always)]
     pub fn recv_queue(&self, tcp: bool) -> Result<RecvQueue, Fault> {
         let mut q = RecvQueue {
-            rcvbuf: read(self.ptr, off!(sk_rcvbuf))?,
-            rmem_alloc: read(self.ptr, off!(sk_rmem_alloc))?,
+            rcvbuf: self.get(off!(sk_rcvbuf))?,
+            rmem_alloc: self.get(off!(sk_rmem_alloc))?,
             ..Default::default()
         };
         if tcp {
             let (received, rcv_nxt, copied) = settled(|| {
                 Ok((
-                    read::<u64>(self.ptr, off!(tp_bytes_received))?,
+                    self.get::<u64>(off!(tp_bytes_received))?,
                     self.rcv_nxt()?,
-                    read::<u32>(self.ptr, off!(tp_copied_seq))?,
+                    self.get::<u32>(off!(tp_copied_seq))?,
                 ))
             })?;
             q.recv_q = rcv_nxt.wrapping_sub(copied);
@@ -204,22 +270,22 @@ impl Sock {
 
     #[inline(always)]
     pub fn rcv_nxt(&self) -> Result<u32, Fault> {
-        read(self.ptr, off!(tp_rcv_nxt))
+        self.get(off!(tp_rcv_nxt))
     }
 
     /// Local port. `skc_num` is zeroed when a closing socket gives its port back, before
     /// the CLOSE state change is traced; `inet_sport`, the port its segments carry, stays.
     #[inline(always)]
     pub fn lport(&self) -> Result<u16, Fault> {
-        match read::<u16>(self.ptr, off!(sk_num))? {
-            0 => read(self.ptr, off!(inet_sport)).map(u16::from_be),
+        match self.get::<u16>(off!(sk_num))? {
+            0 => self.get(off!(inet_sport)).map(u16::from_be),
             p => Ok(p),
         }
     }
 
     #[inline(always)]
     pub fn rport(&self) -> Result<u16, Fault> {
-        read(self.ptr, off!(sk_dport)).map(u16::from_be)
+        self.get(off!(sk_dport)).map(u16::from_be)
     }
 
     #[inline(always)]
@@ -238,11 +304,11 @@ impl Sock {
         a.rport = self.rport()?;
         a._pad = 0;
         if family == AF_INET6 {
-            a.saddr = read(self.ptr, off!(sk_v6_rcv_saddr))?;
-            a.daddr = read(self.ptr, off!(sk_v6_daddr))?;
+            a.saddr = self.get(off!(sk_v6_rcv_saddr))?;
+            a.daddr = self.get(off!(sk_v6_daddr))?;
         } else {
-            let s: [u8; 4] = read(self.ptr, off!(sk_rcv_saddr))?;
-            let d: [u8; 4] = read(self.ptr, off!(sk_daddr))?;
+            let s: [u8; 4] = self.get(off!(sk_rcv_saddr))?;
+            let d: [u8; 4] = self.get(off!(sk_daddr))?;
             a.saddr = [0; 16];
             a.daddr = [0; 16];
             a.saddr[..4].copy_from_slice(&s);
@@ -254,7 +320,7 @@ impl Sock {
     /// The socket's inode number (0 once the socket has no `struct socket`, e.g. orphaned).
     #[inline(always)]
     pub fn ino(&self) -> Result<u64, Fault> {
-        let socket: u64 = read(self.ptr, off!(sk_socket))?;
+        let socket: u64 = self.get(off!(sk_socket))?;
         if socket == 0 {
             return Ok(0);
         }
@@ -264,28 +330,28 @@ impl Sock {
     /// The socket's `sk_prot->sendmsg`: `tcp_sendmsg` unless a layer (kTLS) took it over.
     #[inline(always)]
     pub fn sendmsg_fn(&self) -> Result<u64, Fault> {
-        let prot: u64 = read(self.ptr, off!(sk_prot))?;
+        let prot: u64 = self.get(off!(sk_prot))?;
         read(prot, off!(proto_sendmsg))
     }
 
     #[inline(always)]
     pub fn write_seq(&self) -> Result<u32, Fault> {
-        read(self.ptr, off!(tp_write_seq))
+        self.get(off!(tp_write_seq))
     }
 
     #[inline(always)]
     pub fn snd_una(&self) -> Result<u32, Fault> {
-        read(self.ptr, off!(tp_snd_una))
+        self.get(off!(tp_snd_una))
     }
 
     #[inline(always)]
     pub fn snd_nxt(&self) -> Result<u32, Fault> {
-        read(self.ptr, off!(tp_snd_nxt))
+        self.get(off!(tp_snd_nxt))
     }
 
     #[inline(always)]
     pub fn bytes_acked(&self) -> Result<u64, Fault> {
-        read(self.ptr, off!(tp_bytes_acked))
+        self.get(off!(tp_bytes_acked))
     }
 
     /// The send side now. Sequence arithmetic wraps, as the kernel's does.
@@ -298,7 +364,7 @@ impl Sock {
         let snd_nxt = self.snd_nxt()?;
         Ok(SendQueue {
             sndbuf: self.sndbuf()?,
-            wmem_queued: read(self.ptr, off!(sk_wmem_queued))?,
+            wmem_queued: self.get(off!(sk_wmem_queued))?,
             send_q: write_seq.wrapping_sub(snd_una),
             unsent: write_seq.wrapping_sub(snd_nxt),
             in_flight: snd_nxt.wrapping_sub(snd_una),

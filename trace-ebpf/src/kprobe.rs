@@ -6,14 +6,17 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use crate::{kernel, life, model, recv, udp};
+use crate::{
+    kernel::{self, Sock},
+    life, model, recv, udp,
+};
 
 #[kprobe]
 pub fn send_tcp_sendmsg_kprobe(ctx: ProbeContext) -> u32 {
     let (Some(sk), Some(msg)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
         return 0;
     };
-    model::run(&ctx, || model::send_begin(sk, msg))
+    model::run(&ctx, || model::send_begin(Sock::new(sk), msg))
 }
 
 #[kretprobe]
@@ -40,7 +43,7 @@ pub fn ack_tcp_rcv_established_kprobe(ctx: ProbeContext) -> u32 {
     let (Some(sk), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
         return 0;
     };
-    model::run(&ctx, || model::ack(sk, skb))
+    model::run(&ctx, || model::ack(Sock::new(sk), skb))
 }
 
 #[kprobe]

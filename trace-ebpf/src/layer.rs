@@ -6,7 +6,7 @@
 //! layer's return (`sock_send_length`), as in the syscall form of the tracepoint backend;
 //! the `layer_` programs take only these sockets, for backends that see other calls elsewhere.
 
-use crate::kernel::{Fault, Sock};
+use crate::kernel::{Access, Fault, Sock};
 
 /// `tcp_sendmsg`'s address, set by the loader (0: unknown, and no socket counts as layered).
 #[unsafe(no_mangle)]
@@ -14,7 +14,7 @@ static TCP_SENDMSG: u64 = 0;
 
 /// Whether TCP socket `sock` has a layer above TCP.
 #[inline(always)]
-pub fn layered(sock: &Sock) -> Result<bool, Fault> {
+pub fn layered<A: Access>(sock: &Sock<A>) -> Result<bool, Fault> {
     let tcp_sendmsg = unsafe { core::ptr::read_volatile(&raw const TCP_SENDMSG) };
     Ok(tcp_sendmsg != 0 && sock.sendmsg_fn()? != tcp_sendmsg)
 }

@@ -12,7 +12,7 @@ use trace_common::{COMM_LEN, EventKind, RecvQueue, SendQueue, SockEvent};
 
 use crate::{
     agg, filter,
-    kernel::{self, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
+    kernel::{self, Access, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
     maps::{SOCKS, SockTrack, TIMEWAIT, TimeWait},
     model::{comm, emit, header, known_track, sock_track},
 };
@@ -36,7 +36,7 @@ pub enum Context {
 
 /// The tracking entry of a TCP socket an event concerns, or `None` when it is not traced.
 #[inline(always)]
-fn tracked(sock: &Sock, ctx: Context) -> Result<Option<*mut SockTrack>, Fault> {
+fn tracked<A: Access>(sock: &Sock<A>, ctx: Context) -> Result<Option<*mut SockTrack>, Fault> {
     let ino = sock.ino()?;
     if let Some(t) = known_track(sock, ino)? {
         return Ok(Some(t));
@@ -53,9 +53,9 @@ fn tracked(sock: &Sock, ctx: Context) -> Result<Option<*mut SockTrack>, Fault> {
 
 /// Emits a lifecycle event with both queues as they are now.
 #[inline(always)]
-fn emit_sock(
+fn emit_sock<A: Access>(
     kind: EventKind,
-    sock: &Sock,
+    sock: &Sock<A>,
     track: &SockTrack,
     ctx: Context,
     fill: impl FnOnce(&mut SockEvent),
@@ -88,7 +88,12 @@ fn emit_sock(
 /// A FIN arriving or leaving (`kind`), after `seq` bytes of the stream in its direction.
 /// In softirq or on a packet's way out: no task is named.
 #[inline(always)]
-fn emit_fin(kind: EventKind, sock: &Sock, track: &SockTrack, seq: u64) -> Result<(), Fault> {
+fn emit_fin<A: Access>(
+    kind: EventKind,
+    sock: &Sock<A>,
+    track: &SockTrack,
+    seq: u64,
+) -> Result<(), Fault> {
     emit_sock(kind, sock, track, Context::Packet, |e| e.seq = seq)
 }
 
@@ -202,7 +207,7 @@ enum Fin {
 }
 
 #[inline(always)]
-fn fin_arrived(sock: &Sock, old: u32, new: u32) -> Result<Fin, Fault> {
+fn fin_arrived<A: Access>(sock: &Sock<A>, old: u32, new: u32) -> Result<Fin, Fault> {
     const FIN_WAIT1: u32 = 4;
     const FIN_WAIT2: u32 = 5;
     const CLOSING: u32 = 11;
@@ -295,7 +300,7 @@ pub fn rst_in(sk: u64) -> Result<(), Fault> {
 
 /// A segment arriving on a tracked socket: says so when it carries the peer's FIN.
 #[inline(always)]
-pub fn fin_in(sock: &Sock, track: &SockTrack, skb: u64) -> Result<(), Fault> {
+pub fn fin_in<A: Access>(sock: &Sock<A>, track: &SockTrack, skb: u64) -> Result<(), Fault> {
     let Some(fin_seq) = kernel::skb_fin_seq(skb)? else {
         return Ok(());
     };

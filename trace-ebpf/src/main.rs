@@ -23,6 +23,7 @@ mod model;
 mod recv;
 mod standby;
 mod syscall;
+mod tp_btf;
 mod tracepoint;
 mod udp;
 

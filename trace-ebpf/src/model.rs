@@ -7,9 +7,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, generated},
 };
 use aya_log_ebpf::warn;
 use trace_common::{
@@ -19,7 +17,7 @@ use trace_common::{
 
 use crate::{
     agg, calls, count, filter,
-    kernel::{self, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
+    kernel::{self, Access, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
     life,
     maps::{EVENTS, INFLIGHT, Inflight, LOST_EVENTS, NEXT_ID, READ_ERRORS, SOCKS, SockTrack},
     syscall, udp,
@@ -62,9 +60,17 @@ pub fn header(kind: EventKind, pid_tgid: u64, sock_id: u64, ino: u64, now: u64) 
     }
 }
 
+/// The current task's name. Not aya's `bpf_get_current_comm()`, which zeroes its buffer
+/// first: a 16-byte array has no alignment to zero it by words, so that is a call to a byte
+/// loop (2 % of a traced writer's CPU); the kernel pads the name with zeros itself, and
+/// zeroes the buffer when it fails.
 #[inline(always)]
 pub fn comm() -> [u8; COMM_LEN] {
-    bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+    let mut c = core::mem::MaybeUninit::<[u8; COMM_LEN]>::uninit();
+    unsafe {
+        generated::bpf_get_current_comm(c.as_mut_ptr().cast(), COMM_LEN as u32);
+        c.assume_init()
+    }
 }
 
 /// Bytes waiting in the ring buffer before the reader is woken; set by the loader. Below it
@@ -101,9 +107,10 @@ pub fn emit<T: 'static>(fill: impl FnOnce(&mut T)) {
     }
 }
 
-/// A pass through the TCP copy loop of a send call on `sk`, with the call's `msghdr`.
+/// A pass through the TCP copy loop of a send call on `sock`, with the call's `msghdr`.
 #[inline(always)]
-pub fn send_begin(sk: u64, msg: u64) -> Result<(), Fault> {
+pub fn send_begin<A: Access>(sock: Sock<A>, msg: u64) -> Result<(), Fault> {
+    let sk = sock.ptr;
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     if let Some(call) = INFLIGHT.get_ptr_mut(tid) {
@@ -117,7 +124,6 @@ pub fn send_begin(sk: u64, msg: u64) -> Result<(), Fault> {
     if !filter::task_passes((pid_tgid >> 32) as u32) {
         return Ok(());
     }
-    let sock = Sock::new(sk);
     if !filter::sock_passes(&sock)? {
         return Ok(());
     }
@@ -141,7 +147,7 @@ pub fn send_begin(sk: u64, msg: u64) -> Result<(), Fault> {
 
 /// Opens thread `tid`'s traced send `call` on `sock` (whichever hook saw it begin).
 #[inline(always)]
-pub fn open_call(sock: &Sock, tid: u32, mut call: Inflight) -> Result<(), Fault> {
+pub fn open_call<A: Access>(sock: &Sock<A>, tid: u32, mut call: Inflight) -> Result<(), Fault> {
     // The inode check in sock_track catches a struct sock reused by a new socket.
     let track = unsafe { &mut *sock_track(sock, sock.ino()?, IPPROTO_TCP)? };
     (call.id, call.ino) = (track.id, track.ino);
@@ -246,7 +252,7 @@ pub fn send_return(ret: i64) -> Result<(), Fault> {
         // send_end may count the call without looking for it.
         let _ = INFLIGHT.remove(tid);
     }
-    send_end(sk, ret)
+    send_end(Sock::new(sk), ret)
 }
 
 /// Emits the block event of a call whose thread runs again (the current one).
@@ -265,11 +271,11 @@ pub fn close_block_of(call: &mut Inflight, pid_tgid: u64, comm: [u8; COMM_LEN], 
     call.block_start = 0;
 }
 
-/// The socket layer returns `ret` from a send call on `sk`.
+/// The socket layer returns `ret` from a send call on `sock`.
 #[inline(always)]
-pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
+pub fn send_end<A: Access>(sock: Sock<A>, ret: i64) -> Result<(), Fault> {
+    let sk = sock.ptr;
     let pid_tgid = bpf_get_current_pid_tgid();
-    let sock = Sock::new(sk);
     let now = unsafe { bpf_ktime_get_ns() };
     // `--summary` without `--full`, on a socket it already counts: nothing else to look up
     // (no call was opened: that hook is not attached, or its return took the call off).
@@ -384,7 +390,7 @@ pub fn send_end(sk: u64, ret: i64) -> Result<(), Fault> {
 /// `close()`), or when the entry was made before the socket had one (an accepted connection
 /// met before `accept()`) and the ports still match; then the inode is noted.
 #[inline(always)]
-pub fn known_track(sock: &Sock, ino: u64) -> Result<Option<*mut SockTrack>, Fault> {
+pub fn known_track<A: Access>(sock: &Sock<A>, ino: u64) -> Result<Option<*mut SockTrack>, Fault> {
     let Some(t) = SOCKS.get_ptr_mut(sock.ptr) else {
         return Ok(None);
     };
@@ -413,7 +419,11 @@ fn synthetic_id() -> u64 {
 /// The socket's tracking entry, its addresses read once and cached: created when the socket
 /// is new to sockbuf, or when its `struct sock` now belongs to another socket.
 #[inline(always)]
-pub fn sock_track(sock: &Sock, ino: u64, proto: u16) -> Result<*mut SockTrack, Fault> {
+pub fn sock_track<A: Access>(
+    sock: &Sock<A>,
+    ino: u64,
+    proto: u16,
+) -> Result<*mut SockTrack, Fault> {
     if let Some(t) = known_track(sock, ino)? {
         return Ok(t);
     }
@@ -435,20 +445,20 @@ pub fn sock_track(sock: &Sock, ino: u64, proto: u16) -> Result<*mut SockTrack, F
 /// A UDP socket's tracking entry, with its addresses as they are now: a `connect()` after
 /// sockbuf met the socket changes them.
 #[inline(always)]
-pub fn udp_track(sock: &Sock) -> Result<*mut SockTrack, Fault> {
+pub fn udp_track<A: Access>(sock: &Sock<A>) -> Result<*mut SockTrack, Fault> {
     let track = sock_track(sock, sock.ino()?, IPPROTO_UDP)?;
     sock.read_addrs(unsafe { &mut (*track).addrs })?;
     Ok(track)
 }
 
-/// An incoming segment `skb` on an established socket `sk`, before TCP processes it.
+/// An incoming segment `skb` on an established socket `sock`, before TCP processes it.
 #[inline(always)]
-pub fn ack(sk: u64, skb: u64) -> Result<(), Fault> {
+pub fn ack<A: Access>(sock: Sock<A>, skb: u64) -> Result<(), Fault> {
+    let sk = sock.ptr;
     let Some(track) = SOCKS.get_ptr_mut(sk) else {
         return life::untracked_fin(sk, skb);
     };
     let track = unsafe { &mut *track };
-    let sock = Sock::new(sk);
     life::fin_in(&sock, track, skb)?;
     if agg::on() {
         return agg::ack(&sock, track, skb);

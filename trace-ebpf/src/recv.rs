@@ -5,14 +5,15 @@ use trace_common::{EventKind, RECV_F_UNSEEN, RecvEvent};
 
 use crate::{
     agg, calls, filter,
-    kernel::{Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
+    kernel::{Access, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
     maps::{put_call, take_call},
     model::{comm, emit, header, sock_track, udp_track},
 };
 
-/// A receive call on `sk` returned `ret` (bytes copied or `-errno`).
+/// A receive call on `sock` returned `ret` (bytes copied or `-errno`).
 #[inline(always)]
-pub fn recv_end(sk: u64, ret: i64, msg_flags: u32) -> Result<(), Fault> {
+pub fn recv_end<A: Access>(sock: Sock<A>, ret: i64, msg_flags: u32) -> Result<(), Fault> {
+    let sk = sock.ptr;
     let pid_tgid = bpf_get_current_pid_tgid();
     if let Some(track) = agg::counted_sock(sk, ret)
         && filter::task_passes_on(track, pid_tgid)
@@ -23,7 +24,6 @@ pub fn recv_end(sk: u64, ret: i64, msg_flags: u32) -> Result<(), Fault> {
     if !filter::task_passes((pid_tgid >> 32) as u32) {
         return Ok(());
     }
-    let sock = Sock::new(sk);
     let proto = sock.protocol()?;
     if proto == 0 || !filter::sock_passes(&sock)? {
         return Ok(());
@@ -69,7 +69,7 @@ pub fn recv_enter(sk: u64, msg_flags: u32) -> Result<(), Fault> {
 #[inline(always)]
 pub fn recv_return(ret: i64) -> Result<(), Fault> {
     match take_call() {
-        Some(call) => recv_end(call.sk, ret, call.flags),
+        Some(call) => recv_end(Sock::new(call.sk), ret, call.flags),
         None => Ok(()),
     }
 }

@@ -1,23 +1,67 @@
 //! Tracepoint backend: raw tracepoints, which this kernel has even without kprobes or fentry.
 //! Each program only pulls its hook's arguments and calls the model.
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    EbpfContext,
+    macros::raw_tracepoint,
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
 use trace_common::SEND_F_LAYERED;
 
 use crate::{
     calls, entry, filter,
-    kernel::{IPPROTO_TCP, Sock},
+    kernel::{Access, Direct, IPPROTO_TCP, Probe, Sock},
     layer, life, model, recv,
     standby::with_standby,
     syscall::{self, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV},
 };
 
+/// A tracepoint's arguments, raw or BTF-typed (`tp_btf`): the programs of both backends
+/// share their bodies.
+pub trait TracepointArgs: EbpfContext {
+    /// How the socket arguments are read: probe reads, or direct loads where typed.
+    type Access: Access;
+    fn arg_u64(&self, n: usize) -> u64;
+    /// Argument `n`, a `struct sock *`.
+    fn sock(&self, n: usize) -> Sock<Self::Access>;
+}
+
+impl TracepointArgs for RawTracePointContext {
+    type Access = Probe;
+    #[inline(always)]
+    fn arg_u64(&self, n: usize) -> u64 {
+        self.arg(n)
+    }
+    #[inline(always)]
+    fn sock(&self, n: usize) -> Sock<Probe> {
+        Sock::new(self.arg(n))
+    }
+}
+
+impl TracepointArgs for BtfTracePointContext {
+    type Access = Direct;
+    #[inline(always)]
+    fn arg_u64(&self, n: usize) -> u64 {
+        self.arg(n)
+    }
+    #[inline(always)]
+    fn sock(&self, n: usize) -> Sock<Direct> {
+        Sock::typed(self.arg(n))
+    }
+}
+
 with_standby! {
     /// `tcp_sendmsg_locked(sk, msg, skb, size_goal)`: each pass of the TCP copy loop.
     #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
     fn send_tcp_sendmsg_locked, sb_send_tcp_sendmsg_locked(ctx: RawTracePointContext) {
-        model::run(&ctx, || model::send_begin(ctx.arg(0), ctx.arg(1)))
+        tcp_sendmsg_locked(&ctx)
     }
+}
+
+#[inline(always)]
+pub fn tcp_sendmsg_locked<C: TracepointArgs>(ctx: &C) -> u32 {
+    let msg = ctx.arg_u64(1);
+    model::run(ctx, || model::send_begin(ctx.sock(0), msg))
 }
 
 with_standby! {
@@ -37,16 +81,14 @@ with_standby! {
 }
 
 #[inline(always)]
-fn sock_send_length(ctx: &RawTracePointContext, layered_only: bool) -> u32 {
-    let (sk, ret): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+pub fn sock_send_length<C: TracepointArgs>(ctx: &C, layered_only: bool) -> u32 {
+    let ret = ctx.arg_u64(1);
     model::run(ctx, || {
-        if layered_only {
-            let sock = Sock::new(sk);
-            if sock.protocol()? != IPPROTO_TCP || !layer::layered(&sock)? {
-                return Ok(());
-            }
+        let sock = ctx.sock(0);
+        if layered_only && (sock.protocol()? != IPPROTO_TCP || !layer::layered(&sock)?) {
+            return Ok(());
         }
-        model::send_end(sk, i64::from(ret as i32))
+        model::send_end(sock, i64::from(ret as i32))
     })
 }
 
@@ -75,20 +117,30 @@ with_standby! {
     /// `tcp_probe(sk, skb)`: each segment `tcp_rcv_established` receives, before processing.
     #[raw_tracepoint(tracepoint = "tcp_probe")]
     fn ack_tcp_probe, sb_ack_tcp_probe(ctx: RawTracePointContext) {
-        model::run(&ctx, || model::ack(ctx.arg(0), ctx.arg(1)))
+        tcp_probe(&ctx)
     }
+}
+
+#[inline(always)]
+pub fn tcp_probe<C: TracepointArgs>(ctx: &C) -> u32 {
+    let skb = ctx.arg_u64(1);
+    model::run(ctx, || model::ack(ctx.sock(0), skb))
 }
 
 with_standby! {
     /// `sock_recv_length(sk, ret, flags)`: every recvmsg's return, any protocol.
     #[raw_tracepoint(tracepoint = "sock_recv_length")]
     fn recv_sock_recv_length, sb_recv_sock_recv_length(ctx: RawTracePointContext) {
-        let ret: u64 = ctx.arg(1);
-        let flags: u64 = ctx.arg(2);
-        model::run(&ctx, || {
-            recv::recv_end(ctx.arg(0), i64::from(ret as i32), flags as u32)
-        })
+        sock_recv_length(&ctx)
     }
+}
+
+#[inline(always)]
+pub fn sock_recv_length<C: TracepointArgs>(ctx: &C) -> u32 {
+    let (ret, flags) = (ctx.arg_u64(1), ctx.arg_u64(2));
+    model::run(ctx, || {
+        recv::recv_end(ctx.sock(0), i64::from(ret as i32), flags as u32)
+    })
 }
 
 // Lifecycle hooks: tracepoints every supported kernel has, attached in every mode.

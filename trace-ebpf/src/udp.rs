@@ -6,7 +6,7 @@ use trace_common::{EventKind, RECV_F_UNSEEN, UdpEvent, calls::CallRef};
 
 use crate::{
     calls, filter,
-    kernel::{self, Fault, IPPROTO_UDP, Sock},
+    kernel::{self, Access, Fault, IPPROTO_UDP, Sock},
     maps::{SockTrack, put_call, take_call},
     model::{comm, emit, header, udp_track},
     syscall,
@@ -16,7 +16,7 @@ use crate::{
 /// changes them), the peer's being, for an unconnected socket, the destination's the send
 /// call named.
 #[inline(always)]
-fn passes(sock: &Sock) -> Result<bool, Fault> {
+fn passes<A: Access>(sock: &Sock<A>) -> Result<bool, Fault> {
     let rport = match sock.rport()? {
         0 => syscall::send_dest_port()?,
         p => p,
@@ -28,9 +28,9 @@ fn passes(sock: &Sock) -> Result<bool, Fault> {
 /// (`UdpOut`); the cork and memory figures are read now. An unconnected socket's peer is
 /// the destination the send call named.
 #[inline(always)]
-fn emit_udp(
+fn emit_udp<A: Access>(
     kind: EventKind,
-    sock: &Sock,
+    sock: &Sock<A>,
     track: &SockTrack,
     pid_tgid: u64,
     ret: i64,
@@ -74,7 +74,12 @@ fn emit_udp(
 
 /// A send call on UDP socket `sock` returned `ret`; the task already passed the filters.
 #[inline(always)]
-pub fn send_end(sock: &Sock, pid_tgid: u64, ret: i64, msg_flags: u32) -> Result<(), Fault> {
+pub fn send_end<A: Access>(
+    sock: &Sock<A>,
+    pid_tgid: u64,
+    ret: i64,
+    msg_flags: u32,
+) -> Result<(), Fault> {
     if !passes(sock)? {
         return Ok(());
     }
@@ -124,7 +129,7 @@ pub fn send_return(ret: i64) -> Result<(), Fault> {
 /// A datagram of tracked UDP socket `sock` goes to the device; `th` is its UDP header.
 /// In the sender's context: UDP transmits inside the send call.
 #[inline(always)]
-pub fn out(sock: &Sock, track: *mut SockTrack, th: u64) -> Result<(), Fault> {
+pub fn out<A: Access>(sock: &Sock<A>, track: *mut SockTrack, th: u64) -> Result<(), Fault> {
     if !passes(sock)? {
         return Ok(());
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use aya::{
     Btf, Ebpf,
-    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint},
 };
 use trace_common::{agg::Level, standby};
 
@@ -15,12 +15,16 @@ use crate::{error::SetupError, preflight};
 /// How the programs attach to the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
-    /// The best the kernel allows: fentry, then kprobe, then tracepoint.
+    /// The best the kernel allows: fentry, then tp_btf, then kprobe, then tracepoint.
     Auto,
     /// fentry/fexit on tcp_sendmsg, sk_stream_wait_memory, tcp_rcv_established, and the
     /// UDP send and TCP/UDP receive functions.
     Fentry,
-    /// kprobe/kretprobe on the same functions.
+    /// BTF-typed tracepoints (tp_btf) on tcp_sendmsg_locked, sock_send_length, tcp_probe and
+    /// sock_recv_length: the tracepoint backend's hooks, where fentry is refused.
+    #[value(name = "tp_btf")]
+    TpBtf,
+    /// kprobe/kretprobe on the same functions as fentry.
     Kprobe,
     /// Tracepoints: tcp_sendmsg_locked, sock_send_length, sock_recv_length, tcp_probe,
     /// sched_switch (and sys_enter where tcp_sendmsg_locked is missing).
@@ -32,6 +36,7 @@ impl AttachMode {
         match self {
             Self::Auto => "auto",
             Self::Fentry => "fentry",
+            Self::TpBtf => "tp_btf",
             Self::Kprobe => "kprobe",
             Self::Tracepoint => "tracepoint",
         }
@@ -49,6 +54,8 @@ impl AttachMode {
             Self::Auto => return [&[][..]; 5].into_iter().flatten(),
             Self::Fentry => (FENTRY, &[]),
             Self::Kprobe => (KPROBE, &[]),
+            Self::TpBtf if syscall_form() => (TRACEPOINT_SYSCALLS, TP_BTF_COMMON),
+            Self::TpBtf => (TP_BTF, TP_BTF_COMMON),
             // Before tcp_sendmsg_locked existed, the send call opens at the syscall.
             // SOCKBUF_TRACEPOINT_SYSCALLS=1 forces that variant, so that kernels which have the
             // tracepoint can test it too.
@@ -77,7 +84,7 @@ impl AttachMode {
             }
             Self::Fentry | Self::Kprobe => LAYER_FUNCTIONS,
             // Its own sys_enter opens every call; this one, after it, flags the layered.
-            Self::Tracepoint => &LAYER_FUNCTIONS[..1],
+            Self::Tracepoint | Self::TpBtf => &LAYER_FUNCTIONS[..1],
             Self::Auto => &[],
         }
     }
@@ -94,6 +101,7 @@ fn syscall_form() -> bool {
 #[derive(Clone, Copy)]
 enum Kind {
     RawTracepoint { category: &'static str },
+    BtfTracepoint { category: &'static str },
     FEntry,
     FExit,
     KProbe,
@@ -117,6 +125,11 @@ const fn hook(program: &'static str, target: &'static str, kind: Kind) -> Hook {
 /// A raw tracepoint hook: `category` is where tracefs lists the tracepoint.
 const fn raw(program: &'static str, category: &'static str, target: &'static str) -> Hook {
     hook(program, target, Kind::RawTracepoint { category })
+}
+
+/// A BTF-typed tracepoint hook (tp_btf): `category` as for [`raw`].
+const fn btf(program: &'static str, category: &'static str, target: &'static str) -> Hook {
+    hook(program, target, Kind::BtfTracepoint { category })
 }
 
 const FENTRY: &[Hook] = &[
@@ -197,6 +210,19 @@ const TRACEPOINT: &[Hook] = &[
     raw("block_sched_switch", "sched", "sched_switch"),
 ];
 
+/// The tracepoint backend's hooks, typed where a socket is read: the same programs' bodies
+/// (trace-ebpf's `tp_btf`); in both forms (the syscall-entry one before tcp_sendmsg_locked).
+const TP_BTF: &[Hook] = &[
+    btf("send_tcp_sendmsg_locked_btf", "tcp", "tcp_sendmsg_locked"),
+    raw("block_sched_switch", "sched", "sched_switch"),
+];
+
+const TP_BTF_COMMON: &[Hook] = &[
+    btf("send_sock_send_length_btf", "sock", "sock_send_length"),
+    btf("ack_tcp_probe_btf", "tcp", "tcp_probe"),
+    btf("recv_sock_recv_length_btf", "sock", "sock_recv_length"),
+];
+
 /// The tracepoint backend on kernels without `tcp_sendmsg_locked`: the send syscalls' entries
 /// open a call, and the scheduler's switches say when a sleeping writer runs again.
 const TRACEPOINT_SYSCALLS: &[Hook] = &[
@@ -250,11 +276,13 @@ const COUNTS_SKIP: &[&str] = &[
     "block_sk_stream_wait_memory_kretprobe",
     "ack_tcp_rcv_established_kprobe",
     "send_tcp_sendmsg_locked",
+    "send_tcp_sendmsg_locked_btf",
     "block_sched_switch",
     "entry_sys_enter",
     "layer_sys_enter",
     "entry_sched_switch",
     "ack_tcp_probe",
+    "ack_tcp_probe_btf",
     "life_net_dev_queue",
     "life_tcp_timewait_state_process_fentry",
     "life_tcp_timewait_state_process_kprobe",
@@ -268,7 +296,7 @@ fn precheck(mode: AttachMode, level: Level) -> Result<(), String> {
         }
         _ => {
             for h in mode.hooks(level) {
-                if let Kind::RawTracepoint { category } = h.kind
+                if let Kind::RawTracepoint { category } | Kind::BtfTracepoint { category } = h.kind
                     && !preflight::has_tracepoint(category, h.target)
                 {
                     return Err(format!(
@@ -357,6 +385,13 @@ fn load_and_attach_one(
             }
             Ok(())
         }),
+        Kind::BtfTracepoint { .. } => <&mut BtfTracePoint>::try_from(prog).and_then(|p| {
+            p.load(h.target, need_btf()?)?;
+            if !verify_only {
+                p.attach()?;
+            }
+            Ok(())
+        }),
         Kind::FEntry => <&mut FEntry>::try_from(prog).and_then(|p| {
             p.load(h.target, need_btf()?)?;
             if !verify_only {
@@ -392,6 +427,7 @@ fn unload(ebpf: &mut Ebpf, mode: AttachMode) {
         if let Some(p) = ebpf.program_mut(program) {
             let _ = match p {
                 aya::programs::Program::RawTracePoint(p) => p.unload(),
+                aya::programs::Program::BtfTracePoint(p) => p.unload(),
                 aya::programs::Program::FEntry(p) => p.unload(),
                 aya::programs::Program::FExit(p) => p.unload(),
                 aya::programs::Program::KProbe(p) => p.unload(),
@@ -463,6 +499,7 @@ pub fn check_all(ebpf: &mut Ebpf, standby: bool) -> Vec<BackendCheck> {
     };
     [
         AttachMode::Fentry,
+        AttachMode::TpBtf,
         AttachMode::Kprobe,
         AttachMode::Tracepoint,
     ]
@@ -515,6 +552,7 @@ pub fn attach(
     let mut refused = Vec::new();
     for mode in [
         AttachMode::Fentry,
+        AttachMode::TpBtf,
         AttachMode::Kprobe,
         AttachMode::Tracepoint,
     ] {

@@ -34,7 +34,7 @@ fn check_loads_every_backend_and_auto_takes_the_first_that_attaches() {
         .collect();
     assert_eq!(
         names,
-        ["fentry", "kprobe", "tracepoint"],
+        ["fentry", "tp_btf", "kprobe", "tracepoint"],
         "in order of preference"
     );
     for b in &backends {
@@ -47,7 +47,7 @@ fn check_loads_every_backend_and_auto_takes_the_first_that_attaches() {
     }
     // Where the kernel has the kprobe program type, the kprobe programs must pass its verifier,
     // whether or not they can attach (this kernel has no kprobe PMU).
-    assert_eq!(backends[1]["verified"], true, "{}", backends[1]);
+    assert_eq!(backends[2]["verified"], true, "{}", backends[2]);
     let first = backends
         .iter()
         .find(|b| b["attached"] == true)

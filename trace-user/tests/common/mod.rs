@@ -356,3 +356,9 @@ pub fn netns_alive(ns: (u64, u64)) -> bool {
     let mounts = dirs(Path::new("/run/netns"));
     tasks.chain(mounts).any(|p| netns_inode(&p) == Some(ns))
 }
+
+/// Whether backend `attach` hooks tracepoints (raw or BTF-typed): it sees no kernel function
+/// that no tracepoint marks (docs/limits.md).
+pub fn tracepoints_only(attach: &str) -> bool {
+    attach == "tracepoint" || attach == "tp_btf"
+}

@@ -89,10 +89,14 @@ fn start_tracer(
         Config::Untraced => return Ok(Tracer::None),
         Config::FloorSummary => return Ok(Tracer::Floor(floor::attach(floor::SUMMARY_HOOKS)?)),
         Config::FloorStream => return Ok(Tracer::Floor(floor::attach(floor::STREAM_HOOKS)?)),
-        Config::SockbufStream | Config::SockbufSummary | Config::SockbufFull => {
+        Config::SockbufStream
+        | Config::SockbufStreamRaw
+        | Config::SockbufSummary
+        | Config::SockbufFull => {
             let mut c = Command::new(sockbuf);
             c.args(["trace", "--json", "-c", COMM]);
             match config {
+                Config::SockbufStreamRaw => c.args(["--attach", "tracepoint"]),
                 Config::SockbufSummary => c.arg("--summary"),
                 Config::SockbufFull => c.args(["--summary", "--full"]),
                 _ => &mut c,
@@ -203,7 +207,10 @@ pub fn run_once(
         stop(&mut child)?;
         let text = fs::read_to_string(out)?;
         match config {
-            Config::SockbufStream | Config::SockbufSummary | Config::SockbufFull => {
+            Config::SockbufStream
+            | Config::SockbufStreamRaw
+            | Config::SockbufSummary
+            | Config::SockbufFull => {
                 let end: Value = text
                     .lines()
                     .last()

@@ -61,6 +61,9 @@ pub enum Config {
     FloorSummary,
     FloorStream,
     SockbufStream,
+    /// The same on raw tracepoints, whose socket reads are probe reads: beside the default
+    /// (where fentry is refused, tp_btf's direct loads), what those cost.
+    SockbufStreamRaw,
     SockbufSummary,
     SockbufFull,
     BpftraceStream,
@@ -74,6 +77,7 @@ impl Config {
             Self::FloorSummary => "floor: empty programs on --summary's hooks",
             Self::FloorStream => "floor: empty programs on streaming's hooks",
             Self::SockbufStream => "sockbuf trace --json (every event to a file)",
+            Self::SockbufStreamRaw => "the same, --attach tracepoint (raw: probe reads)",
             Self::SockbufSummary => "sockbuf trace --summary",
             Self::SockbufFull => "sockbuf trace --summary --full",
             Self::BpftraceStream => "bpftrace printf per event (to a file)",
@@ -133,6 +137,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
             Config::FloorSummary,
             Config::FloorStream,
             Config::SockbufStream,
+            Config::SockbufStreamRaw,
             Config::SockbufSummary,
             Config::SockbufFull,
             Config::BpftraceStream,

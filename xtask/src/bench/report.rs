@@ -70,6 +70,7 @@ pub fn report(configs: &[Config], runs: &[Run], accounted: &[Run], a: &BenchArgs
     }
     for c in [
         Config::SockbufStream,
+        Config::SockbufStreamRaw,
         Config::SockbufSummary,
         Config::SockbufFull,
     ] {

@@ -3,7 +3,7 @@
 # test binary once per attach mode, prints `VMTEST:` marker lines on the serial console for the
 # host to parse, and powers off. The host's settings come from the kernel command line: the
 # kernel hands NAME=VALUE words it does not know to init as environment variables.
-#   VMTEST_MODES   attach modes, comma-separated (fentry,kprobe,tracepoint,auto)
+#   VMTEST_MODES   attach modes, comma-separated (fentry,tp_btf,kprobe,tracepoint,auto)
 #   VMTEST_FILTER  test-name filters for every test binary, comma-separated (may be empty)
 #   VMTEST_SKIP    test-name filters to skip, comma-separated (may be empty)
 #   VMTEST_LIMIT   seconds one test binary may run before it is stopped (SIGTERM)
@@ -75,20 +75,20 @@ run() {
 	echo "VMTEST:exit $mode $name $rc"
 }
 
-# The tracepoints sockbuf's tracepoint backend cannot do without, in the order it checks them
-# (without tcp_sendmsg_locked it opens send calls at the syscalls instead).
+# The tracepoints sockbuf's tracepoint backends (raw and tp_btf) cannot do without, in the
+# order they check them (without tcp_sendmsg_locked they open send calls at the syscalls).
 TRACEPOINTS="sock/sock_send_length sched/sched_switch tcp/tcp_probe sock/sock_recv_length"
 
 for mode in $(echo "$VMTEST_MODES" | tr , ' '); do
 	export SOCKBUF_ATTACH=$mode
-	if [ "$mode" = tracepoint ]; then
+	if [ "$mode" = tracepoint ] || [ "$mode" = tp_btf ]; then
 		missing=
 		for tp in $TRACEPOINTS; do
 			[ -d "/sys/kernel/tracing/events/$tp" ] || missing="$missing $tp"
 		done
 		if [ -n "$missing" ]; then
 			# Where the kernel lacks one, the right answer is a one-line refusal and exit 2.
-			msg=$(sockbuf trace --attach tracepoint -d 1s 2>&1 >/dev/null)
+			msg=$(sockbuf trace --attach "$mode" -d 1s 2>&1 >/dev/null)
 			echo "VMTEST:refused $mode rc=$? missing=$(echo $missing | tr ' ' ,) $msg"
 			continue
 		fi

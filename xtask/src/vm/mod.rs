@@ -34,6 +34,8 @@ const HOST_PACKAGES: &[&str] = &[
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     Fentry,
+    #[value(name = "tp_btf")]
+    TpBtf,
     Kprobe,
     Tracepoint,
     Auto,
@@ -55,7 +57,7 @@ pub struct VmTestArgs {
     #[arg(long = "kernel", value_name = "NAME", default_values_t = ["6.1".to_owned(), "6.12".to_owned(), "7.3".to_owned()])]
     kernels: Vec<String>,
     /// Attach modes to run the tests in, on every kernel (repeatable); `auto` must pick fentry.
-    #[arg(long = "mode", value_enum, default_values_t = [Mode::Fentry, Mode::Kprobe, Mode::Tracepoint, Mode::Auto])]
+    #[arg(long = "mode", value_enum, default_values_t = [Mode::Fentry, Mode::TpBtf, Mode::Kprobe, Mode::Tracepoint, Mode::Auto])]
     modes: Vec<Mode>,
     /// Only this integration test binary of trace-user, e.g. trace_send (repeatable; default:
     /// all).
@@ -102,6 +104,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Self::Fentry => "fentry",
+            Self::TpBtf => "tp_btf",
             Self::Kprobe => "kprobe",
             Self::Tracepoint => "tracepoint",
             Self::Auto => "auto",

@@ -26,7 +26,8 @@ pub enum Verdict {
     Fail(String),
 }
 
-/// What `--attach tracepoint` should do on the kernels it was measured on: Debian's 6.1 lacks
+/// What `--attach tracepoint` (and `tp_btf`, on the same tracepoints) should do on the
+/// kernels it was measured on: Debian's 6.1 lacks
 /// sock_send_length (and sock_recv_length, tcp_sendmsg_locked), so it must be refused naming
 /// it; 6.12 lacks only tcp_sendmsg_locked, which the backend's syscall-entry form replaces;
 /// 7.3 has all. None: not known, take what the guest finds.
@@ -102,7 +103,7 @@ impl ModeRun<'_> {
             return Verdict::Fail(d.to_owned());
         }
         let refusal = log.refusals.iter().find(|r| r.mode == mode);
-        let expected = if mode == "tracepoint" {
+        let expected = if mode == "tracepoint" || mode == "tp_btf" {
             expected_refusal(kernel)
         } else {
             Some(None)

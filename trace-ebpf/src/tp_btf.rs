@@ -1,0 +1,39 @@
+//! BTF-typed tracepoint backend (`tp_btf`): the tracepoint backend's hooks, whose arguments
+//! the verifier knows as typed kernel pointers. It loads where fentry is refused (this
+//! machine's kernel) and needs no kprobe PMU. The bodies are the raw tracepoint programs'.
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+
+use crate::{standby::with_standby, tracepoint};
+
+with_standby! {
+    /// `tcp_sendmsg_locked(sk, msg, skb, size_goal)`: each pass of the TCP copy loop.
+    #[btf_tracepoint(function = "tcp_sendmsg_locked")]
+    fn send_tcp_sendmsg_locked_btf, sb_send_tcp_sendmsg_locked_btf(ctx: BtfTracePointContext) {
+        tracepoint::tcp_sendmsg_locked(&ctx)
+    }
+}
+
+with_standby! {
+    /// `sock_send_length(sk, ret, flags)`: every sendmsg's return, any protocol.
+    #[btf_tracepoint(function = "sock_send_length")]
+    fn send_sock_send_length_btf, sb_send_sock_send_length_btf(ctx: BtfTracePointContext) {
+        tracepoint::sock_send_length(&ctx, false)
+    }
+}
+
+with_standby! {
+    /// `tcp_probe(sk, skb)`: each segment `tcp_rcv_established` receives.
+    #[btf_tracepoint(function = "tcp_probe")]
+    fn ack_tcp_probe_btf, sb_ack_tcp_probe_btf(ctx: BtfTracePointContext) {
+        tracepoint::tcp_probe(&ctx)
+    }
+}
+
+with_standby! {
+    /// `sock_recv_length(sk, ret, flags)`: every recvmsg's return, any protocol.
+    #[btf_tracepoint(function = "sock_recv_length")]
+    fn recv_sock_recv_length_btf, sb_recv_sock_recv_length_btf(ctx: BtfTracePointContext) {
+        tracepoint::sock_recv_length(&ctx)
+    }
+}
