@@ -134,10 +134,12 @@ impl Access for Probe {
     }
 }
 
-/// The socket as a typed `struct tcp_sock *` (0 when it is not a TCP socket: probe reads
-/// then). A load at a constant offset (the loader's offsets sit in frozen read-only data, so
-/// the verifier knows each) of a typed pointer is one instruction, its fault handled by the
-/// kernel, where a probe read is a helper call.
+/// The socket as a typed `struct tcp_sock *`, never null. A load at a constant offset (the
+/// loader's offsets sit in frozen read-only data, so the verifier knows each) of a typed
+/// pointer is one instruction, its fault handled by the kernel, where a probe read is a
+/// helper call. No fallback inside: a branch per read doubled the paths the verifier walks
+/// at each read (half a minute to load under emulation); a socket that is not TCP takes the
+/// [`Probe`] model instead, chosen once per event.
 #[derive(Clone, Copy)]
 pub struct Direct {
     tp: u64,
@@ -145,10 +147,7 @@ pub struct Direct {
 
 impl Access for Direct {
     #[inline(always)]
-    fn get<T>(self, ptr: u64, off: u32) -> Result<T, Fault> {
-        if self.tp == 0 {
-            return read(ptr, off);
-        }
+    fn get<T>(self, _ptr: u64, off: u32) -> Result<T, Fault> {
         Ok(unsafe { core::ptr::read_volatile((self.tp + u64::from(off)) as *const T) })
     }
 }
@@ -168,14 +167,15 @@ impl Sock<Probe> {
 }
 
 impl Sock<Direct> {
-    /// `ptr` must be a typed pointer in the verifier's eyes: a BTF-typed hook's argument.
+    /// `ptr` must be a typed pointer in the verifier's eyes (a BTF-typed hook's argument);
+    /// `None` unless it is a TCP socket.
     #[inline(always)]
-    pub fn typed(ptr: u64) -> Self {
+    pub fn typed(ptr: u64) -> Option<Self> {
         let tp = unsafe { bpf_skc_to_tcp_sock(ptr as *mut c_void) } as u64;
-        Self {
+        (tp != 0).then_some(Self {
             ptr,
             access: Direct { tp },
-        }
+        })
     }
 }
 

@@ -18,7 +18,7 @@ with_standby! {
     /// `sock_send_length(sk, ret, flags)`: every sendmsg's return, any protocol.
     #[btf_tracepoint(function = "sock_send_length")]
     fn send_sock_send_length_btf, sb_send_sock_send_length_btf(ctx: BtfTracePointContext) {
-        tracepoint::sock_send_length(&ctx, false)
+        tracepoint::sock_send_length::<_, false>(&ctx)
     }
 }
 

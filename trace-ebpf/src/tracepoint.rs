@@ -10,7 +10,7 @@ use trace_common::SEND_F_LAYERED;
 
 use crate::{
     calls, entry, filter,
-    kernel::{Access, Direct, IPPROTO_TCP, Probe, Sock},
+    kernel::{Direct, IPPROTO_TCP, Sock},
     layer, life, model, recv,
     standby::with_standby,
     syscall::{self, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV},
@@ -19,33 +19,30 @@ use crate::{
 /// A tracepoint's arguments, raw or BTF-typed (`tp_btf`): the programs of both backends
 /// share their bodies.
 pub trait TracepointArgs: EbpfContext {
-    /// How the socket arguments are read: probe reads, or direct loads where typed.
-    type Access: Access;
     fn arg_u64(&self, n: usize) -> u64;
-    /// Argument `n`, a `struct sock *`.
-    fn sock(&self, n: usize) -> Sock<Self::Access>;
+    /// Argument `n`, a `struct sock *`, typed for direct loads when it is a TCP socket and
+    /// the hook is typed; `None` otherwise (the same socket is then read by probe reads).
+    fn typed_sock(&self, n: usize) -> Option<Sock<Direct>>;
 }
 
 impl TracepointArgs for RawTracePointContext {
-    type Access = Probe;
     #[inline(always)]
     fn arg_u64(&self, n: usize) -> u64 {
         self.arg(n)
     }
     #[inline(always)]
-    fn sock(&self, n: usize) -> Sock<Probe> {
-        Sock::new(self.arg(n))
+    fn typed_sock(&self, _: usize) -> Option<Sock<Direct>> {
+        None
     }
 }
 
 impl TracepointArgs for BtfTracePointContext {
-    type Access = Direct;
     #[inline(always)]
     fn arg_u64(&self, n: usize) -> u64 {
         self.arg(n)
     }
     #[inline(always)]
-    fn sock(&self, n: usize) -> Sock<Direct> {
+    fn typed_sock(&self, n: usize) -> Option<Sock<Direct>> {
         Sock::typed(self.arg(n))
     }
 }
@@ -60,15 +57,18 @@ with_standby! {
 
 #[inline(always)]
 pub fn tcp_sendmsg_locked<C: TracepointArgs>(ctx: &C) -> u32 {
-    let msg = ctx.arg_u64(1);
-    model::run(ctx, || model::send_begin(ctx.sock(0), msg))
+    let a = (ctx.arg_u64(0), ctx.arg_u64(1));
+    model::run(ctx, || match ctx.typed_sock(0) {
+        Some(sock) => model::send_begin(sock, a.1),
+        None => model::send_begin(Sock::new(a.0), a.1),
+    })
 }
 
 with_standby! {
     /// `sock_send_length(sk, ret, flags)`: every sendmsg's return, any protocol.
     #[raw_tracepoint(tracepoint = "sock_send_length")]
     fn send_sock_send_length, sb_send_sock_send_length(ctx: RawTracePointContext) {
-        sock_send_length(&ctx, false)
+        sock_send_length::<_, false>(&ctx)
     }
 }
 
@@ -76,19 +76,27 @@ with_standby! {
     /// The same, for TCP sockets with a layer above TCP only (see `layer`).
     #[raw_tracepoint(tracepoint = "sock_send_length")]
     fn layer_sock_send_length, sb_layer_sock_send_length(ctx: RawTracePointContext) {
-        sock_send_length(&ctx, true)
+        sock_send_length::<_, true>(&ctx)
     }
 }
 
 #[inline(always)]
-pub fn sock_send_length<C: TracepointArgs>(ctx: &C, layered_only: bool) -> u32 {
-    let ret = ctx.arg_u64(1);
+pub fn sock_send_length<C: TracepointArgs, const LAYERED_ONLY: bool>(ctx: &C) -> u32 {
+    // Captured by the closure as little as can be (one reference per variable: one tuple):
+    // 6.1's verifier rounds each frame of the call chain up to 32 bytes, and the raw
+    // program's chain is at its 512-byte limit.
+    let a = (ctx.arg_u64(0), i64::from(ctx.arg_u64(1) as i32));
     model::run(ctx, || {
-        let sock = ctx.sock(0);
-        if layered_only && (sock.protocol()? != IPPROTO_TCP || !layer::layered(&sock)?) {
-            return Ok(());
+        if LAYERED_ONLY {
+            let sock = Sock::new(a.0);
+            if sock.protocol()? != IPPROTO_TCP || !layer::layered(&sock)? {
+                return Ok(());
+            }
         }
-        model::send_end(sock, i64::from(ret as i32))
+        match ctx.typed_sock(0) {
+            Some(sock) => model::send_end(sock, a.1),
+            None => model::send_end(Sock::new(a.0), a.1),
+        }
     })
 }
 
@@ -123,8 +131,11 @@ with_standby! {
 
 #[inline(always)]
 pub fn tcp_probe<C: TracepointArgs>(ctx: &C) -> u32 {
-    let skb = ctx.arg_u64(1);
-    model::run(ctx, || model::ack(ctx.sock(0), skb))
+    let a = (ctx.arg_u64(0), ctx.arg_u64(1));
+    model::run(ctx, || match ctx.typed_sock(0) {
+        Some(sock) => model::ack(sock, a.1),
+        None => model::ack(Sock::new(a.0), a.1),
+    })
 }
 
 with_standby! {
@@ -137,9 +148,15 @@ with_standby! {
 
 #[inline(always)]
 pub fn sock_recv_length<C: TracepointArgs>(ctx: &C) -> u32 {
-    let (ret, flags) = (ctx.arg_u64(1), ctx.arg_u64(2));
-    model::run(ctx, || {
-        recv::recv_end(ctx.sock(0), i64::from(ret as i32), flags as u32)
+    // One tuple: the closure captures each variable by reference (see sock_send_length).
+    let a = (
+        ctx.arg_u64(0),
+        i64::from(ctx.arg_u64(1) as i32),
+        ctx.arg_u64(2) as u32,
+    );
+    model::run(ctx, || match ctx.typed_sock(0) {
+        Some(sock) => recv::recv_end(sock, a.1, a.2),
+        None => recv::recv_end(Sock::new(a.0), a.1, a.2),
     })
 }
 

@@ -294,20 +294,23 @@ fn precheck(mode: AttachMode, level: Level) -> Result<(), String> {
         AttachMode::Kprobe if !Path::new("/sys/bus/event_source/devices/kprobe").exists() => {
             Err("the kernel has no kprobe PMU (CONFIG_KPROBES is off)".to_owned())
         }
-        _ => {
-            for h in mode.hooks(level) {
-                if let Kind::RawTracepoint { category } | Kind::BtfTracepoint { category } = h.kind
-                    && !preflight::has_tracepoint(category, h.target)
-                {
-                    return Err(format!(
-                        "the kernel has no tracepoint {category}/{}",
-                        h.target
-                    ));
-                }
-            }
-            Ok(())
-        }
+        _ => missing_tracepoint(mode, level).map_or(Ok(()), Err),
     }
+}
+
+/// The first tracepoint `mode` hooks at `level` that the kernel lacks, said as the reason.
+fn missing_tracepoint(mode: AttachMode, level: Level) -> Option<String> {
+    mode.hooks(level).find_map(|h| match h.kind {
+        Kind::RawTracepoint { category } | Kind::BtfTracepoint { category }
+            if !preflight::has_tracepoint(category, h.target) =>
+        {
+            Some(format!(
+                "the kernel has no tracepoint {category}/{}",
+                h.target
+            ))
+        }
+        _ => None,
+    })
 }
 
 /// The one line that matters of a load or attach failure.
@@ -505,10 +508,17 @@ pub fn check_all(ebpf: &mut Ebpf, standby: bool) -> Vec<BackendCheck> {
     ]
     .into_iter()
     .map(|mode| {
-        let verified = mode
-            .all_hooks()
-            .chain(mode.layer_hooks(true))
-            .try_for_each(|h| load_and_attach(ebpf, h, plan, btf.as_ref(), true));
+        // Where a hook is missing the backend can never attach, and that is the reason: its
+        // programs are not verified (a BTF-typed one has no types to be verified against; a
+        // raw one would be judged by a verifier that never runs it, 6.1's, whose 512-byte
+        // stack rule the raw tracepoint programs' call chains exceed).
+        let verified = match missing_tracepoint(mode, plan.level) {
+            Some(why) => Err(why),
+            None => mode
+                .all_hooks()
+                .chain(mode.layer_hooks(true))
+                .try_for_each(|h| load_and_attach(ebpf, h, plan, btf.as_ref(), true)),
+        };
         unload(ebpf, mode);
         let attached = verified
             .clone()

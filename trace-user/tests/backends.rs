@@ -83,7 +83,8 @@ fn explicit_backends_that_cannot_attach_exit_2_with_the_reason() {
         assert_eq!(out.status.code(), Some(2), "--attach {mode}: {stderr}");
         assert!(
             stderr.contains(b["why"].as_str().unwrap()),
-            "--attach {mode} gives check's reason: {stderr}"
+            "--attach {mode} gives check's reason ({}): {stderr}",
+            b["why"]
         );
         assert_eq!(stderr.lines().count(), 1);
     }
