@@ -47,6 +47,21 @@ impl TracepointArgs for BtfTracePointContext {
     }
 }
 
+/// `$call` with `$sock` bound to the hook's socket argument `$n` (`$sk`, its raw value):
+/// read by direct loads where the hook is typed and the socket is TCP, by probe reads
+/// otherwise (a closure cannot be generic over the two, so the call is written twice).
+macro_rules! with_sock {
+    ($ctx:expr, $n:expr, $sk:expr, |$sock:ident| $call:expr) => {
+        match $ctx.typed_sock($n) {
+            Some($sock) => $call,
+            None => {
+                let $sock = Sock::new($sk);
+                $call
+            }
+        }
+    };
+}
+
 with_standby! {
     /// `tcp_sendmsg_locked(sk, msg, skb, size_goal)`: each pass of the TCP copy loop.
     #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
@@ -58,9 +73,8 @@ with_standby! {
 #[inline(always)]
 pub fn tcp_sendmsg_locked<C: TracepointArgs>(ctx: &C) -> u32 {
     let a = (ctx.arg_u64(0), ctx.arg_u64(1));
-    model::run(ctx, || match ctx.typed_sock(0) {
-        Some(sock) => model::send_begin(sock, a.1),
-        None => model::send_begin(Sock::new(a.0), a.1),
+    model::run(ctx, || {
+        with_sock!(ctx, 0, a.0, |sock| model::send_begin(sock, a.1))
     })
 }
 
@@ -93,10 +107,7 @@ pub fn sock_send_length<C: TracepointArgs, const LAYERED_ONLY: bool>(ctx: &C) ->
                 return Ok(());
             }
         }
-        match ctx.typed_sock(0) {
-            Some(sock) => model::send_end(sock, a.1),
-            None => model::send_end(Sock::new(a.0), a.1),
-        }
+        with_sock!(ctx, 0, a.0, |sock| model::send_end(sock, a.1))
     })
 }
 
@@ -132,9 +143,8 @@ with_standby! {
 #[inline(always)]
 pub fn tcp_probe<C: TracepointArgs>(ctx: &C) -> u32 {
     let a = (ctx.arg_u64(0), ctx.arg_u64(1));
-    model::run(ctx, || match ctx.typed_sock(0) {
-        Some(sock) => model::ack(sock, a.1),
-        None => model::ack(Sock::new(a.0), a.1),
+    model::run(ctx, || {
+        with_sock!(ctx, 0, a.0, |sock| model::ack(sock, a.1))
     })
 }
 
@@ -154,9 +164,8 @@ pub fn sock_recv_length<C: TracepointArgs>(ctx: &C) -> u32 {
         i64::from(ctx.arg_u64(1) as i32),
         ctx.arg_u64(2) as u32,
     );
-    model::run(ctx, || match ctx.typed_sock(0) {
-        Some(sock) => recv::recv_end(sock, a.1, a.2),
-        None => recv::recv_end(Sock::new(a.0), a.1, a.2),
+    model::run(ctx, || {
+        with_sock!(ctx, 0, a.0, |sock| recv::recv_end(sock, a.1, a.2))
     })
 }
 
