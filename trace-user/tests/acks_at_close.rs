@@ -115,13 +115,14 @@ fn writes_then_close_are_all_acked() {
     eprintln!("close: {by_state} writes settled by the state");
 }
 
-/// Whether `ss` lists a TCP socket on local port `port` in `state` (a time-wait socket shows
-/// its substate: `fin-wait-2` before the peer's FIN, `time-wait` after).
-fn ss_has(state: &str, port: u16) -> bool {
+/// `ss`'s line for the TCP socket on local port `port` in `state`, with its timer (`-o`): a
+/// time-wait socket shows its substate (`fin-wait-2` before the peer's FIN, `time-wait`
+/// after) and the timer `timewait`; an orphaned full socket its own timer.
+fn ss_line(state: &str, port: u16) -> String {
     let out = std::process::Command::new("ss")
         .args([
             "-H",
-            "-tan",
+            "-tano",
             "state",
             state,
             "sport",
@@ -130,32 +131,41 @@ fn ss_has(state: &str, port: u16) -> bool {
         ])
         .output()
         .expect("run ss");
-    !out.stdout.is_empty()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The peer's FIN reaching a socket that `close()` orphaned: the socket turned time-wait as
-/// soon as its own FIN was acked, before the peer's FIN (which then reaches the time-wait
-/// socket, where the function backends hook and no tracepoint runs: docs/limits.md).
-/// Streamed as `fin_in` after the peer's 777 bytes, and counted in `--summary --full`.
+/// The peer's FIN reaching a socket that `close()` orphaned after it had turned time-wait,
+/// where the function backends hook and no tracepoint runs (docs/limits.md). Streamed as
+/// `fin_in` after the peer's 777 bytes, and counted in `--summary --full`.
+///
+/// `shutdown(SHUT_WR)` first, so that `close()` finds the socket in FIN_WAIT2 and turns it
+/// time-wait at once: after a bare `close()` the ACK of its FIN can reach the socket while
+/// `close()` still holds its lock, and the kernel then keeps the full socket in FIN_WAIT2,
+/// where the peer's FIN is an ordinary one (seen on 6.12).
 #[test]
 fn fin_reaching_an_orphaned_socket_in_time_wait() {
     const REPLY: usize = 777;
+    const FIN_WAIT2: u8 = 5;
     let pid = std::process::id().to_string();
     let run = || {
         let (mut c, mut s) = tcp_pair();
         let (ino, port) = (ino(&c), c.local_addr().unwrap().port());
         s.write_all(&[1u8; REPLY]).expect("reply");
         c.read_exact(&mut [0u8; REPLY]).expect("read the reply");
-        drop(c); // its FIN; the ACK of it turns the socket time-wait
+        c.shutdown(Shutdown::Write).expect("shutdown");
         assert_eq!(s.read(&mut [0u8; 16]).expect("read"), 0, "the client's FIN");
-        wait_until(
-            Duration::from_secs(5),
-            "the client time-wait in FIN_WAIT2",
-            || ss_has("fin-wait-2", port),
+        wait_until(Duration::from_secs(5), "the client in FIN_WAIT2", || {
+            tcp_info(&c).tcpi_state == FIN_WAIT2
+        });
+        drop(c); // orphaned, and time-wait at once
+        let line = ss_line("fin-wait-2", port);
+        assert!(
+            line.contains("timewait"),
+            "the client is a time-wait socket: {line:?}"
         );
         drop(s); // the server's FIN, to the time-wait socket
         wait_until(Duration::from_secs(5), "the client in TIME_WAIT", || {
-            ss_has("time-wait", port)
+            !ss_line("time-wait", port).is_empty()
         });
         ino
     };
