@@ -20,7 +20,9 @@ pub mod maps {
     /// Per-CPU counters: events dropped because the ring buffer was full, and the others
     /// of [`crate::counters`].
     pub const LOST: &str = "LOST";
-    /// Send calls in progress, keyed by thread id.
+    /// Send calls in progress, by thread id modulo [`crate::INFLIGHT_ENTRIES`].
+    pub const INFLIGHT_SLOTS: &str = "INFLIGHT_SLOTS";
+    /// Send calls in progress of threads whose slot another thread holds, keyed by thread id.
     pub const INFLIGHT: &str = "INFLIGHT";
     /// Per-socket tracking state, keyed by `struct sock` address (LRU, bounded).
     pub const SOCKS: &str = "SOCKS";
@@ -223,8 +225,14 @@ pub mod counters {
 /// Entries of [`maps::LOST`].
 pub const COUNTER_SLOTS: u32 = 5;
 
-/// Capacity of [`maps::INFLIGHT`]: one entry per thread inside a send call.
+/// Capacity of [`maps::INFLIGHT_SLOTS`] and [`maps::INFLIGHT`]: one entry per thread inside
+/// a send call.
 pub const INFLIGHT_ENTRIES: u32 = 16_384;
+const _: () = assert!(
+    INFLIGHT_ENTRIES.is_power_of_two(),
+    "slots are chosen by a mask"
+);
+
 /// Capacity of [`maps::SOCKS`]: least recently used sockets are evicted past this.
 pub const SOCKS_ENTRIES: u32 = 65_536;
 /// Capacity of [`maps::TIMEWAIT`]: least recently closed sockets are evicted past this.

@@ -11,7 +11,7 @@ use trace_common::{
 
 use crate::{
     agg, count,
-    kernel::{Fault, read},
+    kernel::{Access, Fault, read},
     maps::{EXITS_MISSED, PIECED, Pieced},
     model::{comm, emit, header},
     syscall,
@@ -28,7 +28,7 @@ static mut PIECED_SEEN: u64 = 0;
 /// `true` with it: `ret` is an error the application will not see (earlier pieces of its
 /// call copied bytes, and the call returns those).
 #[inline(always)]
-pub fn piece(
+pub fn piece<A: Access>(
     id: u64,
     ino: u64,
     start_ns: u64,
@@ -36,7 +36,7 @@ pub fn piece(
     ret: i64,
 ) -> Result<(CallRef, bool), Fault> {
     let call_ns = if start_ns != 0 { start_ns } else { now };
-    let nr = syscall::current_nr()?.unwrap_or(NO_SYSCALL);
+    let nr = A::syscall_nr()?.unwrap_or(NO_SYSCALL);
     if !calls::pieced(nr) {
         return Ok((
             CallRef {

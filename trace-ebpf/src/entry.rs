@@ -6,10 +6,10 @@ use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use trace_common::{SEND_F_REQUESTED, SEND_F_TCP_BYTES, SendQueue};
 
 use crate::{
-    filter,
+    filter, inflight,
     kernel::{self, Fault, IPPROTO_TCP, Sock},
     layer,
-    maps::{INFLIGHT, Inflight},
+    maps::Inflight,
     model::{close_block_of, open_call},
     syscall,
 };
@@ -37,7 +37,7 @@ pub fn send_begin_fd(fd: u64, requested: Option<u64>, flags: u32, extra: u32) ->
         sk,
         msg: 0,
         seq0: sock.write_seq()?,
-        _pad: 0,
+        tid: 0,
         id: 0,
         ino: 0,
         start_ns: unsafe { bpf_ktime_get_ns() },
@@ -84,7 +84,7 @@ pub fn msghdr_requested(msg: u64) -> Option<u64> {
 #[inline(always)]
 pub fn task_wakes(next: u64) -> Result<(), Fault> {
     let tid = kernel::task_tid(next)?;
-    let Some(call) = INFLIGHT.get_ptr_mut(tid) else {
+    let Some(call) = inflight::get(tid) else {
         return Ok(());
     };
     let call = unsafe { &mut *call };

@@ -10,7 +10,7 @@ use trace_common::{COMM_LEN, Filter};
 
 use crate::{
     kernel::{Access, Fault, Sock},
-    maps::SockTrack,
+    maps::{SOCKS, SockTrack},
 };
 
 #[unsafe(no_mangle)]
@@ -60,9 +60,16 @@ fn comm_passes() -> bool {
         return true; // the name is NUL-padded: no first byte, no filter
     }
     // Zeroed first: older kernels' helper (6.1's) copies up to the NUL and leaves the rest,
-    // so the comparison would see stack garbage after the name. Two stores, not a byte loop.
-    let mut comm = [0u64; 2];
-    let ret = unsafe { generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), 16) };
+    // so the comparison would see stack garbage after the name. Two volatile stores: LLVM
+    // made `[0u64; 2]` a call to a byte-loop memset.
+    let mut comm = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    let p = comm.as_mut_ptr().cast::<u64>();
+    unsafe {
+        write_volatile(p, 0);
+        write_volatile(p.add(1), 0);
+    }
+    let ret = unsafe { generated::bpf_get_current_comm(p.cast(), 16) };
+    let comm = unsafe { comm.assume_init() };
     ret == 0 && comm == want
 }
 
@@ -70,6 +77,18 @@ fn comm_passes() -> bool {
 #[inline(always)]
 pub fn task_passes(pid: u32) -> bool {
     pid_cgroup_pass(pid) && comm_passes()
+}
+
+/// [`task_passes`] for a call on socket `sk`, by [`task_passes_on`] when sockbuf tracks it
+/// and a comm filter is set (else there is nothing to save).
+#[inline(always)]
+pub fn task_passes_at(sk: u64, pid_tgid: u64) -> bool {
+    if comm_filter()[0] != 0
+        && let Some(track) = SOCKS.get_ptr_mut(sk)
+    {
+        return task_passes_on(track, pid_tgid);
+    }
+    task_passes((pid_tgid >> 32) as u32)
 }
 
 /// [`task_passes`] for a call on a tracked socket. Reading the task's name costs more than

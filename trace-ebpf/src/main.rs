@@ -14,6 +14,7 @@ mod count;
 mod entry;
 mod fentry;
 mod filter;
+mod inflight;
 mod kernel;
 mod kprobe;
 mod layer;

@@ -41,7 +41,8 @@ pub struct Inflight {
     pub msg: u64,
     /// Without a msghdr: `write_seq` at entry, to tell how much of the call was copied.
     pub seq0: u32,
-    pub _pad: u32,
+    /// The thread whose call it is; 0 in a free slot of [`INFLIGHT_SLOTS`].
+    pub tid: u32,
     /// The socket's `sock_id` and inode, read once when the call opens (they cannot change
     /// during it).
     pub id: u64,
@@ -56,6 +57,11 @@ pub struct Inflight {
     pub block_queue: SendQueue,
 }
 
+/// Open calls by thread id modulo its size (see `inflight`).
+#[map]
+pub static INFLIGHT_SLOTS: Array<Inflight> = Array::with_max_entries(INFLIGHT_ENTRIES, 0);
+
+/// Open calls of threads whose slot in [`INFLIGHT_SLOTS`] another thread holds.
 #[map]
 pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
 

@@ -16,10 +16,10 @@ use trace_common::{
 };
 
 use crate::{
-    agg, calls, count, filter,
+    agg, calls, count, filter, inflight,
     kernel::{self, Access, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
     life,
-    maps::{EVENTS, INFLIGHT, Inflight, LOST_EVENTS, NEXT_ID, READ_ERRORS, SOCKS, SockTrack},
+    maps::{EVENTS, Inflight, LOST_EVENTS, NEXT_ID, READ_ERRORS, SOCKS, SockTrack},
     syscall, udp,
 };
 
@@ -113,7 +113,7 @@ pub fn send_begin<A: Access>(sock: Sock<A>, msg: u64) -> Result<(), Fault> {
     let sk = sock.ptr;
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    if let Some(call) = INFLIGHT.get_ptr_mut(tid) {
+    if let Some(call) = inflight::get(tid) {
         let call = unsafe { &mut *call };
         if call.sk == sk {
             // A later pass: the thread is back from waiting for space.
@@ -121,22 +121,23 @@ pub fn send_begin<A: Access>(sock: Sock<A>, msg: u64) -> Result<(), Fault> {
             return Ok(());
         }
     }
-    if !filter::task_passes((pid_tgid >> 32) as u32) {
+    if !filter::task_passes_at(sk, pid_tgid) {
         return Ok(());
     }
     if !filter::sock_passes(&sock)? {
         return Ok(());
     }
+    let (requested, msg_flags) = A::msg_left_flags(msg)?;
     let call = Inflight {
         sk,
         msg,
         seq0: 0,
-        _pad: 0,
+        tid: 0,
         id: 0,
         ino: 0,
         start_ns: unsafe { bpf_ktime_get_ns() },
-        requested: kernel::msg_left(msg)?,
-        msg_flags: kernel::msg_flags(msg)?,
+        requested,
+        msg_flags,
         flags: SEND_F_REQUESTED,
         block_start: 0,
         block_left: 0,
@@ -151,9 +152,7 @@ pub fn open_call<A: Access>(sock: &Sock<A>, tid: u32, mut call: Inflight) -> Res
     // The inode check in sock_track catches a struct sock reused by a new socket.
     let track = unsafe { &mut *sock_track(sock, sock.ino()?, IPPROTO_TCP)? };
     (call.id, call.ino) = (track.id, track.ino);
-    INFLIGHT
-        .insert(tid, call, 0)
-        .map_err(|_| Fault::InflightFull)?;
+    inflight::insert(tid, call)?;
     // While the call copies, every ACK counts (on loopback it can come back before the
     // return).
     track.write_end = u64::MAX;
@@ -170,7 +169,7 @@ pub fn open_call<A: Access>(sock: &Sock<A>, tid: u32, mut call: Inflight) -> Res
 #[inline(always)]
 pub fn block_begin() -> Result<(), Fault> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = INFLIGHT.get_ptr_mut(pid_tgid as u32) else {
+    let Some(call) = inflight::get(pid_tgid as u32) else {
         return Ok(());
     };
     let call = unsafe { &mut *call };
@@ -231,7 +230,7 @@ pub fn wait_for_memory(timeo_p: u64) -> Result<(), Fault> {
 #[inline(always)]
 pub fn block_end() -> Result<(), Fault> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some(call) = INFLIGHT.get_ptr_mut(pid_tgid as u32) {
+    if let Some(call) = inflight::get(pid_tgid as u32) {
         close_block(unsafe { &mut *call }, pid_tgid, unsafe {
             bpf_ktime_get_ns()
         });
@@ -244,13 +243,13 @@ pub fn block_end() -> Result<(), Fault> {
 #[inline(always)]
 pub fn send_return(ret: i64) -> Result<(), Fault> {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(call) = (unsafe { INFLIGHT.get(tid) }) else {
+    let Some(call) = inflight::get(tid).map(|c| unsafe { &*c }) else {
         return Ok(());
     };
     let sk = call.sk;
     if agg::counts_only() {
         // send_end may count the call without looking for it.
-        let _ = INFLIGHT.remove(tid);
+        inflight::remove(tid);
     }
     send_end(Sock::new(sk), ret)
 }
@@ -284,14 +283,14 @@ pub fn send_end<A: Access>(sock: Sock<A>, ret: i64) -> Result<(), Fault> {
         && filter::task_passes_on(track, pid_tgid)
     {
         let track = unsafe { &*track };
-        let p = calls::piece(track.id, track.ino, 0, now, ret)?;
+        let p = calls::piece::<A>(track.id, track.ino, 0, now, ret)?;
         if agg::send(&sock, track, pid_tgid, 0, 0, ret, p)? {
             return Ok(());
         }
         piece = Some(p);
     }
     let tid = pid_tgid as u32;
-    let (start_ns, requested, msg_flags, flags, ino, seq0) = match INFLIGHT.get_ptr_mut(tid) {
+    let (start_ns, requested, msg_flags, flags, ino, seq0) = match inflight::get(tid) {
         Some(call) if unsafe { (*call).sk } == sk => {
             let call = unsafe { &mut *call };
             close_block(call, pid_tgid, now);
@@ -303,7 +302,7 @@ pub fn send_end<A: Access>(sock: Sock<A>, ret: i64) -> Result<(), Fault> {
                 call.ino,
                 call.seq0,
             );
-            let _ = INFLIGHT.remove(tid);
+            inflight::remove(tid);
             r
         }
         // The call failed before the copy loop (or is not TCP): filter it here.
@@ -311,7 +310,7 @@ pub fn send_end<A: Access>(sock: Sock<A>, ret: i64) -> Result<(), Fault> {
             // A thread is in one sendmsg at a time: an entry for another socket was left by
             // a path without a matching return (kTLS, KCM); drop it so it cannot leak.
             if other.is_some() {
-                let _ = INFLIGHT.remove(tid);
+                inflight::remove(tid);
             }
             if !filter::task_passes((pid_tgid >> 32) as u32) {
                 return Ok(());
@@ -334,7 +333,7 @@ pub fn send_end<A: Access>(sock: Sock<A>, ret: i64) -> Result<(), Fault> {
     let track = unsafe { &mut *sock_track(&sock, ino, IPPROTO_TCP)? };
     let (call, unseen) = match piece {
         Some(p) => p,
-        None => calls::piece(track.id, track.ino, start_ns, now, ret)?,
+        None => calls::piece::<A>(track.id, track.ino, start_ns, now, ret)?,
     };
     // A call the summary cannot count (no room for its socket) streams as an event.
     if agg::takes(ret)

@@ -40,7 +40,7 @@ pub fn recv_end<A: Access>(sock: Sock<A>, ret: i64, msg_flags: u32) -> Result<()
     let queue = sock.recv_queue(proto == IPPROTO_TCP)?;
     let (addrs, id, ino) = (track.addrs, track.id, track.ino);
     let now = unsafe { bpf_ktime_get_ns() };
-    let (call, unseen) = calls::piece(id, ino, 0, now, ret)?;
+    let (call, unseen) = calls::piece::<A>(id, ino, 0, now, ret)?;
     emit(|e: &mut RecvEvent| {
         e.hdr = header(EventKind::Recv, pid_tgid, id, ino, now);
         e.comm = comm();

@@ -37,15 +37,17 @@ pub fn arg(regs: u64, n: usize) -> u64 {
     read::<u64>(regs, off).unwrap_or(0)
 }
 
+/// A 64-bit user task's code segment, in its saved registers.
+pub const USER_CS: u64 = 0x33;
+/// An io_uring worker's registers are a copy of those of the syscall that created it.
+pub const PF_IO_WORKER: u32 = 0x10;
+
 /// The current task's user registers and syscall number; `None` in an io_uring worker or
 /// a kernel thread, or where they are not where x86_64 keeps them.
 #[inline(always)]
 fn user_regs() -> Result<Option<(u64, u64)>, Fault> {
     const PT_REGS_SIZE: u64 = 21 * 8;
-    const USER_CS: u64 = 0x33;
     let task = unsafe { bpf_get_current_task() };
-    // An io_uring worker's registers are a copy of those of the syscall that created it.
-    const PF_IO_WORKER: u32 = 0x10;
     if kernel::task_flags(task)? & PF_IO_WORKER != 0 {
         return Ok(None);
     }

@@ -39,7 +39,7 @@ fn emit_udp<A: Access>(
     let now = unsafe { bpf_ktime_get_ns() };
     // A send call is (a piece of) the application's call; a datagram leaving is not one.
     let (call, unseen) = if kind == EventKind::UdpSend {
-        calls::piece(track.id, track.ino, 0, now, ret)?
+        calls::piece::<kernel::Probe>(track.id, track.ino, 0, now, ret)?
     } else {
         (CallRef::default(), false)
     };
