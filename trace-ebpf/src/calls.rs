@@ -24,7 +24,9 @@ use crate::{
 static mut PIECED_SEEN: u64 = 0;
 
 /// The application call a kernel send of the current thread belongs to: the send started at
-/// `start_ns` (0: unseen, the return `now` stands in), returned `ret`, on socket `id`/`ino`.
+/// `start_ns` (0: unseen, the return `now` stands in; both 0: the clock is read only when
+/// the call is pieced, else `call_ns` stays 0 for the caller to fill), returned `ret`, on
+/// socket `id`/`ino`.
 /// `true` with it: `ret` is an error the application will not see (earlier pieces of its
 /// call copied bytes, and the call returns those).
 #[inline(always)]
@@ -35,7 +37,7 @@ pub fn piece<A: Access>(
     now: u64,
     ret: i64,
 ) -> Result<(CallRef, bool), Fault> {
-    let call_ns = if start_ns != 0 { start_ns } else { now };
+    let mut call_ns = if start_ns != 0 { start_ns } else { now };
     let nr = A::syscall_nr()?.unwrap_or(NO_SYSCALL);
     if !calls::pieced(nr) {
         return Ok((
@@ -46,6 +48,9 @@ pub fn piece<A: Access>(
             },
             false,
         ));
+    }
+    if call_ns == 0 {
+        call_ns = unsafe { bpf_ktime_get_ns() }; // `now` was left to us (see `send_end`)
     }
     let tid = bpf_get_current_pid_tgid() as u32;
     let copied = ret.max(0) as u64;

@@ -275,19 +275,25 @@ pub fn close_block_of(call: &mut Inflight, pid_tgid: u64, comm: [u8; COMM_LEN], 
 pub fn send_end<A: Access>(sock: Sock<A>, ret: i64) -> Result<(), Fault> {
     let sk = sock.ptr;
     let pid_tgid = bpf_get_current_pid_tgid();
-    let now = unsafe { bpf_ktime_get_ns() };
     // `--summary` without `--full`, on a socket it already counts: nothing else to look up
-    // (no call was opened: that hook is not attached, or its return took the call off).
+    // (no call was opened: that hook is not attached, or its return took the call off), and
+    // no clock read unless the call is pieced.
     let mut piece = None;
     if let Some(track) = agg::counted_sock(sk, ret)
         && filter::task_passes_on(track, pid_tgid)
     {
         let track = unsafe { &*track };
-        let p = calls::piece::<A>(track.id, track.ino, 0, now, ret)?;
+        let p = calls::piece::<A>(track.id, track.ino, 0, 0, ret)?;
         if agg::send(&sock, track, pid_tgid, 0, 0, ret, p)? {
             return Ok(());
         }
         piece = Some(p);
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some((call, _)) = piece.as_mut()
+        && call.call_ns == 0
+    {
+        call.call_ns = now;
     }
     let tid = pid_tgid as u32;
     let (start_ns, requested, msg_flags, flags, ino, seq0) = match inflight::get(tid) {

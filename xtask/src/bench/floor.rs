@@ -9,11 +9,13 @@ use object::{
     write::{Object, Symbol, SymbolSection},
 };
 
-/// The raw tracepoints `sockbuf trace --summary` runs at every call: each call's return.
-pub const SUMMARY_HOOKS: &[&str] = &["sock_send_length", "sock_recv_length"];
+/// The raw tracepoints `sockbuf trace --summary` runs at every call: each call's return, and
+/// every syscall's exit (where a `sendfile()`, `splice()` or `sendmmsg()` ends, whose kernel
+/// sends are pieces of one call: sockbuf attaches it in every mode).
+pub const SUMMARY_HOOKS: &[&str] = &["sock_send_length", "sock_recv_length", "sys_exit"];
 
 /// Those streaming (and `--summary --full`) runs per call on this kernel: the copy loop,
-/// the return, the sleep, each segment received and each packet sent.
+/// the return, the sleep, each segment received, each packet sent and each syscall's exit.
 pub const STREAM_HOOKS: &[&str] = &[
     "tcp_sendmsg_locked",
     "sock_send_length",
@@ -21,6 +23,7 @@ pub const STREAM_HOOKS: &[&str] = &[
     "sched_switch",
     "tcp_probe",
     "net_dev_queue",
+    "sys_exit",
 ];
 
 /// The program on `hook` (bpftool shows its first 15 bytes).
