@@ -290,11 +290,6 @@ pub fn send_end<A: Access>(sock: Sock<A>, ret: i64) -> Result<(), Fault> {
         piece = Some(p);
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some((call, _)) = piece.as_mut()
-        && call.call_ns == 0
-    {
-        call.call_ns = now;
-    }
     let tid = pid_tgid as u32;
     let (start_ns, requested, msg_flags, flags, ino, seq0) = match inflight::get(tid) {
         Some(call) if unsafe { (*call).sk } == sk => {
@@ -338,7 +333,12 @@ pub fn send_end<A: Access>(sock: Sock<A>, ret: i64) -> Result<(), Fault> {
     };
     let track = unsafe { &mut *sock_track(&sock, ino, IPPROTO_TCP)? };
     let (call, unseen) = match piece {
-        Some(p) => p,
+        Some((mut c, unseen)) => {
+            if c.call_ns == 0 {
+                c.call_ns = now; // left unread by the counting path
+            }
+            (c, unseen)
+        }
         None => calls::piece::<A>(track.id, track.ino, start_ns, now, ret)?,
     };
     // A call the summary cannot count (no room for its socket) streams as an event.

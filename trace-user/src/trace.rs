@@ -230,7 +230,7 @@ pub fn finish(session: &Session, printer: &mut Printer, t0: u64) -> anyhow::Resu
     t.duration_ns = monotonic_ns() - t0;
     if t.lost > 0 {
         log::warn!(
-            "{} events lost: the ring buffer was full (try a larger --ring-size)",
+            "{} events lost: the ring buffer was full (try a larger --ring-size, or give sockbuf CPU beside a busy workload: nice -n -10 sockbuf ...)",
             t.lost
         );
     }
