@@ -89,3 +89,39 @@ fn explicit_backends_that_cannot_attach_exit_2_with_the_reason() {
         assert_eq!(stderr.lines().count(), 1);
     }
 }
+
+/// The loader sets read-only globals before load (the output, the filters) and the verifier
+/// prunes each program by them: a backend that attaches must load in every output, not only
+/// in `check`'s. A rejection by the verifier (EACCES) is never a kernel's missing hook, on
+/// any backend (a raw program reading an `Option`'s absent payload was refused on 6.18 with
+/// `R8 !read_ok`, in streaming only).
+#[test]
+fn every_attaching_backend_loads_in_every_output() {
+    let pid = std::process::id().to_string();
+    // The kernel matrix runs the whole suite in each mode, every output among it: there the
+    // loads below would only repeat it.
+    let matrix = std::env::var_os("SOCKBUF_ATTACH").is_some();
+    for b in check() {
+        let why = b["why"].as_str().unwrap_or("");
+        assert!(
+            !why.contains("os error 13"),
+            "the verifier refused a program: {b}"
+        );
+        if b["attached"] != true || matrix {
+            continue;
+        }
+        let mode = b["attach"].as_str().unwrap();
+        for extra in [&[][..], &["--summary"], &["--summary", "--full"]] {
+            let out = Command::new(SOCKBUF)
+                .args(["trace", "--attach", mode, "--json", "-d", "1s", "-p", &pid])
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "--attach {mode} {extra:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

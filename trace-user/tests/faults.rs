@@ -263,8 +263,10 @@ fn held_netns(pid: u32) -> (u64, u64) {
         .expect("sockbuf holds its namespace by a file descriptor")
 }
 
-/// Sends SIGINT, as Ctrl-C would, and waits for the exit: at once (2 s), not when the
-/// experiment would have ended; the namespace goes with the process.
+/// Sends SIGINT, as Ctrl-C would, and waits for the exit: at once (10 s), not when the
+/// experiment would have ended (a minute on); the namespace goes with the process. Not 2 s:
+/// under emulation, detaching the programs and ending the session once took longer (6.12,
+/// fentry).
 fn interrupt(child: &mut std::process::Child, ns: (u64, u64)) -> std::process::ExitStatus {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let t0 = std::time::Instant::now();
@@ -273,8 +275,8 @@ fn interrupt(child: &mut std::process::Child, ns: (u64, u64)) -> std::process::E
             break s;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(2),
-            "sockbuf still running 2 s after Ctrl-C"
+            t0.elapsed() < Duration::from_secs(10),
+            "sockbuf still running 10 s after Ctrl-C"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
