@@ -8,17 +8,19 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-fn check() -> Vec<Value> {
-    let out = Command::new(SOCKBUF)
-        .args(["check", "--json"])
-        .output()
-        .unwrap();
+/// Runs sockbuf with `args`, which must succeed; its stdout.
+fn sockbuf_ok(args: &[&str]) -> Vec<u8> {
+    let out = Command::new(SOCKBUF).args(args).output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "sockbuf {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
+    out.stdout
+}
+
+fn check() -> Vec<Value> {
+    String::from_utf8(sockbuf_ok(&["check", "--json"]))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -113,16 +115,8 @@ fn every_attaching_backend_loads_in_every_output() {
         }
         let mode = b["attach"].as_str().unwrap();
         for extra in [&[][..], &["--summary"], &["--summary", "--full"]] {
-            let out = Command::new(SOCKBUF)
-                .args(["trace", "--attach", mode, "--json", "-d", "1s", "-p", &pid])
-                .args(extra)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "--attach {mode} {extra:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let base = ["trace", "--attach", mode, "--json", "-d", "1s", "-p", &pid];
+            sockbuf_ok(&[&base[..], extra].concat());
         }
     }
 }
