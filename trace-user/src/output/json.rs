@@ -13,6 +13,7 @@ use trace_common::{
 use super::{
     Gather, Output, SockNames, Totals,
     json_sock::{self, Common, Outcome, Who},
+    line,
 };
 use crate::{
     acks::AckedWrite,
@@ -33,8 +34,10 @@ impl JsonOutput {
     }
 
     fn line(&mut self, v: &impl Serialize) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.out, v)?;
-        self.out.write_all(b"\n")
+        let buf = self.out.buf();
+        line::write(buf, v)?;
+        buf.push(b'\n');
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod json;
 mod json_sock;
+mod line;
 mod text;
 mod text_sock;
 
@@ -127,7 +128,7 @@ pub trait Output {
 
 /// Text or JSON, chosen at run time; `header`: the text column header (not for summaries).
 /// Output gathered in memory and handed to the real writer at each flush, or once an event
-/// leaves 64 KiB or more. An event's line is written in many small pieces (serde_json,
+/// leaves a [`CHUNK`] or more. An event's line is written in many small pieces ([`line`],
 /// `write!`): into a Vec each is a plain copy, where through `dyn Write` each was a call into
 /// the buffered writer (a third of the consumer's time, measured with `sockbuf replay`).
 pub struct Gather {
@@ -135,7 +136,10 @@ pub struct Gather {
     buf: Vec<u8>,
 }
 
-const CHUNK: usize = 1 << 16;
+/// What [`Gather`] hands over at a time (at most: a ring buffer's batch ends sooner). Large
+/// writes let the page cache use large folios: into a file on ext4, 1 MiB chunks made JSON
+/// output a fifth faster than 64 KiB ones (`sockbuf replay`, 0.83 → 1.0 M events/s).
+pub const CHUNK: usize = 1 << 20;
 
 impl Gather {
     pub fn new(inner: Box<dyn Write>) -> Self {
@@ -151,6 +155,11 @@ impl Gather {
             self.hand_over()?;
         }
         Ok(())
+    }
+
+    /// The buffer itself, for writers that append to a `Vec` faster than through `Write`.
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
     }
 
     fn hand_over(&mut self) -> std::io::Result<()> {
