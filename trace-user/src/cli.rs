@@ -37,6 +37,22 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Trace(TraceArgs),
 
+    /// A live per-socket view, refreshed each interval: queues (Send-Q, unsent, in flight,
+    /// Recv-Q, send buffer in use), send and receive rates, calls and EAGAINs per second,
+    /// RSTs; with --full also the share of time writers slept on a full send buffer and
+    /// write-to-ACK times. Counts in the kernel as `trace --summary` does: cheap to leave
+    /// open. Only this network namespace's sockets have queue figures (read as `ss` does).
+    ///
+    /// Keys: s / S next / previous sort column, r reverse, / filter (pid, comm or port),
+    /// space freeze, q quit.
+    ///
+    /// Examples:
+    ///   sockbuf top                        # every TCP socket, refreshed each second
+    ///   sockbuf top -p 1234 --full         # one process, with sleeps and ACK times
+    ///   sockbuf top --batch -n 5 --json    # five NDJSON snapshots, then exit
+    #[command(verbatim_doc_comment)]
+    Top(TopArgs),
+
     /// Run the send-buffer fill experiment and trace it: a client writes into a connection
     /// whose peer never reads, until the send buffer is full.
     ///
@@ -307,6 +323,49 @@ pub struct TraceArgs {
     /// Also write every ring-buffer record, as read, to FILE (for `sockbuf replay`).
     #[arg(long, value_name = "FILE", hide = true)]
     pub record: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub tracer: TracerArgs,
+
+    /// Refresh period (e.g. 500ms, 2s).
+    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Also time sleeps on a full send buffer and each write's ACK. Uses every hook
+    /// streaming does, so it costs about as much as streaming.
+    #[arg(long)]
+    pub full: bool,
+
+    /// One snapshot per interval on stdout instead of the screen (the default when stdout
+    /// is not a terminal), like `top -b`.
+    #[arg(short, long)]
+    pub batch: bool,
+
+    /// One JSON object per interval instead of text (implies --batch; fields in
+    /// docs/top.md).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Exit after N refreshes.
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub iterations: Option<u64>,
+
+    /// The column rows are sorted by, largest first.
+    #[arg(long, value_enum, default_value_t = crate::top::SortBy::Send)]
+    pub sort: crate::top::SortBy,
+
+    /// Rows shown at most per refresh (the totals line counts them all).
+    #[arg(long, value_name = "N", default_value_t = 40)]
+    pub rows: usize,
+
+    #[command(flatten)]
+    pub bounds: BoundArgs,
 }
 
 /// What sockbuf keeps per socket, bounded so that it can run for days on a host whose

@@ -37,6 +37,16 @@ impl Log2Hist {
         self.add_buckets(&other.buckets);
     }
 
+    /// The counts added since `earlier`, a copy of this histogram taken before.
+    pub fn minus(&self, earlier: &Log2Hist) -> Log2Hist {
+        let mut d = Log2Hist::default();
+        for (k, (now, then)) in self.buckets.iter().zip(&earlier.buckets).enumerate() {
+            d.buckets[k] = now.saturating_sub(*then);
+        }
+        d.count = d.buckets.iter().sum();
+        d
+    }
+
     /// (low, high, count) of each bucket from the first to the last non-empty one.
     pub fn rows(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
         let first = self.buckets.iter().position(|&c| c > 0).unwrap_or(0);

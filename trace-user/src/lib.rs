@@ -24,5 +24,6 @@ pub mod session;
 pub mod sockio;
 pub mod stop;
 pub mod summary;
+pub mod top;
 pub mod trace;
 pub mod udp;

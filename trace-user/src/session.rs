@@ -37,6 +37,9 @@ pub struct Session {
     tracer: Tracer,
     ring: AsyncFd<RingBuf<MapData>>,
     logger: Option<AsyncFd<Logger>>,
+    /// Below the wake-up threshold the kernel does not wake us; this bounds how long an
+    /// event can wait at low rates.
+    drain_timer: tokio::time::Interval,
     pub stats: SessionStats,
     /// `trace --record`: where every record goes too.
     pub recorder: Option<Recorder>,
@@ -51,10 +54,13 @@ impl Session {
             Some(l) => Some(readable(l).context("polling the eBPF log")?),
             None => None,
         };
+        let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
+        drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Self {
             tracer,
             ring,
             logger,
+            drain_timer,
             stats: SessionStats::default(),
             recorder: None,
         })
@@ -79,28 +85,34 @@ impl Session {
         stop: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         tokio::pin!(stop);
-        // Below the wake-up threshold the kernel does not wake us; this bounds how long an
-        // event can wait at low rates.
-        let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
-        drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = drain_timer.tick() => drain(self.ring.get_mut(), &mut self.stats, &mut self.recorder, handler),
-                guard = self.ring.readable_mut() => {
-                    let mut guard = guard.context("waiting on the ring buffer")?;
-                    // Cleared before draining, so a wake-up during the drain is not lost.
-                    guard.clear_ready();
-                    drain(guard.get_inner_mut(), &mut self.stats, &mut self.recorder, handler);
-                }
-                guard = readable_log(&mut self.logger) => {
-                    let mut guard = guard.context("waiting on the eBPF log")?;
-                    guard.get_inner_mut().flush();
-                    guard.clear_ready();
-                }
+                r = self.step(handler) => r?,
                 () = &mut stop => break,
             }
         }
         self.drain_now(handler);
+        Ok(())
+    }
+
+    /// Waits for the ring buffer (or the drain timer, or the eBPF log) once and hands what
+    /// it holds to `handler`. Cancel-safe, for callers that wait on more than the session
+    /// (`top`'s refresh and keys).
+    pub async fn step<H: EventHandler>(&mut self, handler: &mut H) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = self.drain_timer.tick() => drain(self.ring.get_mut(), &mut self.stats, &mut self.recorder, handler),
+            guard = self.ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                // Cleared before draining, so a wake-up during the drain is not lost.
+                guard.clear_ready();
+                drain(guard.get_inner_mut(), &mut self.stats, &mut self.recorder, handler);
+            }
+            guard = readable_log(&mut self.logger) => {
+                let mut guard = guard.context("waiting on the eBPF log")?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        }
         Ok(())
     }
 

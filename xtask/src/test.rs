@@ -31,6 +31,7 @@ const TEST_PACKAGES: &[&str] = &[
     "curl",
     "strace",
     "iperf3",
+    "tmux",
 ];
 
 /// What the churn tests' names contain (trace-user/tests/churn.rs).
@@ -59,6 +60,7 @@ pub const HOST_ONLY: &[&str] = &[
     "slow_reader",
     "iperf3_",
     "stale_named_namespaces",
+    "top_screen_",
 ];
 
 /// `cargo test --all-features EXTRA -- FILTER --test-threads=1` with `env`, its output passed

@@ -67,6 +67,17 @@ impl KernelCounts {
         Ok(out)
     }
 
+    /// Every socket's counts on every CPU, read and left in place (`top`).
+    pub fn counted(&self) -> anyhow::Result<Vec<(u64, Vec<SockAgg>)>> {
+        self.agg
+            .iter()
+            .map(|e| {
+                let (id, per_cpu) = e.context("reading the AGG map")?;
+                Ok((id, per_cpu.iter().copied().collect()))
+            })
+            .collect()
+    }
+
     /// Sockets counted in the kernel right now.
     pub fn live(&self) -> usize {
         self.agg.keys().count()

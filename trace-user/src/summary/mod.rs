@@ -71,6 +71,8 @@ pub struct Summary {
     pub overflow: Overflow,
     pub acks: AckMatcher,
     pub totals: Totals,
+    /// `top`: rows of sockets closed since the last [`Summary::peek`] (`None`: not kept).
+    recent: Option<Vec<SockSummary>>,
 }
 
 impl Summary {
@@ -84,7 +86,36 @@ impl Summary {
             overflow: Overflow::default(),
             acks: AckMatcher::default(),
             totals: Totals::default(),
+            recent: None,
         }
+    }
+
+    /// `top`: keeps each socket's last row when it closes, until the next [`Summary::peek`].
+    pub fn keep_closed(&mut self) {
+        self.recent = Some(Vec::new());
+    }
+
+    /// `top`: every live socket's counts so far, the kernel's included (read, not taken
+    /// out), and the rows of sockets closed since the last peek.
+    pub fn peek(&mut self) -> anyhow::Result<Vec<SockSummary>> {
+        let mut rows: HashMap<u64, SockSummary> = self.live.clone();
+        if let Some(k) = &self.kernel {
+            for (id, per_cpu) in k.counted()? {
+                let s = rows.entry(id).or_insert_with(|| SockSummary {
+                    sock_id: id,
+                    ..SockSummary::default()
+                });
+                for a in &per_cpu {
+                    if a.addrs.family != 0 {
+                        s.learn(a.ino, a.pid, &a.comm, &a.addrs, a.pid != 0);
+                    }
+                    s.counts.add_counted(a);
+                }
+            }
+        }
+        let mut rows: Vec<SockSummary> = rows.into_values().collect();
+        rows.extend(self.recent.iter_mut().flat_map(std::mem::take));
+        Ok(rows)
     }
 
     /// Live rows now (for tests of the bounds, and `-v`).
@@ -159,6 +190,9 @@ impl Summary {
             self.totals.unacked += add_taken(&mut s, &taken, &mut self.totals);
         }
         s.closed = true;
+        if let Some(r) = &mut self.recent {
+            r.push(s.clone());
+        }
         if tracked {
             self.closed.add(s);
         } else {

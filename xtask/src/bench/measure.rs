@@ -103,6 +103,11 @@ fn start_tracer(
             };
             c
         }
+        Config::SockbufTop => {
+            let mut c = Command::new(sockbuf);
+            c.args(["top", "--batch", "--json", "-c", COMM]);
+            c
+        }
         Config::BpftraceStream | Config::BpftraceHist => {
             let action = if config == Config::BpftraceStream {
                 r#"printf("%d %d\n", tid, args->ret);"#
@@ -211,14 +216,16 @@ pub fn run_once(
             | Config::SockbufStreamRaw
             | Config::SockbufSummary
             | Config::SockbufFull => {
-                let end: Value = text
-                    .lines()
-                    .last()
-                    .map(serde_json::from_str)
-                    .transpose()?
-                    .unwrap_or_default();
+                let end = last_json(&text)?;
                 run.events = Some(end["sends"].as_u64().unwrap_or(0));
                 run.lost = end["lost"].as_u64();
+            }
+            Config::SockbufTop => {
+                // The last refresh's counts (the writes after it are not in any).
+                let last = last_json(&text)?;
+                let rows = last["rows"].as_array().cloned().unwrap_or_default();
+                run.events = Some(rows.iter().filter_map(|r| r["sends"].as_u64()).sum());
+                run.lost = last["lost"].as_u64();
             }
             Config::BpftraceStream => {
                 let lines = text
@@ -232,6 +239,16 @@ pub fn run_once(
         }
     }
     Ok(run)
+}
+
+/// A tracer's last line, as JSON (sockbuf's end object, or `top`'s last refresh).
+fn last_json(text: &str) -> anyhow::Result<Value> {
+    Ok(text
+        .lines()
+        .last()
+        .map(serde_json::from_str)
+        .transpose()?
+        .unwrap_or_default())
 }
 
 /// The workload as `a` asks for it, pinned where the bench pins it.

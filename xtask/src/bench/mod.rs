@@ -66,6 +66,8 @@ pub enum Config {
     SockbufStreamRaw,
     SockbufSummary,
     SockbufFull,
+    /// `sockbuf top --batch`: the summary's counting, read and differenced each second.
+    SockbufTop,
     BpftraceStream,
     BpftraceHist,
 }
@@ -80,6 +82,7 @@ impl Config {
             Self::SockbufStreamRaw => "the same, --attach tracepoint (raw: probe reads)",
             Self::SockbufSummary => "sockbuf trace --summary",
             Self::SockbufFull => "sockbuf trace --summary --full",
+            Self::SockbufTop => "sockbuf top --batch (refreshed each second)",
             Self::BpftraceStream => "bpftrace printf per event (to a file)",
             Self::BpftraceHist => "bpftrace hist() in the kernel",
         }
@@ -140,6 +143,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
             Config::SockbufStreamRaw,
             Config::SockbufSummary,
             Config::SockbufFull,
+            Config::SockbufTop,
             Config::BpftraceStream,
             Config::BpftraceHist,
         ]
