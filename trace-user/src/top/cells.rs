@@ -22,6 +22,12 @@ fn us(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_owned(), human_us)
 }
 
+/// An address as the column shows it: an IPv4-mapped IPv6 address (a dual-stack server's
+/// IPv4 peers) as the IPv4 address it is, to fit.
+fn addr(a: &str) -> String {
+    a.strip_prefix("::ffff:").unwrap_or(a).to_owned()
+}
+
 /// A rate or size in 1024-based units, as `top` shows memory: 950, 12.3K, 4.0M.
 pub fn human(v: f64) -> String {
     const UNITS: [&str; 4] = ["K", "M", "G", "T"];
@@ -50,8 +56,8 @@ fn human_us(v: u64) -> String {
 pub const COLUMNS: &[Column] = &[
     col("PID", 7, Some(SortBy::Pid), |r| r.pid.to_string()),
     col("COMM", 15, None, |r| r.comm.clone()),
-    col("LOCAL", 21, None, |r| r.laddr.clone()),
-    col("REMOTE", 21, None, |r| r.raddr.clone()),
+    col("LOCAL", 21, None, |r| addr(&r.laddr)),
+    col("REMOTE", 21, None, |r| addr(&r.raddr)),
     col("STATE", 11, None, |r| r.state.to_owned()),
     col("SEND-Q", 8, Some(SortBy::SendQ), |r| opt(r.send_q)),
     col("UNSENT", 8, None, |r| opt(r.unsent)),

@@ -112,6 +112,21 @@ impl Rows {
     /// The rows of the interval that ends with refresh `r`.
     pub fn update(&mut self, r: Refresh<'_>) -> Vec<Row> {
         let mut all = r.peeked;
+        // An accepted socket met before `accept()` gave it an inode has another id, and no
+        // inode until a call of its own: found in the table by its addresses.
+        let by_addrs: HashMap<(&str, &str), u64> = r
+            .table
+            .iter()
+            .map(|(&ino, d)| ((d.laddr.as_str(), d.raddr.as_str()), ino))
+            .collect();
+        for s in all
+            .iter_mut()
+            .filter(|s| !r.table.contains_key(&s.ino) && !r.table.contains_key(&s.sock_id))
+        {
+            if let Some(&ino) = by_addrs.get(&(s.laddr.as_str(), s.raddr.as_str())) {
+                s.ino = ino;
+            }
+        }
         let mut covered: HashSet<u64> = all.iter().flat_map(|s| [s.sock_id, s.ino]).collect();
         for (&sock, who) in r.sleepers.into_iter().flatten() {
             if covered.insert(sock) {

@@ -9,7 +9,7 @@ use crossterm::event::{Event, EventStream, KeyCode, KeyEvent, KeyEventKind, KeyM
 use futures_util::StreamExt as _;
 use ratatui::{
     DefaultTerminal, Frame,
-    layout::{Constraint, Layout},
+    layout::{Alignment, Constraint, Layout},
     style::{Modifier, Style},
     text::Line,
     widgets::{Block, Borders, Cell, Paragraph, Row as TableRow, Table, TableState},
@@ -230,10 +230,10 @@ fn table<'a>(rows: &[&'a Row], sort: SortBy) -> Table<'a> {
         } else {
             Style::new().add_modifier(Modifier::BOLD)
         };
-        Cell::from(c.title).style(style)
+        aligned(c, c.title.to_owned()).style(style)
     }));
     let body = rows.iter().map(|r| {
-        let row = TableRow::new(cells::COLUMNS.iter().map(|c| Cell::from(c.cell(r))));
+        let row = TableRow::new(cells::COLUMNS.iter().map(|c| aligned(c, c.cell(r))));
         // A closed socket's row fades out over its last refreshes.
         if r.closed_ago.is_some() {
             row.style(Style::new().add_modifier(Modifier::DIM))
@@ -247,6 +247,16 @@ fn table<'a>(rows: &[&'a Row], sort: SortBy) -> Table<'a> {
     )
     .header(header)
     .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+}
+
+/// A cell as its column aligns it: text left, figures right.
+fn aligned(c: &cells::Column, text: String) -> Cell<'static> {
+    let line = Line::from(text);
+    Cell::from(if c.left() {
+        line
+    } else {
+        line.alignment(Alignment::Right)
+    })
 }
 
 /// One socket: its last refreshes, newest last.
