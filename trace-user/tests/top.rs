@@ -222,8 +222,13 @@ fn top_shows_a_socket_stuck_since_before_it_started_with_its_owner() {
     thread::sleep(Duration::from_millis(200));
     // No call of the writer's ends while top runs: only the socket table knows the socket,
     // and /proc its owner.
-    let mut top = Top::start(&["--port", &port]);
+    let mut top = Top::start(&["--port", &port, "-n", "1"]);
     let v = top.next();
+    let status = top.child.wait().expect("wait sockbuf top");
+    assert!(
+        status.success(),
+        "-n 1: one refresh, then exit 0; got {status}"
+    );
     let r = row(&v, ino(&c)).unwrap_or_else(|| panic!("no row for the stuck socket: {v}"));
     assert_eq!(u(&r["pid"]), u64::from(std::process::id()), "{r}");
     assert_eq!(u(&r["send_q"]), outq(&c), "Send-Q as SIOCOUTQ: {r}");
@@ -237,7 +242,6 @@ fn top_shows_a_socket_stuck_since_before_it_started_with_its_owner() {
     assert_eq!(u(&server["recv_q"]), inq(&s), "Recv-Q as SIOCINQ: {server}");
     c.shutdown(Shutdown::Both).unwrap();
     writer.join().unwrap();
-    top.stop();
 }
 
 /// A tmux session running a command in a terminal of a known size; killed when dropped.
@@ -328,6 +332,12 @@ fn line_of(screen: &str, port: u16) -> Option<usize> {
     })
 }
 
+/// The cells of the row whose local address has `port` (no cell here holds a space).
+fn cells_of(screen: &str, port: u16) -> Option<Vec<String>> {
+    let l = screen.lines().nth(line_of(screen, port)?)?;
+    Some(l.split_whitespace().map(str::to_owned).collect())
+}
+
 /// Whether the row of local port `a` is above that of `b`, both on the screen.
 fn above(screen: &str, a: u16, b: u16) -> bool {
     matches!((line_of(screen, a), line_of(screen, b)), (Some(x), Some(y)) if x < y)
@@ -366,7 +376,7 @@ fn top_screen_sorts_filters_freezes_and_restores_the_terminal() {
     let pid = std::process::id();
     let tmux = Tmux::start(
         "sockbuf_top_test",
-        &format!("{SOCKBUF} top -p {pid} --interval 300ms; echo EXITED $?; sleep 60"),
+        &format!("{SOCKBUF} top -p {pid} --full --interval 300ms; echo EXITED $?; sleep 60"),
     );
     let by_send = tmux.wait("both sockets' rows, the writer's first by SEND/s", |s| {
         s.contains("sort SEND/s") && above(s, cport, sport)
@@ -375,6 +385,26 @@ fn top_screen_sorts_filters_freezes_and_restores_the_terminal() {
         tmux.format("#{alternate_on}"),
         "1",
         "top draws on the alternate screen"
+    );
+    // A writer stuck on a peer that never reads, from now on.
+    let (stuck, _peer) = tcp_pair();
+    let stuck_port = stuck.local_addr().unwrap().port();
+    let stuck_writer = {
+        let stuck = stuck.try_clone().unwrap();
+        thread::spawn(move || drop((&stuck).write_all(&vec![0u8; 64 << 20])))
+    };
+    // The stuck writer: asleep all along, its Send-Q as SIOCOUTQ (within a segment).
+    // Columns: PID COMM LOCAL REMOTE STATE SEND-Q UNSENT INFLIGHT RECV-Q SNDBUF USE% SEND/s
+    // RECV/s CALLS/s EAGAIN/s ASLEEP% …
+    let screen = tmux.wait("the stuck writer asleep", |s| {
+        cells_of(s, stuck_port).is_some_and(|c| c[15].parse::<f64>().is_ok_and(|p| p >= 90.0))
+    });
+    let cells = cells_of(&screen, stuck_port).unwrap();
+    let mss = u64::from(tcp_info(&stuck).tcpi_snd_mss);
+    let (shown, kernel) = (cells[5].parse::<u64>().unwrap(), outq(&stuck));
+    assert!(
+        shown.abs_diff(kernel) <= mss,
+        "Send-Q {shown} on the screen, SIOCOUTQ {kernel}:\n{screen}"
     );
     tmux.keys(&["s"]);
     let by_recv = tmux.wait("the reader's first by RECV/s", |s| {
@@ -423,4 +453,6 @@ fn top_screen_sorts_filters_freezes_and_restores_the_terminal() {
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     reader.join().unwrap();
+    stuck.shutdown(Shutdown::Both).unwrap();
+    stuck_writer.join().unwrap();
 }

@@ -60,11 +60,11 @@ pub const COLUMNS: &[Column] = &[
     col("REMOTE", 21, None, |r| addr(&r.raddr)),
     col("STATE", 11, None, |r| r.state.to_owned()),
     col("SEND-Q", 8, Some(SortBy::SendQ), |r| opt(r.send_q)),
-    col("UNSENT", 8, None, |r| opt(r.unsent)),
-    col("INFLIGHT", 8, None, |r| opt(r.in_flight)),
+    col("UNSENT", 8, Some(SortBy::Unsent), |r| opt(r.unsent)),
+    col("INFLIGHT", 8, Some(SortBy::InFlight), |r| opt(r.in_flight)),
     col("RECV-Q", 8, Some(SortBy::RecvQ), |r| opt(r.recv_q)),
-    col("SNDBUF", 8, None, |r| opt(r.sndbuf)),
-    col("USE%", 4, None, |r| pct(r.sndbuf_used_pct)),
+    col("SNDBUF", 8, Some(SortBy::Sndbuf), |r| opt(r.sndbuf)),
+    col("USE%", 4, Some(SortBy::Use), |r| pct(r.sndbuf_used_pct)),
     col("SEND/s", 7, Some(SortBy::Send), |r| {
         human(r.send_bytes_per_s)
     }),
@@ -76,9 +76,9 @@ pub const COLUMNS: &[Column] = &[
         human(r.eagain_per_s)
     }),
     col("ASLEEP%", 7, Some(SortBy::Asleep), |r| pct(r.asleep_pct)),
-    col("ACK-P50", 7, None, |r| us(r.ack_p50_us)),
+    col("ACK-P50", 7, Some(SortBy::Ack50), |r| us(r.ack_p50_us)),
     col("ACK-P99", 7, Some(SortBy::Ack), |r| us(r.ack_p99_us)),
-    col("RST", 4, None, |r| r.rsts.to_string()),
+    col("RST", 4, Some(SortBy::Rst), |r| r.rsts.to_string()),
 ];
 
 const fn col(

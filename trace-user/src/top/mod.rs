@@ -34,50 +34,55 @@ pub enum SortBy {
     /// Bytes read out of receive buffers per second.
     Recv,
     SendQ,
+    Unsent,
+    InFlight,
     RecvQ,
+    /// `sk_sndbuf`.
+    Sndbuf,
+    /// How full the send buffer is.
+    Use,
     /// Send calls per second.
     Calls,
     Eagain,
     /// Share of the interval asleep on a full send buffer (--full).
     Asleep,
+    /// Write-to-ACK p50 (--full).
+    Ack50,
     /// Write-to-ACK p99 (--full).
     Ack,
+    Rst,
     Pid,
 }
 
 impl SortBy {
-    const ALL: [SortBy; 9] = [
-        SortBy::Send,
-        SortBy::Recv,
-        SortBy::SendQ,
-        SortBy::RecvQ,
-        SortBy::Calls,
-        SortBy::Eagain,
-        SortBy::Asleep,
-        SortBy::Ack,
-        SortBy::Pid,
-    ];
-
     fn key(self, r: &Row) -> f64 {
         let opt = |v: Option<u32>| v.map_or(-1.0, f64::from);
+        let us = |v: Option<u64>| v.map_or(-1.0, |v| v as f64);
         match self {
             SortBy::Send => r.send_bytes_per_s,
             SortBy::Recv => r.recv_bytes_per_s,
             SortBy::SendQ => opt(r.send_q),
+            SortBy::Unsent => opt(r.unsent),
+            SortBy::InFlight => opt(r.in_flight),
             SortBy::RecvQ => opt(r.recv_q),
+            SortBy::Sndbuf => opt(r.sndbuf),
+            SortBy::Use => r.sndbuf_used_pct.unwrap_or(-1.0),
             SortBy::Calls => r.sends_per_s,
             SortBy::Eagain => r.eagain_per_s,
             SortBy::Asleep => r.asleep_pct.unwrap_or(-1.0),
-            SortBy::Ack => r.ack_p99_us.map_or(-1.0, |v| v as f64),
+            SortBy::Ack50 => us(r.ack_p50_us),
+            SortBy::Ack => us(r.ack_p99_us),
+            SortBy::Rst => r.rsts as f64,
             SortBy::Pid => f64::from(r.pid),
         }
     }
 
-    /// The next column (`back`: the previous one), for the screen's sort keys.
+    /// The next sortable column on the screen (`back`: the previous one), for its keys.
     pub fn step(self, back: bool) -> Self {
-        let i = Self::ALL.iter().position(|&s| s == self).unwrap_or(0);
-        let n = Self::ALL.len();
-        Self::ALL[if back { (i + n - 1) % n } else { (i + 1) % n }]
+        let order: Vec<SortBy> = cells::COLUMNS.iter().filter_map(|c| c.sort).collect();
+        let i = order.iter().position(|&s| s == self).unwrap_or(0);
+        let n = order.len();
+        order[if back { (i + n - 1) % n } else { (i + 1) % n }]
     }
 
     /// Sorts `rows` largest first (`reverse`: smallest first); ties by socket id, so that
