@@ -411,6 +411,19 @@ fn top_screen_sorts_filters_freezes_and_restores_the_terminal() {
         s.contains("sort RECV/s") && above(s, sport, cport)
     });
     assert!(by_send.contains("SEND-Q") && by_recv.contains("RECV-Q"));
+    // By time asleep (three columns on): the stuck writer first; its detail shows its sleep
+    // as `trace` prints it.
+    tmux.keys(&["s", "s", "s"]);
+    tmux.wait("the stuck writer first by ASLEEP%", |s| {
+        s.contains("sort ASLEEP%") && above(s, stuck_port, cport)
+    });
+    tmux.keys(&["Down", "Enter"]);
+    tmux.wait("the stuck writer's detail and its sleep", |s| {
+        s.contains("recent refreshes and events")
+            && s.contains(&format!(":{stuck_port} ->"))
+            && s.contains("asleep on a full send buffer")
+    });
+    tmux.keys(&["Escape"]);
     // A filter (here by comm) leaves the rows it matches.
     tmux.keys(&["/"]);
     tmux.keys(&["sbtopwriter", "Enter"]);

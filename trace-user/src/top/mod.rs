@@ -7,6 +7,7 @@ mod batch;
 mod cells;
 mod diag;
 mod owners;
+mod recent;
 mod rows;
 mod screen;
 mod sleeps;
@@ -100,6 +101,8 @@ impl SortBy {
 struct Watch {
     summary: Summary,
     sleeps: Option<sleeps::Sleeps>,
+    /// The screen's detail view: each socket's last events.
+    recent: Option<recent::Recent>,
 }
 
 impl EventHandler for Watch {
@@ -110,6 +113,9 @@ impl EventHandler for Watch {
                 Event::Block(e) => s.ended(e),
                 _ => {}
             }
+        }
+        if let Some(r) = &mut self.recent {
+            r.on_event(ev);
         }
         self.summary.on_event(ev);
     }
@@ -198,6 +204,7 @@ impl Engine {
             watch: Watch {
                 summary,
                 sleeps: args.full.then(|| sleeps::Sleeps::new(now)),
+                recent: None,
             },
             rows: rows::Rows::default(),
             last_ns: now,
@@ -210,6 +217,20 @@ impl Engine {
                 port: args.filter.port,
             },
         })
+    }
+
+    /// Keeps each socket's last events from now on (the screen's detail view).
+    fn keep_recent(&mut self) {
+        self.watch.recent = Some(recent::Recent::new(monotonic_ns()));
+    }
+
+    /// Socket `id`'s last events, as `trace` prints them.
+    fn recent(&self, id: u64) -> Vec<String> {
+        self.watch
+            .recent
+            .as_ref()
+            .map(|r| r.of(id).map(str::to_owned).collect())
+            .unwrap_or_default()
     }
 
     /// Reads the ring buffer until the next refresh is due. Cancel-safe.
@@ -243,6 +264,9 @@ impl Engine {
             secs,
         });
         sort.sort(&mut rows, reverse);
+        if let Some(r) = &mut self.watch.recent {
+            r.keep(&rows.iter().map(|r| r.sock_id).collect());
+        }
         let k = self.session.counters()?;
         Ok(Snapshot {
             kind: "top",

@@ -115,6 +115,7 @@ impl View {
 }
 
 pub async fn run(mut engine: Engine, args: &TopArgs) -> anyhow::Result<()> {
+    engine.keep_recent();
     let mut screen = Screen::new();
     let mut keys = EventStream::new();
     let stop = stop::stop_on(None, std::future::pending());
@@ -133,9 +134,10 @@ pub async fn run(mut engine: Engine, args: &TopArgs) -> anyhow::Result<()> {
     let mut refreshes = 0;
     loop {
         if let Some(s) = &snap {
+            let events = view.detail.map(|id| engine.recent(id)).unwrap_or_default();
             screen
                 .0
-                .draw(|f| draw(f, s, &mut view))
+                .draw(|f| draw(f, s, &mut view, &events))
                 .context("drawing the screen")?;
         }
         tokio::select! {
@@ -172,7 +174,7 @@ pub async fn run(mut engine: Engine, args: &TopArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn draw(f: &mut Frame, s: &Snapshot, view: &mut View) {
+fn draw(f: &mut Frame, s: &Snapshot, view: &mut View, events: &[String]) {
     let [status, totals, body, help] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(1),
@@ -212,7 +214,7 @@ fn draw(f: &mut Frame, s: &Snapshot, view: &mut View) {
     f.render_widget(Paragraph::new(cells::totals(&s.totals)), totals);
     let shown: Vec<&Row> = s.rows.iter().filter(|r| view.shows(r)).collect();
     match view.detail.and_then(|id| view.history.get(&id)) {
-        Some(h) => f.render_widget(detail(h), body),
+        Some(h) => f.render_widget(detail(h, events), body),
         None => f.render_stateful_widget(table(&shown, view.sort), body, &mut view.table),
     }
     f.render_widget(
@@ -259,8 +261,8 @@ fn aligned(c: &cells::Column, text: String) -> Cell<'static> {
     })
 }
 
-/// One socket: its last refreshes, newest last.
-fn detail(h: &VecDeque<Row>) -> Paragraph<'static> {
+/// One socket: its last refreshes and its last events, newest last.
+fn detail(h: &VecDeque<Row>, events: &[String]) -> Paragraph<'static> {
     let last = h.back().expect("a socket's history holds its rows");
     let mut lines = vec![
         Line::from(format!(
@@ -275,9 +277,18 @@ fn detail(h: &VecDeque<Row>) -> Paragraph<'static> {
         Line::from(cells::header()),
     ];
     lines.extend(h.iter().map(|r| Line::from(cells::row(r))));
+    lines.push(Line::from(""));
+    if events.is_empty() {
+        lines.push(Line::from(
+            "no events (calls are counted, not streamed: state changes, RSTs, FINs, errors and, with --full, sleeps are events)",
+        ));
+    } else {
+        lines.push(Line::from("last events:"));
+        lines.extend(events.iter().map(|e| Line::from(e.clone())));
+    }
     Paragraph::new(lines).block(
         Block::new()
             .borders(Borders::TOP)
-            .title("recent refreshes (enter or esc: back)"),
+            .title("recent refreshes and events (enter or esc: back)"),
     )
 }
