@@ -469,3 +469,32 @@ fn top_screen_sorts_filters_freezes_and_restores_the_terminal() {
     stuck.shutdown(Shutdown::Both).unwrap();
     stuck_writer.join().unwrap();
 }
+
+#[test]
+fn top_screen_leaves_the_terminal_as_it_was_on_sigterm() {
+    let pid = std::process::id();
+    let tmux = Tmux::start(
+        "sockbuf_top_term",
+        &format!("{SOCKBUF} top -p {pid} --interval 200ms; echo EXITED $?; sleep 60"),
+    );
+    tmux.wait("the screen", |s| s.contains("sort SEND/s"));
+    assert_eq!(tmux.format("#{alternate_on}"), "1");
+    // The tmux pane's shell is top's parent: its child is top.
+    let shell = tmux.format("#{pane_pid}");
+    let top = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+        .expect("the pane's children");
+    let top: i32 = top
+        .split_whitespace()
+        .next()
+        .expect("top running")
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(top, libc::SIGTERM) };
+    tmux.wait("sockbuf top exited", |s| s.contains("EXITED 0"));
+    assert_eq!(
+        tmux.format("#{alternate_on}"),
+        "0",
+        "back on the normal screen"
+    );
+    assert_eq!(tmux.format("#{cursor_flag}"), "1", "the cursor shown again");
+}
