@@ -53,6 +53,19 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Top(TopArgs),
 
+    /// Serve the in-kernel counts at /metrics in the OpenMetrics text format, for
+    /// Prometheus: send and receive calls and bytes, EAGAINs, other errors by name, RSTs,
+    /// unread bytes dropped at close (with --full: time asleep on a full send buffer),
+    /// the largest queues, and sockbuf's own health; per label set (--group-by), bounded by
+    /// --max-series. Nothing per call crosses the ring buffer. SIGTERM or Ctrl-C stops it.
+    ///
+    /// Examples:
+    ///   sockbuf export                                   # 127.0.0.1:9470, by comm and container
+    ///   sockbuf export --listen 0.0.0.0:9470             # reachable from other hosts
+    ///   sockbuf export --group-by comm,lport --port 443  # one service, by command and port
+    #[command(verbatim_doc_comment)]
+    Export(ExportArgs),
+
     /// Run the send-buffer fill experiment and trace it: a client writes into a connection
     /// whose peer never reads, until the send buffer is full.
     ///
@@ -363,6 +376,46 @@ pub struct TopArgs {
     /// Rows shown at most per refresh (the totals line counts them all).
     #[arg(long, value_name = "N", default_value_t = 40)]
     pub rows: usize,
+
+    #[command(flatten)]
+    pub bounds: BoundArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub tracer: TracerArgs,
+
+    /// Address to serve /metrics on: loopback unless another is given.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9470")]
+    pub listen: std::net::SocketAddr,
+
+    /// Labels the counts are grouped by (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "comm,container"
+    )]
+    pub group_by: Vec<crate::export::GroupBy>,
+
+    /// Label sets at most; sockets past it are counted under one set whose labels are all
+    /// "(other)" (and in sockbuf_series_overflow_total).
+    #[arg(long, value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_series: u32,
+
+    /// How often the kernel's counts are read (a scrape sees them as of the last read).
+    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Also time sleeps on a full send buffer. Uses every hook streaming does, so it costs
+    /// about as much as streaming.
+    #[arg(long)]
+    pub full: bool,
 
     #[command(flatten)]
     pub bounds: BoundArgs,

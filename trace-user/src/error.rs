@@ -30,6 +30,11 @@ pub enum SetupError {
     BadArgs(&'static str),
     #[error("--comm {0:?} is longer than the kernel's 15-byte comm: give the first 15 bytes")]
     CommTooLong(String),
+    #[error("cannot listen on {addr}: {why} (give another address with --listen)")]
+    Listen {
+        addr: std::net::SocketAddr,
+        why: String,
+    },
 }
 
 impl SetupError {

@@ -9,6 +9,7 @@ pub mod btf;
 pub mod check;
 pub mod cli;
 pub mod error;
+pub mod export;
 pub mod fill;
 pub mod filter;
 pub mod format;

@@ -191,6 +191,11 @@ impl Tracer {
         ))
     }
 
+    /// Programs sockbuf has loaded into the kernel (`export`'s health figure).
+    pub fn loaded_programs(&self) -> usize {
+        self.ebpf.programs().filter(|(_, p)| p.fd().is_ok()).count()
+    }
+
     pub fn counters(&self) -> anyhow::Result<KernelCounters> {
         let map = self.ebpf.map(maps::LOST).context("LOST map missing")?;
         let arr = PerCpuArray::<_, u64>::try_from(map)?;

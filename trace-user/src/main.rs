@@ -5,7 +5,7 @@ use trace_user::{
     check,
     cli::{Cli, Command},
     error::SetupError,
-    fill, replay, top, trace, udp,
+    export, fill, replay, top, trace, udp,
 };
 
 fn main() -> ExitCode {
@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trace(args) => trace::run(args, cli.verbose).await.map(|()| true),
             Command::Top(args) => top::run(args, cli.verbose).await.map(|()| true),
+            Command::Export(args) => export::run(args, cli.verbose).await.map(|()| true),
             Command::Fill(args) => fill::run(args, cli.verbose).await,
             Command::Udp(args) => udp::run(args, cli.verbose).await,
             Command::Check { json } => check::run(json),

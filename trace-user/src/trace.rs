@@ -133,6 +133,25 @@ pub fn load_options(
     })
 }
 
+/// Loads the programs counting in the kernel as `--summary` does (`full`: `--full`), and
+/// the summary that reads the counts: what `top` and `export` run on. Closed sockets' last
+/// rows are kept for [`Summary::peek`].
+pub fn start_counting(
+    filter: &crate::cli::FilterArgs,
+    tracer: &crate::cli::TracerArgs,
+    bounds: &crate::cli::BoundArgs,
+    full: bool,
+    verbose: u8,
+) -> anyhow::Result<(Session, Summary)> {
+    let level = if full { Level::Full } else { Level::Counts };
+    let opts = load_options(filter, tracer, verbose, level, bounds.max_sockets())?;
+    let mut session = Session::start(&opts)?;
+    let counts = session.tracer_mut().take_counts(full)?;
+    let mut summary = Summary::new(full, bounds.summary(), Some(counts));
+    summary.keep_closed();
+    Ok((session, summary))
+}
+
 pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
     let level = match (args.summary, args.full) {
         (false, _) => Level::Off,

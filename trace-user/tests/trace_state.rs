@@ -347,17 +347,6 @@ fn comm_filter_selects_one_thread() {
     );
 }
 
-/// The cgroup v2 hierarchy's mount point (unified or hybrid).
-fn cgroup2_root() -> String {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    mounts
-        .lines()
-        .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .expect("a cgroup2 mount")
-        .to_owned()
-}
-
 #[test]
 fn cgroup_filter_selects_a_process_in_that_cgroup() {
     let dir = format!("{}/sockbuf-test-{}", cgroup2_root(), std::process::id());

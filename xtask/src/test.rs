@@ -32,6 +32,7 @@ const TEST_PACKAGES: &[&str] = &[
     "strace",
     "iperf3",
     "tmux",
+    "prometheus",
 ];
 
 /// What the churn tests' names contain (trace-user/tests/churn.rs).
@@ -51,8 +52,9 @@ fn host_has_tls() -> bool {
 
 /// Tests the kernel matrix leaves out: the churn tests (emulated guests cannot make
 /// thousands of connections a second), those of real programs the guests do not have
-/// (iperf3 they could have: 20-30 s per guest, too much of CI's hour), and the clean-up of
-/// older versions' named namespaces (no kernel in it).
+/// (iperf3 they could have: 20-30 s per guest, too much of CI's hour; tmux for `top`'s
+/// screen; Prometheus and curl for `export`), and the clean-up of older versions' named
+/// namespaces (no kernel in it).
 pub const HOST_ONLY: &[&str] = &[
     CHURN_TESTS,
     "redis_benchmark",
@@ -61,6 +63,7 @@ pub const HOST_ONLY: &[&str] = &[
     "iperf3_",
     "stale_named_namespaces",
     "top_screen_",
+    "export_",
 ];
 
 /// `cargo test --all-features EXTRA -- FILTER --test-threads=1` with `env`, its output passed

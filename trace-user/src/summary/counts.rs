@@ -149,6 +149,50 @@ impl Counts {
         self.datagrams_out += o.datagrams_out;
     }
 
+    /// What was counted since `earlier`, an earlier copy of these counts (`export`).
+    pub fn minus(&self, earlier: &Counts) -> Counts {
+        let names = |now: &BTreeMap<String, u64>, then: &BTreeMap<String, u64>| {
+            now.iter()
+                .map(|(k, n)| {
+                    (
+                        k.clone(),
+                        n.saturating_sub(then.get(k).copied().unwrap_or(0)),
+                    )
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        };
+        Counts {
+            sends: self.sends.saturating_sub(earlier.sends),
+            requested_bytes: self.requested_bytes.saturating_sub(earlier.requested_bytes),
+            copied_bytes: self.copied_bytes.saturating_sub(earlier.copied_bytes),
+            eagain: self.eagain.saturating_sub(earlier.eagain),
+            errors: names(&self.errors, &earlier.errors),
+            pieced_calls: self.pieced_calls.saturating_sub(earlier.pieced_calls),
+            unseen_errors: self.unseen_errors.saturating_sub(earlier.unseen_errors),
+            blocks: self.blocks.saturating_sub(earlier.blocks),
+            blocked_ns: self.blocked_ns.saturating_sub(earlier.blocked_ns),
+            acked_writes: self.acked_writes.saturating_sub(earlier.acked_writes),
+            acked_at_close: self.acked_at_close.saturating_sub(earlier.acked_at_close),
+            untimed_writes: self.untimed_writes.saturating_sub(earlier.untimed_writes),
+            copy_bytes: self.copy_bytes.minus(&earlier.copy_bytes),
+            block_us: self.block_us.minus(&earlier.block_us),
+            ack_us: self.ack_us.minus(&earlier.ack_us),
+            recvs: self.recvs.saturating_sub(earlier.recvs),
+            received_bytes: self.received_bytes.saturating_sub(earlier.received_bytes),
+            recv_errors: names(&self.recv_errors, &earlier.recv_errors),
+            recv_bytes: self.recv_bytes.minus(&earlier.recv_bytes),
+            rst_sent: self.rst_sent.saturating_sub(earlier.rst_sent),
+            rst_received: self.rst_received.saturating_sub(earlier.rst_received),
+            fin_sent: self.fin_sent.saturating_sub(earlier.fin_sent),
+            fin_received: self.fin_received.saturating_sub(earlier.fin_received),
+            dropped_unread_bytes: self
+                .dropped_unread_bytes
+                .saturating_sub(earlier.dropped_unread_bytes),
+            datagrams_out: self.datagrams_out.saturating_sub(earlier.datagrams_out),
+        }
+    }
+
     /// What `--top` ranks closed sockets by.
     pub fn rank(&self, by: TopBy) -> u64 {
         match by {

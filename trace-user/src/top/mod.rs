@@ -14,9 +14,10 @@ mod sleeps;
 
 use std::io::IsTerminal as _;
 
+pub use diag::Diag;
 pub use rows::Row;
 use serde::Serialize;
-use trace_common::{agg::Level, user::Event};
+use trace_common::user::Event;
 
 use crate::{
     cli::TopArgs,
@@ -179,22 +180,8 @@ pub struct Engine {
 
 impl Engine {
     fn start(args: &TopArgs, verbose: u8) -> anyhow::Result<Self> {
-        let level = if args.full {
-            Level::Full
-        } else {
-            Level::Counts
-        };
-        let opts = trace::load_options(
-            &args.filter,
-            &args.tracer,
-            verbose,
-            level,
-            args.bounds.max_sockets(),
-        )?;
-        let mut session = Session::start(&opts)?;
-        let counts = session.tracer_mut().take_counts(args.full)?;
-        let mut summary = Summary::new(args.full, args.bounds.summary(), Some(counts));
-        summary.keep_closed();
+        let (session, summary) =
+            trace::start_counting(&args.filter, &args.tracer, &args.bounds, args.full, verbose)?;
         let now = monotonic_ns();
         let mut interval =
             tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
@@ -250,10 +237,7 @@ impl Engine {
         let secs = (now.saturating_sub(self.last_ns) as f64 / 1e9).max(1e-3);
         self.last_ns = now;
         let peeked = self.watch.summary.peek()?;
-        // Without the table (no permission, an old kernel) the queue columns stay empty.
-        let table = diag::read_all()
-            .inspect_err(|e| log::debug!("socket table: {e:#}"))
-            .unwrap_or_default();
+        let table = socket_table();
         let asleep_ns = self.watch.sleeps.as_mut().map(|s| s.take(now));
         let mut rows = self.rows.update(rows::Refresh {
             peeked,
@@ -282,6 +266,14 @@ impl Engine {
             full: self.full,
         })
     }
+}
+
+/// The socket table now, by inode; empty where it cannot be read (the queue figures then
+/// stay unknown, nothing else changes).
+pub fn socket_table() -> std::collections::HashMap<u64, Diag> {
+    diag::read_all()
+        .inspect_err(|e| log::debug!("socket table: {e:#}"))
+        .unwrap_or_default()
 }
 
 pub async fn run(args: TopArgs, verbose: u8) -> anyhow::Result<()> {

@@ -271,6 +271,17 @@ pub fn tcp_info(s: &impl AsRawFd) -> libc::tcp_info {
     info
 }
 
+/// The cgroup v2 hierarchy's mount point (unified or hybrid).
+pub fn cgroup2_root() -> String {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("a cgroup2 mount")
+        .to_owned()
+}
+
 /// Waits until `f` holds, polling; panics with `what` after `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();

@@ -1,0 +1,260 @@
+//! `sockbuf export`: a real Prometheus server (Debian's, installed by `cargo xtask test`)
+//! scrapes it while the test's sockets move known bytes; what Prometheus stored is checked
+//! against the sockets' own counts, and the cgroup label against a cgroup the test makes.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::TcpListener,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use common::{
+    guard::{Running, ScratchDir},
+    *,
+};
+use serde_json::Value;
+
+/// An HTTP GET of `url`'s body (curl, installed by the set-up), or `None` while it fails.
+fn get(url: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "2", url])
+        .output()
+        .expect("curl");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `sockbuf export ARGS` on a free loopback port, answering; killed when dropped.
+struct Exporter {
+    run: Running,
+    url: String,
+}
+
+impl Exporter {
+    fn start(args: &[&str]) -> Self {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let run = Running::spawn(
+            Command::new(SOCKBUF)
+                .args(["export", "--listen", &addr, "--interval", "300ms"])
+                .args(args),
+            "sockbuf export",
+        );
+        let url = format!("http://{addr}/metrics");
+        wait_until(Duration::from_secs(30), "sockbuf export to answer", || {
+            get(&url).is_some()
+        });
+        Self { run, url }
+    }
+
+    /// The value of the sample named `name` whose labels include all of `labels`.
+    fn sample(&self, name: &str, labels: &[&str]) -> Option<f64> {
+        sample(&get(&self.url)?, name, labels)
+    }
+}
+
+/// In OpenMetrics text `text`, the value of sample `name{…}` with all of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+        let (set, value) = rest.split_once("} ")?;
+        labels
+            .iter()
+            .all(|want| set.split(',').any(|have| have == *want))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
+/// Writes `total` bytes in `size`-byte writes from a thread named `comm` to a reader on
+/// loopback; returns the write calls.
+fn move_bytes(comm: &'static str, total: u64, size: usize) -> u64 {
+    let (mut c, mut s) = tcp_pair();
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0;
+        while n < total {
+            n += s.read(&mut buf).unwrap() as u64;
+        }
+    });
+    let writer = thread::spawn(move || {
+        set_thread_name(comm);
+        let mut calls = 0;
+        let mut left = total as usize;
+        while left > 0 {
+            let n = c.write(&vec![1u8; size.min(left)]).unwrap();
+            left -= n;
+            calls += 1;
+            thread::sleep(Duration::from_millis(1));
+        }
+        calls
+    });
+    let calls = writer.join().unwrap();
+    reader.join().unwrap();
+    calls
+}
+
+#[test]
+fn export_prometheus_stores_what_the_sockets_did() {
+    const TOTAL: u64 = 400 * 1000;
+    let exporter = Exporter::start(&["-c", "sbexport"]);
+    let dir = ScratchDir::new("prometheus");
+    let prom_addr = format!("127.0.0.1:{}", free_port());
+    let target = exporter
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: sockbuf\n    \
+             static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let _prometheus = Running::spawn(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        "prometheus",
+    );
+    let query = |q: &str| -> Option<f64> {
+        let body = get(&format!(
+            "http://{prom_addr}/api/v1/query?query={}",
+            q.replace('{', "%7B")
+                .replace('}', "%7D")
+                .replace('"', "%22")
+        ))?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "Prometheus scraping sockbuf",
+        || query("up{job=\"sockbuf\"}") == Some(1.0),
+    );
+    let calls = move_bytes("sbexport", TOTAL, 1000);
+    // The exporter's own figures are exact: counted in the kernel.
+    wait_until(Duration::from_secs(10), "the exporter's counts", || {
+        exporter.sample("sockbuf_send_bytes_total", &["comm=\"sbexport\""]) == Some(TOTAL as f64)
+    });
+    assert_eq!(
+        exporter.sample("sockbuf_send_calls_total", &["comm=\"sbexport\""]),
+        Some(calls as f64)
+    );
+    // What Prometheus stored, within 5 % (it may be a scrape behind).
+    let mut last = None;
+    wait_until(
+        Duration::from_secs(20),
+        "Prometheus to store the bytes",
+        || {
+            last = query("sockbuf_send_bytes_total{comm=\"sbexport\"}");
+            last.is_some_and(|v| (v - TOTAL as f64).abs() <= 0.05 * TOTAL as f64)
+        },
+    );
+    let stored_calls = query("sockbuf_send_calls_total{comm=\"sbexport\"}").expect("calls stored");
+    assert!(
+        (stored_calls - calls as f64).abs() <= 0.05 * calls as f64,
+        "Prometheus has {stored_calls} calls, the writer made {calls}"
+    );
+    assert_eq!(query("sockbuf_lost_events_total"), Some(0.0));
+    assert!(query("sockbuf_programs_loaded").is_some_and(|n| n > 0.0));
+    // SIGTERM (how a service manager stops it): a clean exit.
+    let mut exporter = exporter;
+    unsafe { libc::kill(exporter.run.pid() as i32, libc::SIGTERM) };
+    let status = exporter.run.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "sockbuf export ended with {status} on SIGTERM"
+    );
+}
+
+/// A cgroup v2 directory of the test's own, removed when dropped (its processes gone).
+struct Cgroup(std::path::PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn export_labels_a_workload_with_its_cgroup() {
+    const TOTAL: u64 = 100_000;
+    let name = format!("sockbuf-export-test-{}", std::process::id());
+    let cg = Cgroup(std::path::PathBuf::from(cgroup2_root()).join(&name));
+    std::fs::create_dir(&cg.0).expect("a cgroup v2 directory");
+    let exporter = Exporter::start(&["--group-by", "comm,cgroup", "-c", "sbexport-cg"]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reader = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0;
+        while n < TOTAL {
+            match s.read(&mut buf).unwrap() {
+                0 => break,
+                k => n += k as u64,
+            }
+        }
+        n
+    });
+    // bash writes itself (printf is a builtin), under a name of the test's, and stays a
+    // while after (its cgroup is read from /proc while it lives); it waits for a line, so
+    // that it is in the cgroup before it connects.
+    let mut writer = Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "read; printf sbexport-cg > /proc/$$/comm; exec 3<>/dev/tcp/127.0.0.1/{port}; \
+                 printf '%*s' {TOTAL} '' >&3; exec 3>&-; sleep 3"
+            ),
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("bash");
+    std::fs::write(cg.0.join("cgroup.procs"), writer.id().to_string()).expect("join the cgroup");
+    writer.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(reader.join().unwrap(), TOTAL);
+    let labels = [
+        "comm=\"sbexport-cg\"".to_owned(),
+        format!("cgroup=\"/{name}\""),
+    ];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    wait_until(Duration::from_secs(10), "the cgroup's series", || {
+        exporter.sample("sockbuf_send_bytes_total", &labels) == Some(TOTAL as f64)
+    });
+    assert!(writer.wait().unwrap().success());
+    drop(exporter);
+}
+
+#[test]
+fn export_on_a_busy_address_is_a_clear_error() {
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = Command::new(SOCKBUF)
+        .args([
+            "export",
+            "--listen",
+            &busy.local_addr().unwrap().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--listen") && err.lines().count() == 1,
+        "{err}"
+    );
+}
