@@ -258,3 +258,74 @@ fn export_on_a_busy_address_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// The `le` buckets of histogram `name` with all of `labels`: (bound, cumulative count).
+fn buckets(text: &str, name: &str, labels: &[&str]) -> Vec<(String, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix("_bucket{")?;
+            let (set, value) = rest.split_once("} ")?;
+            let parts: Vec<&str> = set.split(',').collect();
+            if !labels.iter().all(|want| parts.contains(want)) {
+                return None;
+            }
+            let le = parts.iter().find_map(|p| p.strip_prefix("le="))?;
+            Some((le.trim_matches('"').to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn export_full_times_each_write_and_sleep() {
+    let pid = std::process::id().to_string();
+    let exporter = Exporter::start(&["--full", "-p", &pid]);
+    let calls = move_bytes("sbexportack", 200 * 1000, 1000);
+    let who = ["comm=\"sbexportack\""];
+    // Every write acked while the connection was up: each one timed, counted exactly.
+    wait_until(
+        Duration::from_secs(10),
+        "every write timed to its ACK",
+        || exporter.sample("sockbuf_write_ack_seconds_count", &who) == Some(calls as f64),
+    );
+    let text = get(&exporter.url).expect("metrics");
+    let b = buckets(&text, "sockbuf_write_ack_seconds", &who);
+    assert_eq!(
+        b.last().map(|(le, n)| (le.as_str(), *n)),
+        Some(("+Inf", calls as f64))
+    );
+    assert!(b.windows(2).all(|w| w[0].1 <= w[1].1), "cumulative: {b:?}");
+
+    // A writer that sleeps on a full send buffer: its sleeps, their exact total.
+    let (c, mut s) = tcp_pair_with_buffers(4096, 4096);
+    let t0 = std::time::Instant::now();
+    let writer = thread::spawn(move || {
+        set_thread_name("sbexportslp");
+        (&c).write_all(&vec![0u8; 256 << 10]).unwrap();
+    });
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    while n < 256 << 10 {
+        thread::sleep(Duration::from_millis(5));
+        n += s.read(&mut buf).unwrap();
+    }
+    writer.join().unwrap();
+    let wall = t0.elapsed().as_secs_f64();
+    let slept = ["comm=\"sbexportslp\""];
+    wait_until(Duration::from_secs(10), "the writer's sleeps", || {
+        exporter
+            .sample("sockbuf_sleep_seconds_count", &slept)
+            .is_some_and(|n| n >= 1.0)
+    });
+    let sum = exporter
+        .sample("sockbuf_sleep_seconds_sum", &slept)
+        .unwrap();
+    assert!(
+        sum > 0.0 && sum <= wall,
+        "asleep {sum} s in all, the write took {wall} s"
+    );
+    assert_eq!(
+        exporter.sample("sockbuf_send_asleep_seconds_total", &slept),
+        Some(sum),
+        "the counter and the histogram's sum are the same total"
+    );
+}

@@ -9,7 +9,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::labels::Labels;
+use super::{histogram::Log2Family, labels::Labels};
 use crate::summary::Counts;
 
 /// A label set with one more label (the error's name).
@@ -26,6 +26,8 @@ pub struct Metrics {
     rst_sent: Family<Labels, Counter>,
     rst_received: Family<Labels, Counter>,
     dropped_unread: Family<Labels, Counter>,
+    ack_seconds: Log2Family,
+    asleep_seconds: Log2Family,
     send_q_max: Family<Labels, Gauge>,
     recv_q_max: Family<Labels, Gauge>,
     lost: Counter,
@@ -58,6 +60,8 @@ impl Metrics {
             rst_sent: Family::default(),
             rst_received: Family::default(),
             dropped_unread: Family::default(),
+            ack_seconds: Log2Family::default(),
+            asleep_seconds: Log2Family::default(),
             send_q_max: Family::default(),
             recv_q_max: Family::default(),
             lost: Counter::default(),
@@ -112,6 +116,18 @@ impl Metrics {
             "Received bytes a close threw away unread",
             Unit::Bytes,
             m.dropped_unread.clone(),
+        );
+        r.register_with_unit(
+            "write_ack",
+            "From a write's call to the ACK of its last byte (with --full; _sum estimated from the log2 buckets the kernel keeps)",
+            Unit::Seconds,
+            m.ack_seconds.clone(),
+        );
+        r.register_with_unit(
+            "sleep",
+            "Each sleep on a full send buffer (with --full)",
+            Unit::Seconds,
+            m.asleep_seconds.clone(),
         );
         r.register_with_unit(
             "send_queue_max",
@@ -173,6 +189,9 @@ impl Metrics {
                 .get_or_create(labels)
                 .inc_by(d.blocked_ns as f64 / 1e9);
         }
+        self.ack_seconds.add(labels, &d.ack_us, None);
+        self.asleep_seconds
+            .add(labels, &d.block_us, Some(d.blocked_ns as f64 / 1e9));
         for (error, &n) in &d.errors {
             let mut named = labels.clone();
             named.push(("error", error.clone()));

@@ -4,6 +4,7 @@
 //! taken out), and what each socket gained since the last refresh is added to its label
 //! set's counters; a closed socket's last counts come once, when it closes.
 
+mod histogram;
 mod labels;
 mod metrics;
 
