@@ -366,3 +366,79 @@ fn streaming_under_churn_keeps_flat_memory() {
     assert_eq!(sends, done.conns, "one send event per connection: {end}");
     assert_flat(&samples, "streaming");
 }
+
+/// The sum over every series of `name` in OpenMetrics text `text`.
+fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// `sockbuf export` over the churn: its counters add up to every call, with no series per
+/// connection, and its memory and the kernel's maps stay flat.
+#[test]
+fn export_under_churn_counts_every_call_in_flat_memory() {
+    let churn = Churn::bind();
+    let port = churn.port().to_string();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(SOCKBUF)
+        .args([
+            "export",
+            "--listen",
+            &addr,
+            "--interval",
+            "500ms",
+            "--port",
+            &port,
+        ])
+        .spawn()
+        .expect("spawn sockbuf export");
+    let pid = child.id();
+    let _guard = KillOnDrop(pid);
+    let url = format!("http://{addr}/metrics");
+    let scrape = || {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "2", &url])
+            .output()
+            .expect("curl");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    wait_until(Duration::from_secs(30), "sockbuf export to answer", || {
+        scrape().is_some()
+    });
+    let mut samples = Vec::new();
+    let done = churn.run(sampler(pid, &mut samples));
+    let bytes = done.conns * PAYLOAD as u64;
+    let mut text = String::new();
+    wait_until(
+        Duration::from_secs(10),
+        "every call in the counters",
+        || {
+            text = scrape().unwrap_or_default();
+            metric_sum(&text, "sockbuf_send_bytes_total") == bytes
+        },
+    );
+    eprintln!(
+        "export: {} connections, samples (RSS KiB, AGG entries) every 5 s: {samples:?}",
+        done.conns
+    );
+    assert_eq!(metric_sum(&text, "sockbuf_send_calls_total"), done.conns);
+    assert_eq!(metric_sum(&text, "sockbuf_recv_bytes_total"), bytes);
+    assert_eq!(metric_sum(&text, "sockbuf_recv_calls_total"), done.reads);
+    assert_eq!(metric_sum(&text, "sockbuf_lost_events_total"), 0);
+    assert_eq!(metric_sum(&text, "sockbuf_missed_runs_total"), 0);
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("sockbuf_send_bytes_total{"))
+        .count();
+    assert!(
+        series <= 3,
+        "{series} series of sent bytes: by comm and container, not per connection"
+    );
+    assert_flat(&samples, "export");
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert!(child.wait().expect("wait").success());
+}
