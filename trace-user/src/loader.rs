@@ -191,6 +191,17 @@ impl Tracer {
         ))
     }
 
+    /// The run time and runs of sockbuf's programs, as the kernel counts them: only while
+    /// its statistics are on (`kernel.bpf_stats_enabled`, or an fd of `BPF_ENABLE_STATS`).
+    pub fn run_time(&self) -> (std::time::Duration, u64) {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.info().ok())
+            .fold((std::time::Duration::ZERO, 0), |(t, n), i| {
+                (t + i.run_time(), n + i.run_count())
+            })
+    }
+
     /// Programs sockbuf has loaded into the kernel (`export`'s health figure).
     pub fn loaded_programs(&self) -> usize {
         self.ebpf.programs().filter(|(_, p)| p.fd().is_ok()).count()

@@ -69,6 +69,12 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     })
 }
 
+/// In OpenMetrics text `text`, the value of the label-less sample `name`.
+fn sample_plain(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// Writes `total` bytes in `size`-byte writes from a thread named `comm` to a reader on
 /// loopback; returns the write calls.
 fn move_bytes(comm: &'static str, total: u64, size: usize) -> u64 {
@@ -278,7 +284,7 @@ fn buckets(text: &str, name: &str, labels: &[&str]) -> Vec<(String, f64)> {
 #[test]
 fn export_full_times_each_write_and_sleep() {
     let pid = std::process::id().to_string();
-    let exporter = Exporter::start(&["--full", "-p", &pid]);
+    let exporter = Exporter::start(&["--full", "--bpf-stats", "-p", &pid]);
     let calls = move_bytes("sbexportack", 200 * 1000, 1000);
     let who = ["comm=\"sbexportack\""];
     // Every write acked while the connection was up: each one timed, counted exactly.
@@ -323,6 +329,11 @@ fn export_full_times_each_write_and_sleep() {
         sum > 0.0 && sum <= wall,
         "asleep {sum} s in all, the write took {wall} s"
     );
+    // The kernel's run-time accounting, on for the exporter's run.
+    let text = get(&exporter.url).expect("metrics");
+    let health = |name: &str| sample_plain(&text, name).unwrap_or(0.0);
+    assert!(health("sockbuf_bpf_runs_total") >= calls as f64, "{text}");
+    assert!(health("sockbuf_bpf_run_seconds_total") > 0.0, "{text}");
     assert_eq!(
         exporter.sample("sockbuf_send_asleep_seconds_total", &slept),
         Some(sum),

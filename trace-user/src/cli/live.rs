@@ -85,6 +85,12 @@ pub struct ExportArgs {
     #[arg(long)]
     pub full: bool,
 
+    /// Turn the kernel's run-time accounting of BPF programs on while sockbuf runs, for
+    /// sockbuf_bpf_run_seconds_total (it adds two clock reads to every program run; without
+    /// it the figure is counted only when kernel.bpf_stats_enabled is 1).
+    #[arg(long)]
+    pub bpf_stats: bool,
+
     #[command(flatten)]
     pub bounds: BoundArgs,
 }

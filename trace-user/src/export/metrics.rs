@@ -35,6 +35,8 @@ pub struct Metrics {
     missed: Counter,
     overflow: Counter,
     programs: Gauge,
+    bpf_seconds: Counter<f64, AtomicU64>,
+    bpf_runs: Counter,
 }
 
 /// sockbuf's own figures, as the kernel and the loader count them (totals since the start).
@@ -44,6 +46,8 @@ pub struct Health {
     pub missed: u64,
     pub overflowed: u64,
     pub programs: i64,
+    pub bpf_run_ns: u64,
+    pub bpf_runs: u64,
 }
 
 impl Metrics {
@@ -69,6 +73,8 @@ impl Metrics {
             missed: Counter::default(),
             overflow: Counter::default(),
             programs: Gauge::default(),
+            bpf_seconds: Counter::default(),
+            bpf_runs: Counter::default(),
         };
         let r = r.sub_registry_with_prefix("sockbuf");
         r.register(
@@ -166,6 +172,17 @@ impl Metrics {
             "eBPF programs sockbuf has loaded",
             m.programs.clone(),
         );
+        r.register_with_unit(
+            "bpf_run",
+            "Time sockbuf's programs ran in the kernel (counted while the kernel's BPF statistics are on: --bpf-stats)",
+            Unit::Seconds,
+            m.bpf_seconds.clone(),
+        );
+        r.register(
+            "bpf_runs",
+            "Runs of sockbuf's programs (as bpf_run)",
+            m.bpf_runs.clone(),
+        );
         m
     }
 
@@ -221,6 +238,12 @@ impl Metrics {
         to(&self.faults, h.faults);
         to(&self.missed, h.missed);
         to(&self.overflow, h.overflowed);
+        to(&self.bpf_runs, h.bpf_runs);
         self.programs.set(h.programs);
+        let secs = h.bpf_run_ns as f64 / 1e9;
+        let now = self.bpf_seconds.get();
+        if secs > now {
+            self.bpf_seconds.inc_by(secs - now);
+        }
     }
 }

@@ -49,6 +49,12 @@ async fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 
 pub async fn run(args: ExportArgs, verbose: u8) -> anyhow::Result<()> {
     let listener = listen(args.listen).await?;
+    // Held open for the run: the kernel accounts run time while any such fd is open.
+    let _stats = args
+        .bpf_stats
+        .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+        .transpose()
+        .context("turning the kernel's BPF statistics on (--bpf-stats)")?;
     let (mut session, mut summary) =
         trace::start_counting(&args.filter, &args.tracer, &args.bounds, args.full, verbose)?;
     let mut registry = Registry::default();
@@ -110,12 +116,15 @@ fn update(
     grouping.keep_places(&pids);
     metrics.queues(&queues);
     let k = session.counters()?;
+    let (run_time, runs) = session.tracer().run_time();
     metrics.health(&metrics::Health {
         lost: k.lost,
         faults: k.faults,
         missed: k.missed,
         overflowed: grouping.overflowed,
         programs: session.tracer().loaded_programs() as i64,
+        bpf_run_ns: run_time.as_nanos() as u64,
+        bpf_runs: runs,
     });
     Ok(())
 }
