@@ -297,6 +297,18 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Waits for the command to exit 0, then checks the terminal is as it was: the normal
+    /// screen, the cursor shown.
+    fn restored(&self) {
+        self.wait("sockbuf top exited", |s| s.contains("EXITED 0"));
+        assert_eq!(
+            self.format("#{alternate_on}"),
+            "0",
+            "back on the normal screen"
+        );
+        assert_eq!(self.format("#{cursor_flag}"), "1", "the cursor shown again");
+    }
+
     /// Waits until the screen satisfies `f`; panics with the screen after `limit`.
     fn wait(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
         let t0 = Instant::now();
@@ -454,13 +466,7 @@ fn top_screen_sorts_filters_freezes_and_restores_the_terminal() {
             && s.contains("FROZEN")
     });
     tmux.keys(&["q"]);
-    tmux.wait("sockbuf top exited", |s| s.contains("EXITED 0"));
-    assert_eq!(
-        tmux.format("#{alternate_on}"),
-        "0",
-        "back on the normal screen"
-    );
-    assert_eq!(tmux.format("#{cursor_flag}"), "1", "the cursor shown again");
+    tmux.restored();
     let after = tmux.screen();
     assert!(!after.contains("SEND-Q"), "the table is gone:\n{after}");
     stop.store(true, Ordering::Relaxed);
@@ -490,11 +496,5 @@ fn top_screen_leaves_the_terminal_as_it_was_on_sigterm() {
         .parse()
         .unwrap();
     unsafe { libc::kill(top, libc::SIGTERM) };
-    tmux.wait("sockbuf top exited", |s| s.contains("EXITED 0"));
-    assert_eq!(
-        tmux.format("#{alternate_on}"),
-        "0",
-        "back on the normal screen"
-    );
-    assert_eq!(tmux.format("#{cursor_flag}"), "1", "the cursor shown again");
+    tmux.restored();
 }

@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::atomic::AtomicU64};
 
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::{Registry, Unit},
+    registry::{Metric, Registry, Unit},
 };
 
 use super::{histogram::Log2Family, labels::Labels};
@@ -15,6 +15,7 @@ use crate::summary::Counts;
 /// A label set with one more label (the error's name).
 type Named = Vec<(&'static str, String)>;
 
+#[derive(Default)]
 pub struct Metrics {
     send_calls: Family<Labels, Counter>,
     send_bytes: Family<Labels, Counter>,
@@ -39,6 +40,23 @@ pub struct Metrics {
     bpf_runs: Counter,
 }
 
+/// Registers each `name, unit, metric, help;` line's metric (a clone: the registry and
+/// [`Metrics`] share it) in `$r`.
+macro_rules! register {
+    ($r:expr, $($name:literal, $unit:expr, $metric:expr, $help:literal;)*) => {
+        $(reg($r, $name, $help, $unit.clone(), $metric.clone());)*
+    };
+}
+
+/// Registers `metric` in `r` as `name` (with `unit`: a counter's name gets the unit, then
+/// `_total`).
+fn reg(r: &mut Registry, name: &str, help: &str, unit: Option<Unit>, metric: impl Metric) {
+    match unit {
+        Some(u) => r.register_with_unit(name, help, u, metric),
+        None => r.register(name, help, metric),
+    }
+}
+
 /// sockbuf's own figures, as the kernel and the loader count them (totals since the start).
 pub struct Health {
     pub lost: u64,
@@ -53,136 +71,43 @@ pub struct Health {
 impl Metrics {
     /// The metrics, registered in `r` under the `sockbuf_` prefix.
     pub fn register(r: &mut Registry) -> Self {
-        let m = Metrics {
-            send_calls: Family::default(),
-            send_bytes: Family::default(),
-            send_eagain: Family::default(),
-            send_errors: Family::default(),
-            asleep: Family::default(),
-            recv_calls: Family::default(),
-            recv_bytes: Family::default(),
-            rst_sent: Family::default(),
-            rst_received: Family::default(),
-            dropped_unread: Family::default(),
-            ack_seconds: Log2Family::default(),
-            asleep_seconds: Log2Family::default(),
-            send_q_max: Family::default(),
-            recv_q_max: Family::default(),
-            lost: Counter::default(),
-            faults: Counter::default(),
-            missed: Counter::default(),
-            overflow: Counter::default(),
-            programs: Gauge::default(),
-            bpf_seconds: Counter::default(),
-            bpf_runs: Counter::default(),
-        };
+        let m = Metrics::default();
         let r = r.sub_registry_with_prefix("sockbuf");
-        r.register(
-            "send_calls",
-            "Send calls that copied bytes or got EAGAIN",
-            m.send_calls.clone(),
-        );
-        r.register_with_unit(
-            "send",
-            "Bytes send calls copied into send buffers",
-            Unit::Bytes,
-            m.send_bytes.clone(),
-        );
-        r.register(
-            "send_eagain",
-            "Send calls that got EAGAIN",
-            m.send_eagain.clone(),
-        );
-        r.register(
-            "send_errors",
-            "Send calls that failed otherwise, by error",
-            m.send_errors.clone(),
-        );
-        r.register_with_unit(
-            "send_asleep",
-            "Time writers slept on a full send buffer (with --full)",
-            Unit::Seconds,
-            m.asleep.clone(),
-        );
-        r.register(
-            "recv_calls",
-            "Receive calls that returned bytes, 0 or EAGAIN",
-            m.recv_calls.clone(),
-        );
-        r.register_with_unit(
-            "recv",
-            "Bytes receive calls copied out of receive buffers",
-            Unit::Bytes,
-            m.recv_bytes.clone(),
-        );
-        r.register("rst_sent", "RSTs sent", m.rst_sent.clone());
-        r.register("rst_received", "RSTs received", m.rst_received.clone());
-        r.register_with_unit(
-            "dropped_unread",
-            "Received bytes a close threw away unread",
-            Unit::Bytes,
-            m.dropped_unread.clone(),
-        );
-        r.register_with_unit(
-            "write_ack",
-            "From a write's call to the ACK of its last byte (with --full; _sum estimated from the log2 buckets the kernel keeps)",
-            Unit::Seconds,
-            m.ack_seconds.clone(),
-        );
-        r.register_with_unit(
-            "sleep",
-            "Each sleep on a full send buffer (with --full)",
-            Unit::Seconds,
-            m.asleep_seconds.clone(),
-        );
-        r.register_with_unit(
-            "send_queue_max",
-            "The largest Send-Q (bytes not yet acked) of the group's sockets at the last refresh",
-            Unit::Bytes,
-            m.send_q_max.clone(),
-        );
-        r.register_with_unit(
-            "recv_queue_max",
-            "The largest Recv-Q (bytes not yet read) of the group's sockets at the last refresh",
-            Unit::Bytes,
-            m.recv_q_max.clone(),
-        );
-        r.register(
-            "lost_events",
-            "Events lost: the ring buffer was full",
-            m.lost.clone(),
-        );
-        r.register(
-            "faults",
-            "Events abandoned: a failed kernel read or a full map",
-            m.faults.clone(),
-        );
-        r.register(
-            "missed_runs",
-            "Program runs the kernel skipped",
-            m.missed.clone(),
-        );
-        r.register(
-            "series_overflow",
-            "Sockets counted under the (other) label set: --max-series sets existed",
-            m.overflow.clone(),
-        );
-        r.register(
-            "programs_loaded",
-            "eBPF programs sockbuf has loaded",
-            m.programs.clone(),
-        );
-        r.register_with_unit(
-            "bpf_run",
-            "Time sockbuf's programs ran in the kernel (counted while the kernel's BPF statistics are on: --bpf-stats)",
-            Unit::Seconds,
-            m.bpf_seconds.clone(),
-        );
-        r.register(
-            "bpf_runs",
-            "Runs of sockbuf's programs (as bpf_run)",
-            m.bpf_runs.clone(),
-        );
+        let (bytes, secs) = (Some(Unit::Bytes), Some(Unit::Seconds));
+        // One line a metric: name, unit, metric, help.
+        register! { r,
+            "send_calls", None, m.send_calls, "Send calls that copied bytes or got EAGAIN";
+            "send", bytes, m.send_bytes, "Bytes send calls copied into send buffers";
+            "send_eagain", None, m.send_eagain, "Send calls that got EAGAIN";
+            "send_errors", None, m.send_errors, "Send calls that failed otherwise, by error";
+            "send_asleep", secs, m.asleep,
+                "Time writers slept on a full send buffer (with --full)";
+            "recv_calls", None, m.recv_calls, "Receive calls that returned bytes, 0 or EAGAIN";
+            "recv", bytes, m.recv_bytes, "Bytes receive calls copied out of receive buffers";
+            "rst_sent", None, m.rst_sent, "RSTs sent";
+            "rst_received", None, m.rst_received, "RSTs received";
+            "dropped_unread", bytes, m.dropped_unread, "Received bytes a close threw away unread";
+            "write_ack", secs, m.ack_seconds,
+                "From a write's call to the ACK of its last byte (with --full; _sum estimated \
+                 from the log2 buckets the kernel keeps)";
+            "sleep", secs, m.asleep_seconds, "Each sleep on a full send buffer (with --full)";
+            "send_queue_max", bytes, m.send_q_max,
+                "The largest Send-Q (bytes not yet acked) of the group's sockets at the last \
+                 refresh";
+            "recv_queue_max", bytes, m.recv_q_max,
+                "The largest Recv-Q (bytes not yet read) of the group's sockets at the last \
+                 refresh";
+            "lost_events", None, m.lost, "Events lost: the ring buffer was full";
+            "faults", None, m.faults, "Events abandoned: a failed kernel read or a full map";
+            "missed_runs", None, m.missed, "Program runs the kernel skipped";
+            "series_overflow", None, m.overflow,
+                "Sockets counted under the (other) label set: --max-series sets existed";
+            "programs_loaded", None, m.programs, "eBPF programs sockbuf has loaded";
+            "bpf_run", secs, m.bpf_seconds,
+                "Time sockbuf's programs ran in the kernel (counted while the kernel's BPF \
+                 statistics are on: --bpf-stats)";
+            "bpf_runs", None, m.bpf_runs, "Runs of sockbuf's programs (as bpf_run)";
+        }
         m
     }
 
