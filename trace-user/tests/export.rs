@@ -14,20 +14,10 @@ use std::{
 
 use common::{
     guard::{Running, ScratchDir},
+    metrics::{get, sample, sample_plain},
     *,
 };
 use serde_json::Value;
-
-/// An HTTP GET of `url`'s body (curl, installed by the set-up), or `None` while it fails.
-fn get(url: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-sf", "--max-time", "2", url])
-        .output()
-        .expect("curl");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// `sockbuf export ARGS` on a free loopback port, answering; killed when dropped.
 struct Exporter {
@@ -55,24 +45,6 @@ impl Exporter {
     fn sample(&self, name: &str, labels: &[&str]) -> Option<f64> {
         sample(&get(&self.url)?, name, labels)
     }
-}
-
-/// In OpenMetrics text `text`, the value of sample `name{…}` with all of `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
-        let (set, value) = rest.split_once("} ")?;
-        labels
-            .iter()
-            .all(|want| set.split(',').any(|have| have == *want))
-            .then(|| value.trim().parse().ok())?
-    })
-}
-
-/// In OpenMetrics text `text`, the value of the label-less sample `name`.
-fn sample_plain(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Writes `total` bytes in `size`-byte writes from a thread named `comm` to a reader on
@@ -187,12 +159,68 @@ fn export_prometheus_stores_what_the_sockets_did() {
     );
 }
 
-/// A cgroup v2 directory of the test's own, removed when dropped (its processes gone).
-struct Cgroup(std::path::PathBuf);
+/// A cgroup v2 directory of the test's own (`rel` under the root, made with its parents),
+/// removed when dropped, deepest first (its processes gone).
+struct Cgroup {
+    root: std::path::PathBuf,
+    rel: String,
+}
+
+impl Cgroup {
+    fn new(rel: String) -> Self {
+        let root = std::path::PathBuf::from(cgroup2_root());
+        std::fs::create_dir_all(root.join(&rel)).expect("a cgroup v2 directory");
+        Self { root, rel }
+    }
+
+    /// Runs bash, named `comm`, in this cgroup: it writes `total` bytes to a reader of the
+    /// test's on loopback and stays a while (its cgroup is read from /proc while it lives);
+    /// returns it once the reader has them all. bash writes itself (printf is a builtin); it
+    /// waits for a line, so that it is in the cgroup before it connects.
+    fn write_from_bash(&self, comm: &str, total: u64) -> std::process::Child {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let reader = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut n = 0;
+            while n < total {
+                match s.read(&mut buf).unwrap() {
+                    0 => break,
+                    k => n += k as u64,
+                }
+            }
+            n
+        });
+        let mut writer = Command::new("bash")
+            .args([
+                "-c",
+                &format!(
+                    "read; printf {comm} > /proc/$$/comm; exec 3<>/dev/tcp/127.0.0.1/{port}; \
+                     printf '%*s' {total} '' >&3; exec 3>&-; sleep 3"
+                ),
+            ])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("bash");
+        std::fs::write(
+            self.root.join(&self.rel).join("cgroup.procs"),
+            writer.id().to_string(),
+        )
+        .expect("join the cgroup");
+        writer.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        assert_eq!(reader.join().unwrap(), total);
+        writer
+    }
+}
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
+        let mut dir = self.root.join(&self.rel);
+        while dir != self.root {
+            let _ = std::fs::remove_dir(&dir);
+            dir.pop();
+        }
     }
 }
 
@@ -200,40 +228,9 @@ impl Drop for Cgroup {
 fn export_labels_a_workload_with_its_cgroup() {
     const TOTAL: u64 = 100_000;
     let name = format!("sockbuf-export-test-{}", std::process::id());
-    let cg = Cgroup(std::path::PathBuf::from(cgroup2_root()).join(&name));
-    std::fs::create_dir(&cg.0).expect("a cgroup v2 directory");
+    let cg = Cgroup::new(name.clone());
     let exporter = Exporter::start(&["--group-by", "comm,cgroup", "-c", "sbexport-cg"]);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let reader = thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut n = 0;
-        while n < TOTAL {
-            match s.read(&mut buf).unwrap() {
-                0 => break,
-                k => n += k as u64,
-            }
-        }
-        n
-    });
-    // bash writes itself (printf is a builtin), under a name of the test's, and stays a
-    // while after (its cgroup is read from /proc while it lives); it waits for a line, so
-    // that it is in the cgroup before it connects.
-    let mut writer = Command::new("bash")
-        .args([
-            "-c",
-            &format!(
-                "read; printf sbexport-cg > /proc/$$/comm; exec 3<>/dev/tcp/127.0.0.1/{port}; \
-                 printf '%*s' {TOTAL} '' >&3; exec 3>&-; sleep 3"
-            ),
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("bash");
-    std::fs::write(cg.0.join("cgroup.procs"), writer.id().to_string()).expect("join the cgroup");
-    writer.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    assert_eq!(reader.join().unwrap(), TOTAL);
+    let mut writer = cg.write_from_bash("sbexport-cg", TOTAL);
     let labels = [
         "comm=\"sbexport-cg\"".to_owned(),
         format!("cgroup=\"/{name}\""),
@@ -244,6 +241,44 @@ fn export_labels_a_workload_with_its_cgroup() {
     });
     assert!(writer.wait().unwrap().success());
     drop(exporter);
+}
+
+/// A pod's cgroups as the kubelet (systemd driver) and containerd name them, and the
+/// kubelet's log directory of the pod, both made by the test: the exporter names the pod
+/// and its namespace, and the container.
+#[test]
+fn export_names_a_pod_and_its_container() {
+    const TOTAL: u64 = 50_000;
+    let uid = format!("5b0c7e2a-9d41-4f3e-8a6b-{:012x}", std::process::id());
+    let container = format!("{:064x}", 0xc0ffee_u64 << 32 | std::process::id() as u64);
+    let cg = Cgroup::new(format!(
+        "sockbuf-export-test-kubepods-{}.slice/kubepods-besteffort.slice/\
+         kubepods-besteffort-pod{}.slice/cri-containerd-{container}.scope",
+        std::process::id(),
+        uid.replace('-', "_")
+    ));
+    let logs = ScratchDir::new("pod-logs");
+    std::fs::create_dir(logs.join(format!("shop_checkout-7d9f8_{uid}"))).unwrap();
+    let exporter = Exporter::start(&[
+        "--group-by",
+        "comm,pod,container",
+        "--pod-logs",
+        &logs.to_string_lossy(),
+        "-c",
+        "sbexport-pod",
+    ]);
+    let mut writer = cg.write_from_bash("sbexport-pod", TOTAL);
+    let labels = [
+        "comm=\"sbexport-pod\"".to_owned(),
+        "namespace=\"shop\"".to_owned(),
+        "pod=\"checkout-7d9f8\"".to_owned(),
+        format!("container=\"{}\"", &container[..12]),
+    ];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    wait_until(Duration::from_secs(10), "the pod's series", || {
+        exporter.sample("sockbuf_send_bytes_total", &labels) == Some(TOTAL as f64)
+    });
+    assert!(writer.wait().unwrap().success());
 }
 
 #[test]

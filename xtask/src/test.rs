@@ -33,6 +33,8 @@ const TEST_PACKAGES: &[&str] = &[
     "iperf3",
     "tmux",
     "prometheus",
+    "podman",
+    "systemd",
 ];
 
 /// What the churn tests' names contain (trace-user/tests/churn.rs).
@@ -64,6 +66,7 @@ pub const HOST_ONLY: &[&str] = &[
     "stale_named_namespaces",
     "top_screen_",
     "export_",
+    "deploy_",
 ];
 
 /// `cargo test --all-features EXTRA -- FILTER --test-threads=1` with `env`, its output passed
@@ -109,8 +112,13 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     setup::run()?;
     // Real programs the tests trace or read the kernel with: redis-server and
     // redis-benchmark, nginx and curl, iperf3, strace (the reference for nginx's calls), and bpftool
-    // (the churn tests count the kernel's map entries).
+    // (the churn tests count the kernel's map entries); podman, systemd-analyze and kubectl
+    // check deploy/. Debian's kubectl is kubernetes-client, unless another kubectl is there
+    // already (the two packages' files clash).
     setup::debian_packages(TEST_PACKAGES, &["--no-install-recommends"])?;
+    if !cmd::on_path("kubectl") {
+        setup::debian_packages(&["kubernetes-client"], &["--no-install-recommends"])?;
+    }
     if !args.no_lint {
         lint::run()?;
     }

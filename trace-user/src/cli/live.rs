@@ -70,6 +70,11 @@ pub struct ExportArgs {
     )]
     pub group_by: Vec<crate::export::GroupBy>,
 
+    /// The kubelet's pod log directory, whose `<namespace>_<name>_<uid>` entries name the pods
+    /// (`--group-by pod`); in a container, mount the host's there read-only.
+    #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
+    pub pod_logs: std::path::PathBuf,
+
     /// Label sets at most; sockets past it are counted under one set whose labels are all
     /// "(other)" (and in sockbuf_series_overflow_total).
     #[arg(long, value_name = "N", default_value_t = 1000,

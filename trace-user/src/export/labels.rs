@@ -1,7 +1,10 @@
 //! The labels a socket's counts go under (`--group-by`), bounded: past `--max-series` label
 //! sets, new ones go to one overflow set whose values are all `(other)`.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+};
 
 use crate::summary::SockSummary;
 
@@ -15,20 +18,21 @@ pub enum GroupBy {
     /// The container id (12 hex digits) its cgroup names: docker, podman, containerd,
     /// CRI-O; empty on the host.
     Container,
-    /// The Kubernetes pod UID its cgroup names; empty outside a pod.
+    /// The Kubernetes pod its cgroup names: two labels, `namespace` and `pod` (the pod's
+    /// name, from the kubelet's pod log directories; its UID where none names it).
     Pod,
     /// The socket's local port.
     Lport,
 }
 
 impl GroupBy {
-    fn key(self) -> &'static str {
+    fn keys(self) -> &'static [&'static str] {
         match self {
-            GroupBy::Comm => "comm",
-            GroupBy::Cgroup => "cgroup",
-            GroupBy::Container => "container",
-            GroupBy::Pod => "pod",
-            GroupBy::Lport => "lport",
+            GroupBy::Comm => &["comm"],
+            GroupBy::Cgroup => &["cgroup"],
+            GroupBy::Container => &["container"],
+            GroupBy::Pod => &["namespace", "pod"],
+            GroupBy::Lport => &["lport"],
         }
     }
 }
@@ -41,17 +45,68 @@ pub type Labels = Vec<(&'static str, String)>;
 pub struct Place {
     pub cgroup: String,
     pub container: String,
+    /// The pod's UID.
     pub pod: String,
 }
 
-/// Reads `/proc/PID/cgroup`'s unified (v2) line: `0::/path`.
-fn cgroup_of(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .unwrap_or_default()
+/// Where task `pid` runs, from `/proc/PID/cgroup`: its unified (v2) line `0::/path`; on a
+/// hybrid host whose runtime names containers only in the v1 hierarchies, the container and
+/// pod from the first v1 line that names them.
+fn place_of(pid: u32) -> Place {
+    let lines = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let v2 = lines
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
-        .unwrap_or("")
-        .to_owned()
+        .unwrap_or("");
+    let mut p = place(v2);
+    if p.container.is_empty() && p.pod.is_empty() {
+        let v1 = lines
+            .lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .map(place)
+            .find(|v1| !v1.container.is_empty() || !v1.pod.is_empty());
+        if let Some(v1) = v1 {
+            (p.container, p.pod) = (v1.container, v1.pod);
+        }
+    }
+    p
+}
+
+/// Pod names and namespaces by UID, from the kubelet's pod log directories
+/// (`/var/log/pods/<namespace>_<name>_<uid>`): the cgroup names only the UID.
+struct PodNames {
+    dir: PathBuf,
+    by_uid: HashMap<String, (String, String)>,
+    /// UIDs a fresh read did not name (the kubelet makes a pod's directory before its
+    /// containers start, so they stay unnamed): not read again for them.
+    unnamed: HashSet<String>,
+}
+
+impl PodNames {
+    /// `(namespace, name)` of pod `uid`; the directory is read again for a UID not met yet.
+    fn get(&mut self, uid: &str) -> Option<&(String, String)> {
+        if !self.by_uid.contains_key(uid) && !self.unnamed.contains(uid) {
+            self.by_uid = std::fs::read_dir(&self.dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| pod_dir_name(&e.file_name().to_string_lossy()))
+                .collect();
+            if !self.by_uid.contains_key(uid) {
+                self.unnamed.insert(uid.to_owned());
+            }
+        }
+        self.by_uid.get(uid)
+    }
+}
+
+/// `namespace_name_uid` → (uid, (namespace, name)); neither a namespace nor a pod name may
+/// hold `_`, so the split is unambiguous.
+fn pod_dir_name(dir: &str) -> Option<(String, (String, String))> {
+    let mut parts = dir.splitn(3, '_');
+    let (ns, name, uid) = (parts.next()?, parts.next()?, parts.next()?);
+    (uid.len() == 36 && !ns.is_empty() && !name.is_empty())
+        .then(|| (uid.to_owned(), (ns.to_owned(), name.to_owned())))
 }
 
 /// The container and pod a cgroup path names, as the runtimes name their cgroups:
@@ -91,12 +146,14 @@ pub struct Grouping {
     series: HashSet<Labels>,
     /// Places by pid, read once per process.
     places: HashMap<u32, Place>,
+    pods: PodNames,
     /// Sockets whose counts went to the overflow set since the start.
     pub overflowed: u64,
 }
 
 impl Grouping {
-    pub fn new(by: &[GroupBy], max_series: usize) -> Self {
+    /// `pod_logs`: the kubelet's pod log directory, where pods' names are found.
+    pub fn new(by: &[GroupBy], max_series: usize, pod_logs: &Path) -> Self {
         let mut by = by.to_vec();
         by.dedup();
         Self {
@@ -104,6 +161,11 @@ impl Grouping {
             max_series,
             series: HashSet::new(),
             places: HashMap::new(),
+            pods: PodNames {
+                dir: pod_logs.to_owned(),
+                by_uid: HashMap::new(),
+                unnamed: HashSet::new(),
+            },
             overflowed: 0,
         }
     }
@@ -122,25 +184,26 @@ impl Grouping {
         let place = if needs_place && s.pid != 0 {
             self.places
                 .entry(s.pid)
-                .or_insert_with(|| place(&cgroup_of(s.pid)))
+                .or_insert_with(|| place_of(s.pid))
                 .clone()
         } else {
             Place::default()
         };
-        let labels: Labels = self
-            .by
-            .iter()
-            .map(|&b| {
-                let v = match b {
-                    GroupBy::Comm => s.comm.clone(),
-                    GroupBy::Cgroup => place.cgroup.clone(),
-                    GroupBy::Container => place.container.clone(),
-                    GroupBy::Pod => place.pod.clone(),
-                    GroupBy::Lport => s.addrs.lport.to_string(),
-                };
-                (b.key(), v)
-            })
-            .collect();
+        let mut labels = Labels::new();
+        for &b in &self.by {
+            let values = match b {
+                GroupBy::Comm => vec![s.comm.clone()],
+                GroupBy::Cgroup => vec![place.cgroup.clone()],
+                GroupBy::Container => vec![place.container.clone()],
+                GroupBy::Pod if place.pod.is_empty() => vec![String::new(), String::new()],
+                GroupBy::Pod => match self.pods.get(&place.pod) {
+                    Some((ns, name)) => vec![ns.clone(), name.clone()],
+                    None => vec![String::new(), place.pod.clone()],
+                },
+                GroupBy::Lport => vec![s.addrs.lport.to_string()],
+            };
+            labels.extend(b.keys().iter().copied().zip(values));
+        }
         if self.series.contains(&labels) {
             return labels;
         }
@@ -151,14 +214,26 @@ impl Grouping {
         self.overflowed += 1;
         self.by
             .iter()
-            .map(|&b| (b.key(), "(other)".to_owned()))
+            .flat_map(|b| b.keys())
+            .map(|&k| (k, "(other)".to_owned()))
             .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::place;
+    use super::{place, pod_dir_name};
+
+    #[test]
+    fn pod_names_from_the_kubelets_log_directories() {
+        let uid = "0f5e2a4c-1b2d-4c6e-8f90-123456789abc";
+        assert_eq!(
+            pod_dir_name(&format!("kube-system_sockbuf-7xk2p_{uid}")),
+            Some((uid.into(), ("kube-system".into(), "sockbuf-7xk2p".into())))
+        );
+        assert_eq!(pod_dir_name("kube-system_sockbuf"), None);
+        assert_eq!(pod_dir_name(&format!("_x_{uid}")), None);
+    }
 
     #[test]
     fn containers_and_pods_from_cgroup_paths() {

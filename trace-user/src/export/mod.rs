@@ -67,7 +67,8 @@ pub async fn run(args: ExportArgs, verbose: u8) -> anyhow::Result<()> {
     tokio::pin!(stop);
     let server = axum::serve(listener, app).into_future();
     tokio::pin!(server);
-    let mut grouping = labels::Grouping::new(&args.group_by, args.max_series as usize);
+    let mut grouping =
+        labels::Grouping::new(&args.group_by, args.max_series as usize, &args.pod_logs);
     let mut before: HashMap<u64, Counts> = HashMap::new();
     let mut refresh = tokio::time::interval(args.interval);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

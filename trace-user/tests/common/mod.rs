@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod guard;
+pub mod metrics;
 pub mod strace;
 pub mod summary;
 
