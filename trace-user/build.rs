@@ -1,9 +1,13 @@
-use std::path::Path;
+use std::{path::Path, process::Command};
 
+use anyhow::{Context as _, bail};
 use aya_build::{Package, Toolchain};
 
-/// Builds the eBPF programs (trace-ebpf's binary) for the BPF target with BTF, into OUT_DIR.
+/// Builds the eBPF programs (trace-ebpf's binary) for the BPF target with BTF, into OUT_DIR;
+/// and the `--stacks` tests' writers (tests/programs), whose directory the tests get as
+/// `SOCKBUF_TEST_PROGRAMS`.
 fn main() -> anyhow::Result<()> {
+    test_programs()?;
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
     let root_dir = Path::new(&manifest_dir).join("../trace-ebpf");
     let root_dir = root_dir
@@ -26,4 +30,41 @@ fn main() -> anyhow::Result<()> {
         }],
         Toolchain::Custom(channel),
     )
+}
+
+/// The programs the `--stacks` tests trace, into OUT_DIR/programs: built here because the
+/// kernel matrix's guests have no compiler (the guest gets this directory as it is). With
+/// frame pointers (the stack walk follows them) and debug info; a stripped copy too.
+fn test_programs() -> anyhow::Result<()> {
+    let src = Path::new(&std::env::var("CARGO_MANIFEST_DIR")?).join("tests/programs");
+    let out = Path::new(&std::env::var("OUT_DIR")?).join("programs");
+    std::fs::create_dir_all(&out)?;
+    let run = |cmd: &mut Command| -> anyhow::Result<()> {
+        let status = cmd.status().with_context(|| format!("{cmd:?}"))?;
+        if !status.success() {
+            bail!("{cmd:?}: {status}");
+        }
+        Ok(())
+    };
+    let c = src.join("stuck_writer.c");
+    let rs = src.join("stuck_writer.rs");
+    println!("cargo:rerun-if-changed={}", c.display());
+    println!("cargo:rerun-if-changed={}", rs.display());
+    run(Command::new("cc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .arg(out.join("stuck_writer"))
+        .arg(&c))?;
+    run(Command::new("strip")
+        .arg("-s")
+        .arg("-o")
+        .arg(out.join("stuck_writer_stripped"))
+        .arg(out.join("stuck_writer")))?;
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    run(Command::new(rustc)
+        .args(["--edition", "2024", "-g", "-C", "opt-level=1"])
+        .args(["-C", "force-frame-pointers=yes", "-o"])
+        .arg(out.join("stuck_writer_rs"))
+        .arg(&rs))?;
+    println!("cargo:rustc-env=SOCKBUF_TEST_PROGRAMS={}", out.display());
+    Ok(())
 }

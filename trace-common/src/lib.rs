@@ -5,6 +5,10 @@
 //! both sides agree on the layout byte for byte; the size assertions below pin it.
 #![no_std]
 
+// The user side's decoded events box the rare large one.
+#[cfg(feature = "user")]
+extern crate alloc;
+
 pub mod agg;
 pub mod calls;
 #[cfg(feature = "user")]
@@ -45,6 +49,9 @@ pub mod maps {
     /// Sockets `close()` orphaned that turned time-wait before the peer's FIN, keyed by
     /// their addresses (LRU): what that FIN's event needs (function backends).
     pub const TIMEWAIT: &str = "TIMEWAIT";
+    /// `--stacks`: kernel and user stacks by id (a stack-trace map; its size is set by the
+    /// loader).
+    pub const STACKS: &str = "STACKS";
 }
 
 /// Standby copies. Where the kernel runs BPF programs preemptibly (7.x), a thread preempted
@@ -205,6 +212,8 @@ pub mod globals {
     /// u64: `tcp_sendmsg`'s address, to tell sockets with a layer above TCP (kTLS); 0 when
     /// unknown.
     pub const TCP_SENDMSG: &str = "TCP_SENDMSG";
+    /// u32: which calls' stacks are taken, one of [`crate::stacks`].
+    pub const STACKS: &str = "STACKS_MODE";
 }
 
 /// Slots of the per-CPU counter array [`maps::LOST`].
@@ -220,10 +229,12 @@ pub mod counters {
     /// `sendfile()`/`splice()`/`sendmmsg()` calls whose exit the kernel skipped (found at
     /// the thread's next syscall exit): their `call` event has no result.
     pub const EXITS_MISSED: u32 = 4;
+    /// `--stacks`: stacks not taken (the stack map had no room, or the walk failed).
+    pub const STACKS_LOST: u32 = 5;
 }
 
 /// Entries of [`maps::LOST`].
-pub const COUNTER_SLOTS: u32 = 5;
+pub const COUNTER_SLOTS: u32 = 6;
 
 /// Capacity of [`maps::INFLIGHT_SLOTS`] and [`maps::INFLIGHT`]: one entry per thread inside
 /// a send call.
@@ -269,6 +280,9 @@ pub enum EventKind {
     UdpOut = 12,
     /// A `sendfile()`, `splice()` or `sendmmsg()` returned: [`calls::CallEvent`].
     Call = 13,
+    /// The top of a task's user stack, just before the event whose stacks were taken
+    /// (`--stacks`): [`StackTopEvent`].
+    StackTop = 14,
 }
 
 impl EventKind {
@@ -287,6 +301,7 @@ impl EventKind {
             11 => Some(Self::UdpSend),
             12 => Some(Self::UdpOut),
             13 => Some(Self::Call),
+            14 => Some(Self::StackTop),
             _ => None,
         }
     }
@@ -384,6 +399,59 @@ pub struct SendEvent {
     /// `ret` for plain TCP; on a kTLS socket the records it pushed, headers and tags
     /// included (or none yet: a record left open by `MSG_MORE`).
     pub tcp_bytes: u64,
+    /// Where the call returned from (`--stacks`: an EAGAIN, or with `--stacks all` any call).
+    pub stacks: StackIds,
+}
+
+/// A task's kernel and user stacks, as ids in [`maps::STACKS`] ([`NO_STACK`]: not taken, or
+/// lost: see [`counters::STACKS_LOST`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct StackIds {
+    pub kernel: u32,
+    pub user: u32,
+}
+
+/// A [`StackIds`] id that names no stack.
+pub const NO_STACK: u32 = u32::MAX;
+
+/// Words of [`StackTopEvent::words`].
+pub const STACK_TOP_WORDS: usize = 64;
+
+/// The words at the top of a task's user stack when its stacks were taken, emitted just
+/// before the event they belong to. The frame-pointer walk behind a user stack skips the
+/// caller of a function that keeps no frame pointer (a libc syscall wrapper: its caller's
+/// return address sits on the stack, not in the frame chain), and stops in code built
+/// without them (Rust's std); user space finds the return addresses here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackTopEvent {
+    pub hdr: Header,
+    /// The user stack pointer the syscall saved.
+    pub sp: u64,
+    /// The words from `sp` up (0s where the read failed).
+    pub words: [u64; STACK_TOP_WORDS],
+}
+
+impl StackIds {
+    pub const NONE: Self = Self {
+        kernel: NO_STACK,
+        user: NO_STACK,
+    };
+
+    pub fn any(&self) -> bool {
+        self.kernel != NO_STACK || self.user != NO_STACK
+    }
+}
+
+/// Which calls' stacks are taken ([`globals::STACKS`]).
+pub mod stacks {
+    pub const OFF: u32 = 0;
+    /// Sleeps on a full send buffer and EAGAINs.
+    pub const WAITS: u32 = 1;
+    /// Those and every send call.
+    pub const ALL: u32 = 2;
 }
 
 /// [`SendEvent::requested`] is known (the kernel reached its copy loop).
@@ -413,6 +481,8 @@ pub struct BlockEvent {
     pub left: u64,
     /// The send queue when it fell asleep.
     pub queue: SendQueue,
+    /// Where it fell asleep (`--stacks`).
+    pub stacks: StackIds,
 }
 
 /// The peer's ACK advanced over bytes a traced write put in the stream.
@@ -627,10 +697,11 @@ const _: () = {
     assert!(core::mem::size_of::<Header>() == 40);
     assert!(core::mem::size_of::<SockAddrs>() == 40);
     assert!(core::mem::size_of::<SendQueue>() == 32);
-    assert!(core::mem::size_of::<SendEvent>() == 192);
+    assert!(core::mem::size_of::<SendEvent>() == 200);
     assert!(core::mem::size_of::<calls::CallRef>() == 16);
     assert!(core::mem::size_of::<calls::CallEvent>() == 96);
-    assert!(core::mem::size_of::<BlockEvent>() == 112);
+    assert!(core::mem::size_of::<BlockEvent>() == 120);
+    assert!(core::mem::size_of::<StackTopEvent>() == 48 + 8 * STACK_TOP_WORDS);
     assert!(core::mem::size_of::<AckEvent>() == 56);
     assert!(core::mem::size_of::<Filter>() == 32);
     assert!(core::mem::size_of::<RecvQueue>() == 24);

@@ -5,7 +5,7 @@ use core::mem::size_of;
 
 use crate::{
     AckEvent, BlockEvent, EventKind, Filter, Header, KernelOffsets, RecvEvent, SendEvent,
-    SockEvent, UdpEvent, calls::CallEvent,
+    SockEvent, StackTopEvent, UdpEvent, calls::CallEvent,
 };
 
 // SAFETY: all of these are `#[repr(C)]`, made of integers only, and valid for any bit pattern.
@@ -13,6 +13,7 @@ unsafe impl aya::Pod for Filter {}
 unsafe impl aya::Pod for KernelOffsets {}
 unsafe impl aya::Pod for SendEvent {}
 unsafe impl aya::Pod for BlockEvent {}
+unsafe impl aya::Pod for StackTopEvent {}
 unsafe impl aya::Pod for AckEvent {}
 unsafe impl aya::Pod for RecvEvent {}
 unsafe impl aya::Pod for SockEvent {}
@@ -36,7 +37,7 @@ impl SendEvent {
 }
 
 /// One decoded ring-buffer record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Send(SendEvent),
     Block(BlockEvent),
@@ -50,6 +51,9 @@ pub enum Event {
     Udp(UdpEvent),
     /// A `sendfile()`, `splice()` or `sendmmsg()` returned.
     Call(CallEvent),
+    /// The top of a user stack, for the next event of its thread (boxed: it is the largest
+    /// by far, and rare).
+    StackTop(alloc::boxed::Box<StackTopEvent>),
 }
 
 /// A record that does not match any known event layout.
@@ -101,6 +105,9 @@ impl Event {
             ) => read(bytes, hdr.kind).map(Event::Sock),
             Some(EventKind::UdpSend | EventKind::UdpOut) => read(bytes, hdr.kind).map(Event::Udp),
             Some(EventKind::Call) => read(bytes, hdr.kind).map(Event::Call),
+            Some(EventKind::StackTop) => {
+                read(bytes, hdr.kind).map(|e| Event::StackTop(alloc::boxed::Box::new(e)))
+            }
             None => Err(DecodeError::UnknownKind(hdr.kind)),
         }
     }
@@ -114,6 +121,7 @@ impl Event {
             Event::Sock(e) => &e.hdr,
             Event::Udp(e) => &e.hdr,
             Event::Call(e) => &e.hdr,
+            Event::StackTop(e) => &e.hdr,
         }
     }
 }
@@ -175,6 +183,10 @@ mod tests {
                 piece: 3,
             },
             tcp_bytes: 1_058,
+            stacks: crate::StackIds {
+                kernel: 7,
+                user: crate::NO_STACK,
+            },
         };
         assert_eq!(Event::parse(as_bytes(&ev)), Ok(Event::Send(ev)));
         // Without SEND_F_TCP_BYTES the call's TCP bytes are what it copied (nothing here).
@@ -206,6 +218,7 @@ mod tests {
             end_ns: 2,
             left: 3,
             queue: SendQueue::default(),
+            stacks: crate::StackIds::NONE,
         };
         assert_eq!(Event::parse(as_bytes(&block)), Ok(Event::Block(block)));
         let ack = AckEvent {

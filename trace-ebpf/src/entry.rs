@@ -3,7 +3,7 @@
 //! call as `model::send_begin` does; the scheduler says when the sleeping writer runs again.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use trace_common::{SEND_F_REQUESTED, SEND_F_TCP_BYTES, SendQueue};
+use trace_common::{SEND_F_REQUESTED, SEND_F_TCP_BYTES, SendQueue, StackIds};
 
 use crate::{
     filter, inflight,
@@ -53,6 +53,7 @@ pub fn send_begin_fd(fd: u64, requested: Option<u64>, flags: u32, extra: u32) ->
         block_start: 0,
         block_left: 0,
         block_queue: SendQueue::default(),
+        block_stacks: StackIds::NONE,
     };
     open_call(&sock, pid_tgid as u32, call)
 }

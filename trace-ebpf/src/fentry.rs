@@ -26,7 +26,7 @@ with_standby! {
     #[fexit(function = "tcp_sendmsg")]
     fn send_tcp_sendmsg_fexit, sb_send_tcp_sendmsg_fexit(ctx: FExitContext) {
         let ret = func_ret(&ctx);
-        model::run(&ctx, || model::send_end(Sock::new(ctx.arg(0)), ret))
+        model::run(&ctx, || model::send_end(&ctx, Sock::new(ctx.arg(0)), ret))
     }
 }
 
@@ -44,7 +44,7 @@ with_standby! {
     #[fentry(function = "sk_stream_wait_memory")]
     fn block_sk_stream_wait_memory_fentry, sb_block_sk_stream_wait_memory_fentry(ctx: FEntryContext) {
         let timeo_p: u64 = ctx.arg(1);
-        model::run(&ctx, || model::wait_for_memory(timeo_p))
+        model::run(&ctx, || model::wait_for_memory(&ctx, timeo_p))
     }
 }
 

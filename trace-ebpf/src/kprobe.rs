@@ -22,7 +22,7 @@ pub fn send_tcp_sendmsg_kprobe(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn send_tcp_sendmsg_kretprobe(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
-    model::run(&ctx, || model::send_return(i64::from(ret)))
+    model::run(&ctx, || model::send_return(&ctx, i64::from(ret)))
 }
 
 #[kprobe]
@@ -30,7 +30,7 @@ pub fn block_sk_stream_wait_memory_kprobe(ctx: ProbeContext) -> u32 {
     let Some(timeo_p) = ctx.arg::<u64>(1) else {
         return 0;
     };
-    model::run(&ctx, || model::wait_for_memory(timeo_p))
+    model::run(&ctx, || model::wait_for_memory(&ctx, timeo_p))
 }
 
 #[kretprobe]

@@ -22,6 +22,7 @@ mod life;
 mod maps;
 mod model;
 mod recv;
+mod stacks;
 mod standby;
 mod syscall;
 mod tp_btf;

@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use trace_common::{INFLIGHT_ENTRIES, SOCKS_ENTRIES, SendQueue, SockAddrs, TIMEWAIT_ENTRIES};
+use trace_common::{
+    INFLIGHT_ENTRIES, SOCKS_ENTRIES, SendQueue, SockAddrs, StackIds, TIMEWAIT_ENTRIES,
+};
 
 /// Carries events to userspace. Its size is set by the loader (`--ring-size`).
 #[map]
@@ -55,6 +57,8 @@ pub struct Inflight {
     pub block_start: u64,
     pub block_left: u64,
     pub block_queue: SendQueue,
+    /// Where the thread fell asleep (`--stacks`).
+    pub block_stacks: StackIds,
 }
 
 /// Open calls by thread id modulo its size (see `inflight`).

@@ -8,11 +8,12 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, generated},
+    programs::tracing::StackIdContext,
 };
 use aya_log_ebpf::warn;
 use trace_common::{
     AckEvent, BlockEvent, COMM_LEN, EventKind, Header, SEND_F_BLOCKED, SEND_F_REQUESTED,
-    SEND_F_TCP_BYTES, SEND_F_UNSEEN, SYNTHETIC_IDS, SendEvent, SendQueue,
+    SEND_F_TCP_BYTES, SEND_F_UNSEEN, SYNTHETIC_IDS, SendEvent, SendQueue, StackIds,
 };
 
 use crate::{
@@ -20,7 +21,7 @@ use crate::{
     kernel::{self, Access, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
     life,
     maps::{EVENTS, Inflight, LOST_EVENTS, NEXT_ID, READ_ERRORS, SOCKS, SockTrack},
-    syscall, udp,
+    stacks, syscall, udp,
 };
 
 /// Runs a model function and turns a fault into a rate-limited aya-log warning
@@ -142,6 +143,7 @@ pub fn send_begin<A: Access>(sock: Sock<A>, msg: u64) -> Result<(), Fault> {
         block_start: 0,
         block_left: 0,
         block_queue: SendQueue::default(),
+        block_stacks: StackIds::NONE,
     };
     open_call(&sock, tid, call)
 }
@@ -167,7 +169,7 @@ pub fn open_call<A: Access>(sock: &Sock<A>, tid: u32, mut call: Inflight) -> Res
 /// The thread starts waiting for send-buffer space inside its traced send call (the backend
 /// decides what that looks like: a sleep in `sched_switch`, or entering `sk_stream_wait_memory`).
 #[inline(always)]
-pub fn block_begin() -> Result<(), Fault> {
+pub fn block_begin<C: StackIdContext>(ctx: &C) -> Result<(), Fault> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(call) = inflight::get(pid_tgid as u32) else {
         return Ok(());
@@ -187,6 +189,7 @@ pub fn block_begin() -> Result<(), Fault> {
     };
     call.block_start = now;
     call.flags |= SEND_F_BLOCKED;
+    call.block_stacks = stacks::take(ctx, trace_common::stacks::WAITS);
     // Said now, not only at the wake-up: a writer stuck on a peer that never reads would
     // otherwise never show up.
     emit_block(EventKind::BlockStart, call, pid_tgid, comm(), 0);
@@ -213,17 +216,18 @@ fn emit_block(kind: EventKind, call: &Inflight, pid_tgid: u64, comm: [u8; COMM_L
         e.end_ns = end_ns;
         e.left = call.block_left;
         e.queue = call.block_queue;
+        e.stacks = call.block_stacks;
     });
 }
 
 /// `sk_stream_wait_memory(sk, timeo_p)` is entered: a blocking sender starts waiting for
 /// space; a non-blocking one (`*timeo_p == 0`) gets EAGAIN instead and does not wait.
 #[inline(always)]
-pub fn wait_for_memory(timeo_p: u64) -> Result<(), Fault> {
+pub fn wait_for_memory<C: StackIdContext>(ctx: &C, timeo_p: u64) -> Result<(), Fault> {
     if kernel::read::<i64>(timeo_p, 0)? == 0 {
         return Ok(());
     }
-    block_begin()
+    block_begin(ctx)
 }
 
 /// The thread stops waiting for space (function backends: `sk_stream_wait_memory` returns).
@@ -241,7 +245,7 @@ pub fn block_end() -> Result<(), Fault> {
 /// The send call of the current thread returns `ret` (function backends' return probes, which
 /// do not see the socket: it is the one the call began on).
 #[inline(always)]
-pub fn send_return(ret: i64) -> Result<(), Fault> {
+pub fn send_return<C: StackIdContext>(ctx: &C, ret: i64) -> Result<(), Fault> {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(call) = inflight::get(tid).map(|c| unsafe { &*c }) else {
         return Ok(());
@@ -251,7 +255,7 @@ pub fn send_return(ret: i64) -> Result<(), Fault> {
         // send_end may count the call without looking for it.
         inflight::remove(tid);
     }
-    send_end(Sock::new(sk), ret)
+    send_end(ctx, Sock::new(sk), ret)
 }
 
 /// Emits the block event of a call whose thread runs again (the current one).
@@ -272,7 +276,11 @@ pub fn close_block_of(call: &mut Inflight, pid_tgid: u64, comm: [u8; COMM_LEN], 
 
 /// The socket layer returns `ret` from a send call on `sock`.
 #[inline(always)]
-pub fn send_end<A: Access>(sock: Sock<A>, ret: i64) -> Result<(), Fault> {
+pub fn send_end<C: StackIdContext, A: Access>(
+    ctx: &C,
+    sock: Sock<A>,
+    ret: i64,
+) -> Result<(), Fault> {
     let sk = sock.ptr;
     let pid_tgid = bpf_get_current_pid_tgid();
     // `--summary` without `--full`, on a socket it already counts: nothing else to look up
@@ -373,6 +381,13 @@ pub fn send_end<A: Access>(sock: Sock<A>, ret: i64) -> Result<(), Fault> {
         sock.read_addrs(&mut track.addrs)?;
     }
     let (addrs, id, ino) = (track.addrs, track.id, track.ino);
+    const EAGAIN: i64 = 11;
+    let level = if ret == -EAGAIN {
+        trace_common::stacks::WAITS
+    } else {
+        trace_common::stacks::ALL
+    };
+    let stacks = stacks::take(ctx, level);
     emit(|e: &mut SendEvent| {
         e.hdr = header(EventKind::Send, pid_tgid, id, ino, now);
         e.comm = comm();
@@ -386,6 +401,7 @@ pub fn send_end<A: Access>(sock: Sock<A>, ret: i64) -> Result<(), Fault> {
         e.seq_end = seq_end;
         e.call = call;
         e.tcp_bytes = tcp_bytes;
+        e.stacks = stacks;
     });
     Ok(())
 }

@@ -45,7 +45,7 @@ pub const PF_IO_WORKER: u32 = 0x10;
 /// The current task's user registers and syscall number; `None` in an io_uring worker or
 /// a kernel thread, or where they are not where x86_64 keeps them.
 #[inline(always)]
-fn user_regs() -> Result<Option<(u64, u64)>, Fault> {
+pub fn user_regs() -> Result<Option<(u64, u64)>, Fault> {
     const PT_REGS_SIZE: u64 = 21 * 8;
     let task = unsafe { bpf_get_current_task() };
     if kernel::task_flags(task)? & PF_IO_WORKER != 0 {

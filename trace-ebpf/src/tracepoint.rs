@@ -4,7 +4,7 @@
 use aya_ebpf::{
     EbpfContext,
     macros::raw_tracepoint,
-    programs::{BtfTracePointContext, RawTracePointContext},
+    programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
 use trace_common::SEND_F_LAYERED;
 
@@ -18,7 +18,7 @@ use crate::{
 
 /// A tracepoint's arguments, raw or BTF-typed (`tp_btf`): the programs of both backends
 /// share their bodies.
-pub trait TracepointArgs: EbpfContext {
+pub trait TracepointArgs: EbpfContext + StackIdContext {
     fn arg_u64(&self, n: usize) -> u64;
     /// Argument `n`, a `struct sock *`, typed for direct loads when it is a TCP socket and
     /// the hook is typed; `None` otherwise (the same socket is then read by probe reads).
@@ -107,7 +107,7 @@ pub fn sock_send_length<C: TracepointArgs, const LAYERED_ONLY: bool>(ctx: &C) ->
                 return Ok(());
             }
         }
-        with_sock!(ctx, 0, a.0, |sock| model::send_end(sock, a.1))
+        with_sock!(ctx, 0, a.0, |sock| model::send_end(ctx, sock, a.1))
     })
 }
 
@@ -129,7 +129,7 @@ fn task_sleeps(ctx: &RawTracePointContext) -> u32 {
     if prev_state & TASK_INTERRUPTIBLE == 0 {
         return 0;
     }
-    model::run(ctx, model::block_begin)
+    model::run(ctx, || model::block_begin(ctx))
 }
 
 with_standby! {

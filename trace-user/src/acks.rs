@@ -249,6 +249,7 @@ mod tests {
             seq_end,
             call: Default::default(),
             tcp_bytes: 0,
+            stacks: trace_common::StackIds::NONE,
         }
     }
 

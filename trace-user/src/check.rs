@@ -22,6 +22,8 @@ pub fn run(json: bool) -> anyhow::Result<bool> {
         kernel_log: false,
         aggregate: trace_common::agg::Level::Off,
         max_sockets: 1,
+        stacks: trace_common::stacks::OFF,
+        max_stacks: 1,
     };
     // The programs as `trace` would attach them here, copies or not.
     let standby = preflight::programs_preemptible();

@@ -24,9 +24,11 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// `stacks`: what `--stacks` asked for (the experiments without it: `None`).
     pub fn start(
         port: u16,
         tracer: &TracerArgs,
+        stacks: Option<&crate::cli::StackArgs>,
         verbose: u8,
         json: bool,
     ) -> anyhow::Result<(Self, Printer)> {
@@ -42,14 +44,20 @@ impl Lab {
             kernel_log: verbose > 0,
             aggregate: trace_common::agg::Level::Off,
             max_sockets: 1,
+            stacks: stacks.map_or(trace_common::stacks::OFF, |s| s.mode()),
+            max_stacks: stacks.map_or(1, |s| s.max_stacks),
         };
-        let session = Session::start(&opts)?;
+        let mut session = Session::start(&opts)?;
         let t0 = monotonic_ns();
         let stdout: Box<dyn Write> = Box::new(std::io::BufWriter::with_capacity(
             1 << 16,
             std::io::stdout(),
         ));
         let mut printer = Printer::new(output::new_output(json, stdout, t0, true));
+        if opts.stacks != trace_common::stacks::OFF {
+            let names = session.tracer_mut().take_stacks()?;
+            printer.stacks = Some(crate::stacks::StackSink::new(names, opts.stacks));
+        }
         printer
             .out
             .start(session.tracer().mode.name(), &session.tracer().refused)?;

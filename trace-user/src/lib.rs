@@ -23,6 +23,7 @@ pub mod preflight;
 pub mod replay;
 pub mod session;
 pub mod sockio;
+pub mod stacks;
 pub mod stop;
 pub mod summary;
 pub mod top;

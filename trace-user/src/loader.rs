@@ -37,6 +37,10 @@ pub struct LoadOptions {
     pub aggregate: Level,
     /// `--summary`: sockets the kernel counts at once (AGG's entries).
     pub max_sockets: u32,
+    /// Which calls' stacks are taken (`trace_common::stacks`), and how many distinct ones
+    /// the kernel's map holds.
+    pub stacks: u32,
+    pub max_stacks: u32,
 }
 
 /// Counters the programs keep per CPU.
@@ -52,6 +56,8 @@ pub struct KernelCounters {
     pub missed: u64,
     /// `--summary`: calls streamed as events because AGG had no entry for their socket.
     pub agg_streamed: u64,
+    /// `--stacks`: stacks not taken (no room in the stack map, or the walk failed).
+    pub stacks_lost: u64,
 }
 
 /// Wake the reader when a sixteenth of the ring holds data (and otherwise on its drain timer):
@@ -97,8 +103,17 @@ fn load_object_with(
         .override_global(globals::AGGREGATE, &(opts.aggregate as u32), true)
         .override_global(globals::MARK_CALLS, &standby::mark_mask(standby), true)
         .override_global(globals::TCP_SENDMSG, &tcp_sendmsg.unwrap_or(0), true)
+        .override_global(globals::STACKS, &opts.stacks, true)
         .map_max_entries(maps::EVENTS, opts.ring_bytes)
         .map_max_entries(maps::AGG, opts.max_sockets.max(1))
+        .map_max_entries(
+            maps::STACKS,
+            if opts.stacks == trace_common::stacks::OFF {
+                1
+            } else {
+                opts.max_stacks.max(1)
+            },
+        )
         .map_max_entries(maps::PENDING, opts.max_sockets.clamp(1, PENDING_ENTRIES))
         .load(aya::include_bytes_aligned!(concat!(
             env!("OUT_DIR"),
@@ -170,6 +185,17 @@ impl Tracer {
     /// The programs' log channel (aya-log), forwarding to the `log` crate.
     pub fn take_logger(&mut self) -> Option<EbpfLogger<&'static dyn log::Log>> {
         self.logger.take()
+    }
+
+    /// The map of the stacks the programs take (`--stacks`), taken out of the object.
+    pub fn take_stacks(&mut self) -> anyhow::Result<crate::stacks::StackNames> {
+        let map = self
+            .ebpf
+            .take_map(maps::STACKS)
+            .context("STACKS map missing")?;
+        Ok(crate::stacks::StackNames::new(
+            aya::maps::StackTraceMap::try_from(map)?,
+        ))
     }
 
     /// `--summary`: the kernel's counts, taken so that the summary can take each socket's
@@ -291,6 +317,7 @@ impl Tracer {
             faults: sum(counters::READ_ERRORS)?,
             missed,
             agg_streamed: sum(counters::AGG_STREAMED)?,
+            stacks_lost: sum(counters::STACKS_LOST)?,
         })
     }
 }

@@ -15,6 +15,7 @@ use crate::{
     output::{self, Output, Totals},
     replay::Recorder,
     session::{EventHandler, Session},
+    stacks::StackSink,
     stop,
     summary::Summary,
 };
@@ -24,6 +25,8 @@ pub struct Printer {
     pub out: Box<dyn Output>,
     pub acks: AckMatcher,
     pub totals: Totals,
+    /// `--stacks`: names the events' stacks and sums them.
+    pub stacks: Option<StackSink>,
     /// Woken when output fails (e.g. a closed pipe), so the session stops.
     pub broken: Rc<Notify>,
     failed: bool,
@@ -35,6 +38,7 @@ impl Printer {
             out,
             acks: AckMatcher::default(),
             totals: Totals::default(),
+            stacks: None,
             broken: Rc::default(),
             failed: false,
         }
@@ -57,14 +61,19 @@ impl EventHandler for Printer {
             return;
         }
         let Self {
-            out, acks, totals, ..
+            out,
+            acks,
+            totals,
+            stacks,
+            ..
         } = self;
         let mut res = Ok(());
         totals.records_by_kind.count(ev);
         match ev {
             Event::Send(e) => {
                 totals.sends += 1;
-                res = out.send(e);
+                let stack = stacks.as_mut().and_then(|s| s.on_send(e));
+                res = out.send(e, stack.as_deref());
                 acks.on_send(e, |w| {
                     totals.acks += 1;
                     if res.is_ok() {
@@ -74,9 +83,13 @@ impl EventHandler for Printer {
             }
             Event::Block(e) => {
                 totals.blocks += 1;
-                res = out.block(e);
+                let stack = stacks.as_mut().and_then(|s| s.on_block(e));
+                res = out.block(e, stack.as_deref());
             }
-            Event::BlockStart(e) => res = out.block(e),
+            Event::BlockStart(e) => {
+                let stack = stacks.as_mut().and_then(|s| s.on_block(e));
+                res = out.block(e, stack.as_deref());
+            }
             Event::Recv(e) => res = out.recv(e),
             Event::Sock(e) => {
                 res = out.sock(e);
@@ -89,6 +102,11 @@ impl EventHandler for Printer {
             }
             Event::Udp(e) => res = out.udp(e),
             Event::Call(e) => res = out.call(e),
+            Event::StackTop(e) => {
+                if let Some(s) = stacks {
+                    s.on_top(e);
+                }
+            }
             Event::Ack(e) => {
                 log::trace!(
                     "ack sock {} {}..{} at {}",
@@ -130,6 +148,8 @@ pub fn load_options(
         kernel_log: verbose > 0,
         aggregate,
         max_sockets,
+        stacks: trace_common::stacks::OFF,
+        max_stacks: 1,
     })
 }
 
@@ -158,13 +178,15 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         (true, false) => Level::Counts,
         (true, true) => Level::Full,
     };
-    let opts = load_options(
+    let mut opts = load_options(
         &args.filter,
         &args.tracer,
         verbose,
         level,
         args.bounds.max_sockets(),
     )?;
+    opts.stacks = args.stacks.mode();
+    opts.max_stacks = args.stacks.max_stacks;
     let mut session = Session::start(&opts)?;
     if let Some(path) = &args.record {
         session.recorder = Some(Recorder::create(path)?);
@@ -176,6 +198,10 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
     ));
     let mut printer = Printer::new(output::new_output(args.json, stdout, t0, !args.summary));
     printer.acks = AckMatcher::new(args.bounds.max_sockets() as usize);
+    if opts.stacks != trace_common::stacks::OFF {
+        let names = session.tracer_mut().take_stacks()?;
+        printer.stacks = Some(StackSink::new(names, opts.stacks));
+    }
     let tracer = session.tracer();
     printer.out.start(tracer.mode.name(), &tracer.refused)?;
     printer.out.flush()?;
@@ -186,7 +212,8 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         if let Some(r) = session.recorder.take() {
             r.finish().context("--record")?;
         }
-        return finish(&session, &mut printer, t0);
+        finish(&session, &mut printer, t0)?;
+        return write_stacks(&args.stacks, printer.stacks.as_ref());
     }
     let counts = session.tracer_mut().take_counts(args.full)?;
     let mut summary = Summary::new(args.full, args.bounds.summary(), Some(counts));
@@ -200,6 +227,20 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
     printer.totals = summary.totals;
     printer.acks = std::mem::take(&mut summary.acks);
     finish(&session, &mut printer, t0)
+}
+
+/// `--folded` and `--flamegraph` files, once the session is over.
+pub fn write_stacks(args: &crate::cli::StackArgs, sink: Option<&StackSink>) -> anyhow::Result<()> {
+    let Some(sink) = sink else {
+        return Ok(());
+    };
+    if let Some(path) = &args.folded {
+        sink.folded.write(path).context("--folded")?;
+    }
+    if let Some(path) = &args.flamegraph {
+        sink.folded.flamegraph(path).context("--flamegraph")?;
+    }
+    Ok(())
 }
 
 /// Says on stderr which bound was hit and what it did; nothing is silently dropped.
@@ -237,6 +278,13 @@ pub fn finish(session: &Session, printer: &mut Printer, t0: u64) -> anyhow::Resu
     let t = &mut printer.totals;
     t.records = session.stats.records;
     t.lost = k.lost;
+    t.stacks_lost = k.stacks_lost;
+    if t.stacks_lost > 0 {
+        log::warn!(
+            "{} stacks were not taken: the stack map had no room for them (raise --max-stacks) or the walk failed",
+            t.stacks_lost
+        );
+    }
     t.faults = k.faults;
     t.missed = k.missed;
     if t.missed > 0 {

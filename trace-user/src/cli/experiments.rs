@@ -75,6 +75,9 @@ pub struct FillArgs {
 
     #[command(flatten)]
     pub tracer: TracerArgs,
+
+    #[command(flatten)]
+    pub stacks: super::StackArgs,
 }
 
 #[derive(Debug, Args)]

@@ -7,11 +7,13 @@ use clap::{Args, Parser, Subcommand};
 pub use self::{
     experiments::{FillArgs, FillMode, UdpArgs, parse_triple},
     live::{ExportArgs, TopArgs},
+    stacks::{StackArgs, StacksWhich},
 };
 use crate::attach::AttachMode;
 
 mod experiments;
 mod live;
+mod stacks;
 
 /// sockbuf: what the Linux kernel does with the bytes an application writes to a socket.
 ///
@@ -206,7 +208,7 @@ pub struct TraceArgs {
     /// No line per event: at the end, per-socket totals and log2 histograms, counted in the
     /// kernel: send and receive calls, bytes, EAGAINs, bytes per call. Hooks only the calls'
     /// returns (and the rare state changes and RSTs), to stay cheap.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with_all = ["stacks", "folded", "flamegraph"])]
     pub summary: bool,
 
     /// With --summary: also requested bytes, sleeps on a full send buffer, FINs, UDP
@@ -221,6 +223,9 @@ pub struct TraceArgs {
 
     #[command(flatten)]
     pub bounds: BoundArgs,
+
+    #[command(flatten)]
+    pub stacks: StackArgs,
 
     /// Also write every ring-buffer record, as read, to FILE (for `sockbuf replay`).
     #[arg(long, value_name = "FILE", hide = true)]

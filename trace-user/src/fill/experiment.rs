@@ -286,6 +286,29 @@ fn fill_nonblocking(
     Ok(())
 }
 
+/// The blocking experiment's writer: `chunk`-byte writes until told to stop. Out of line, so
+/// that `fill --stacks` names it as the function that slept.
+#[inline(never)]
+fn blocking_writer(
+    client: &Socket,
+    chunk: usize,
+    interval: Duration,
+    written: &AtomicU64,
+    calls: &AtomicU64,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    let buf = vec![0x5a_u8; chunk];
+    while !stop.load(Ordering::Acquire) {
+        calls.fetch_add(1, Ordering::AcqRel);
+        let n = client.send(&buf)?;
+        written.fetch_add(n as u64, Ordering::AcqRel);
+        if !interval.is_zero() {
+            thread::sleep(interval);
+        }
+    }
+    Ok(())
+}
+
 fn fill_blocking(
     plan: &Plan,
     client: Socket,
@@ -308,18 +331,7 @@ fn fill_blocking(
         let client = client.try_clone()?;
         thread::Builder::new()
             .name("fill-writer".into())
-            .spawn(move || -> io::Result<()> {
-                let buf = vec![0x5a_u8; chunk];
-                while !stop.load(Ordering::Acquire) {
-                    calls.fetch_add(1, Ordering::AcqRel);
-                    let n = client.send(&buf)?;
-                    written.fetch_add(n as u64, Ordering::AcqRel);
-                    if !interval.is_zero() {
-                        thread::sleep(interval);
-                    }
-                }
-                Ok(())
-            })?
+            .spawn(move || blocking_writer(&client, chunk, interval, &written, &calls, &stop))?
     };
     // The tracer says when the writer falls asleep; give delayed ACKs `read_after` to wake it
     // for a last copy, and measure once it is asleep again.

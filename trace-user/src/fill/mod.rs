@@ -89,7 +89,8 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
     let port = lab::port(&port_rx, &result_rx)?;
 
     // Only this process's sockets on the experiment's port: the client and its peer.
-    let (mut lab, printer) = Lab::start(port, &args.tracer, verbose, args.json)?;
+    let (mut lab, printer) =
+        Lab::start(port, &args.tracer, Some(&args.stacks), verbose, args.json)?;
     let mut handler = FillHandler::new(printer, asleep_tx, writer, args.json);
     go_tx
         .send(())
@@ -134,6 +135,12 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
             measured.accepted_bytes,
         ));
     }
+    // The experiment's writer is sockbuf's own code (`trace_user`, the library's crate).
+    report.slept_in = printer
+        .stacks
+        .as_ref()
+        .and_then(|s| s.slept_in(Some("trace_user::")));
+    crate::trace::write_stacks(&args.stacks, printer.stacks.as_ref())?;
     if let Some(path) = &args.plot {
         plot::write_svg(path, &measured, &traced)?;
         log::info!("wrote {}", path.display());

@@ -48,6 +48,9 @@ pub struct FillReport {
     pub server_read_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub then: Option<ThenReport>,
+    /// `--stacks`: where the writer slept longest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slept_in: Option<crate::stacks::SleptIn>,
     #[serde(serialize_with = "checks_as_map")]
     pub checks: Vec<Check>,
 }
@@ -138,6 +141,7 @@ impl FillReport {
             server_wait_ns: (mode == FillMode::Blocking).then_some(m.server_wait_ns),
             server_read_bytes: (mode == FillMode::Blocking).then_some(m.server_read_bytes),
             then: None,
+            slept_in: None,
             checks,
         }
     }
@@ -208,6 +212,21 @@ impl FillReport {
                 "  block      the writer slept {:.1} ms; the server waited {:.1} ms before reading",
                 b as f64 / 1e6,
                 w as f64 / 1e6
+            )?;
+        }
+        if let Some(s) = &r.slept_in {
+            writeln!(
+                out,
+                "  slept in   {} ({:.1} ms asleep there; stack: {})",
+                s.function,
+                s.asleep_ns as f64 / 1e6,
+                s.frames
+                    .user
+                    .iter()
+                    .take(6)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" < ")
             )?;
         }
         if let Some(t) = &r.then {

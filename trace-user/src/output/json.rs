@@ -18,6 +18,7 @@ use super::{
 use crate::{
     acks::AckedWrite,
     format::{self, ErrName},
+    stacks::Frames,
 };
 
 pub struct JsonOutput {
@@ -71,6 +72,8 @@ struct SendJson<'a> {
     tcp_bytes: Option<u64>,
     /// A layer above TCP (kTLS) took the bytes (see `SEND_F_LAYERED`).
     layered: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack: Option<&'a Frames>,
 }
 
 /// The application call a kernel send was, or was a piece of.
@@ -138,6 +141,8 @@ struct BlockJson<'a> {
     send_q: u32,
     unsent: u32,
     in_flight: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack: Option<&'a Frames>,
 }
 
 #[derive(Serialize)]
@@ -204,7 +209,7 @@ impl Output for JsonOutput {
         })
     }
 
-    fn send(&mut self, e: &SendEvent) -> std::io::Result<()> {
+    fn send(&mut self, e: &SendEvent, stack: Option<&Frames>) -> std::io::Result<()> {
         self.names.learn(e.hdr.sock_id, &e.addrs);
         let tcp_bytes = e.tcp_bytes();
         self.line(&SendJson {
@@ -225,10 +230,11 @@ impl Output for JsonOutput {
             unseen_error: e.flags & SEND_F_UNSEEN != 0,
             tcp_bytes,
             layered: e.flags & SEND_F_LAYERED != 0,
+            stack,
         })
     }
 
-    fn block(&mut self, e: &BlockEvent) -> std::io::Result<()> {
+    fn block(&mut self, e: &BlockEvent, stack: Option<&Frames>) -> std::io::Result<()> {
         let asleep = e.hdr.kind == EventKind::BlockStart as u32;
         self.line(&BlockJson {
             kind: if asleep { "block_start" } else { "block" },
@@ -243,6 +249,7 @@ impl Output for JsonOutput {
             send_q: e.queue.send_q,
             unsent: e.queue.unsent,
             in_flight: e.queue.in_flight,
+            stack,
         })
     }
 

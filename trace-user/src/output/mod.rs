@@ -16,7 +16,7 @@ use trace_common::{
     user::Event,
 };
 
-use crate::acks::AckedWrite;
+use crate::{acks::AckedWrite, stacks::Frames};
 
 /// Totals printed when a session ends.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -36,6 +36,8 @@ pub struct Totals {
     pub missed: u64,
     /// Writes still waiting for an ACK when the session ended.
     pub unacked: u64,
+    /// `--stacks`: stacks the kernel could not take (its map full, or the walk failed).
+    pub stacks_lost: u64,
     pub duration_ns: u64,
 }
 
@@ -54,6 +56,7 @@ pub struct RecordsByKind {
     pub udp_send: u64,
     pub udp_out: u64,
     pub call: u64,
+    pub stack_top: u64,
 }
 
 impl RecordsByKind {
@@ -73,6 +76,7 @@ impl RecordsByKind {
             Some(EventKind::UdpSend) => &mut self.udp_send,
             Some(EventKind::UdpOut) => &mut self.udp_out,
             Some(EventKind::Call) => &mut self.call,
+            Some(EventKind::StackTop) => &mut self.stack_top,
             None => return,
         };
         *n += 1;
@@ -109,9 +113,10 @@ impl SockNames {
 pub trait Output {
     /// Before the first event: the backend in use.
     fn start(&mut self, attach: &str, refused: &[String]) -> std::io::Result<()>;
-    fn send(&mut self, e: &SendEvent) -> std::io::Result<()>;
-    /// A sender fell asleep (`kind` BlockStart) or woke (`kind` Block).
-    fn block(&mut self, e: &BlockEvent) -> std::io::Result<()>;
+    /// A send call; `stack`: where it returned from (`--stacks`).
+    fn send(&mut self, e: &SendEvent, stack: Option<&Frames>) -> std::io::Result<()>;
+    /// A sender fell asleep (`kind` BlockStart) or woke (`kind` Block); `stack`: where.
+    fn block(&mut self, e: &BlockEvent, stack: Option<&Frames>) -> std::io::Result<()>;
     fn ack(&mut self, w: &AckedWrite) -> std::io::Result<()>;
     fn recv(&mut self, e: &RecvEvent) -> std::io::Result<()>;
     /// A state change, RST or FIN (`hdr.kind` says which).

@@ -12,6 +12,7 @@ use super::{Gather, Output, SockNames, Totals, text_sock};
 use crate::{
     acks::AckedWrite,
     format::{self, ErrName, MsgFlags, Nanos, SyscallName},
+    stacks::Frames,
 };
 
 pub struct TextOutput {
@@ -22,6 +23,14 @@ pub struct TextOutput {
 }
 
 impl TextOutput {
+    /// A stack's short form on a line of its own under its event's.
+    fn stack(&mut self, stack: Option<&Frames>) -> std::io::Result<()> {
+        match stack {
+            Some(f) => writeln!(self.out, "{:>11} stack: {}", "", f.short()),
+            None => Ok(()),
+        }
+    }
+
     pub fn new(out: Box<dyn Write>, t0_ns: u64, header: bool) -> Self {
         Self {
             out: Gather::new(out),
@@ -80,7 +89,7 @@ impl Output for TextOutput {
         )
     }
 
-    fn send(&mut self, e: &SendEvent) -> std::io::Result<()> {
+    fn send(&mut self, e: &SendEvent, stack: Option<&Frames>) -> std::io::Result<()> {
         self.names.learn(e.hdr.sock_id, &e.addrs);
         let t = self.secs(e.hdr.ts_ns);
         write!(
@@ -131,10 +140,11 @@ impl Output for TextOutput {
         {
             write!(self.out, " ({n} B into TCP: kTLS)")?;
         }
-        writeln!(self.out)
+        writeln!(self.out)?;
+        self.stack(stack)
     }
 
-    fn block(&mut self, e: &BlockEvent) -> std::io::Result<()> {
+    fn block(&mut self, e: &BlockEvent, stack: Option<&Frames>) -> std::io::Result<()> {
         let asleep = e.hdr.kind == EventKind::BlockStart as u32;
         let t = self.secs(if asleep { e.start_ns } else { e.end_ns });
         let q = &e.queue;
@@ -158,14 +168,15 @@ impl Output for TextOutput {
                 self.out,
                 "asleep on a full send buffer, {} B left to copy ({conn})",
                 e.left
-            )
+            )?;
         } else {
             let slept = Nanos(e.end_ns.saturating_sub(e.start_ns));
             writeln!(
                 self.out,
                 "woke after {slept} blocked on a full send buffer ({conn})"
-            )
+            )?;
         }
+        self.stack(stack)
     }
 
     fn ack(&mut self, w: &AckedWrite) -> std::io::Result<()> {

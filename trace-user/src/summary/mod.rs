@@ -298,7 +298,7 @@ impl EventHandler for Summary {
                 }
             }
             // Only streamed when the summary is off: its pieces were counted.
-            Event::BlockStart(_) | Event::Call(_) => {}
+            Event::BlockStart(_) | Event::Call(_) | Event::StackTop(_) => {}
             Event::Recv(e) => self
                 .counts(&e.hdr, &e.comm, &e.addrs, true)
                 .recv_result(e.ret),

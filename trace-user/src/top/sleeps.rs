@@ -79,6 +79,7 @@ mod tests {
             end_ns: end,
             left: 0,
             queue: SendQueue::default(),
+            stacks: trace_common::StackIds::NONE,
         }
     }
 

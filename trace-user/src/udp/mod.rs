@@ -54,7 +54,7 @@ pub async fn run(args: UdpArgs, verbose: u8) -> anyhow::Result<bool> {
         })?;
     }
     let port = lab::port(&port_rx, &result_rx)?;
-    let (mut lab, printer) = Lab::start(port, &args.tracer, verbose, args.json)?;
+    let (mut lab, printer) = Lab::start(port, &args.tracer, None, verbose, args.json)?;
     let mut handler = UdpHandler {
         printer,
         udp: Vec::new(),

@@ -17,6 +17,9 @@ pub struct TestBins {
     pub sockbuf: PathBuf,
     /// (test target name, executable), sorted by name.
     pub tests: Vec<(String, PathBuf)>,
+    /// The programs trace-user's build script builds for the tests (`--stacks`' writers),
+    /// found at the same paths in the guest.
+    pub programs: Vec<PathBuf>,
 }
 
 /// Builds the tests without running them, optimized with `release`; `only` keeps those test
@@ -38,8 +41,21 @@ pub fn build(only: &[String], release: bool) -> anyhow::Result<TestBins> {
         .context("running cargo test --no-run")?;
     let mut sockbuf = None;
     let mut tests = Vec::new();
+    let mut programs = Vec::new();
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let msg: Value = serde_json::from_str(&line?).context("cargo printed a non-JSON line")?;
+        if msg["reason"] == "build-script-executed"
+            && msg["package_id"]
+                .as_str()
+                .is_some_and(|p| p.contains("/trace-user#"))
+            && let Some(out) = msg["out_dir"].as_str()
+        {
+            let dir = PathBuf::from(out).join("programs");
+            for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+                programs.push(entry?.path());
+            }
+            continue;
+        }
         if msg["reason"] != "compiler-artifact"
             || !msg["package_id"]
                 .as_str()
@@ -74,5 +90,9 @@ pub fn build(only: &[String], release: bool) -> anyhow::Result<TestBins> {
         bail!("--test {missing}: trace-user has no such integration test");
     }
     tests.sort();
-    Ok(TestBins { sockbuf, tests })
+    Ok(TestBins {
+        sockbuf,
+        tests,
+        programs,
+    })
 }

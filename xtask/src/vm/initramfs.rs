@@ -50,6 +50,10 @@ pub fn build(vm_dir: &Path, bins: &TestBins, kernels: &[Kernel]) -> anyhow::Resu
         list.push_str(&format!("{name} {}\n", path.display()));
     }
     write(&root, "vmtest/tests", &list, 0o644)?;
+    // As built: the tests look for their symbols and debug info.
+    for p in &bins.programs {
+        add_program(&root, p, p, false)?;
+    }
     for k in kernels {
         let dir = root.join("lib/modules").join(&k.release);
         fs::create_dir_all(&dir)?;
