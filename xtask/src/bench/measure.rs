@@ -90,12 +90,16 @@ fn start_tracer(
         Config::FloorSummary => return Ok(Tracer::Floor(floor::attach(floor::SUMMARY_HOOKS)?)),
         Config::FloorStream => return Ok(Tracer::Floor(floor::attach(floor::STREAM_HOOKS)?)),
         Config::SockbufStream
+        | Config::SockbufStacks
+        | Config::SockbufStacksAll
         | Config::SockbufStreamRaw
         | Config::SockbufSummary
         | Config::SockbufFull => {
             let mut c = Command::new(sockbuf);
             c.args(["trace", "--json", "-c", COMM]);
             match config {
+                Config::SockbufStacks => c.arg("--stacks"),
+                Config::SockbufStacksAll => c.args(["--stacks", "all"]),
                 Config::SockbufStreamRaw => c.args(["--attach", "tracepoint"]),
                 Config::SockbufSummary => c.arg("--summary"),
                 Config::SockbufFull => c.args(["--summary", "--full"]),
@@ -213,6 +217,8 @@ pub fn run_once(
         let text = fs::read_to_string(out)?;
         match config {
             Config::SockbufStream
+            | Config::SockbufStacks
+            | Config::SockbufStacksAll
             | Config::SockbufStreamRaw
             | Config::SockbufSummary
             | Config::SockbufFull => {

@@ -61,6 +61,11 @@ pub enum Config {
     FloorSummary,
     FloorStream,
     SockbufStream,
+    /// `--stacks`: the stacks of sleeps and EAGAINs (the workload has neither: the check's
+    /// cost on every other call).
+    SockbufStacks,
+    /// `--stacks all`: every send call's kernel and user stack.
+    SockbufStacksAll,
     /// The same on raw tracepoints, whose socket reads are probe reads: beside the default
     /// (where fentry is refused, tp_btf's direct loads), what those cost.
     SockbufStreamRaw,
@@ -79,6 +84,8 @@ impl Config {
             Self::FloorSummary => "floor: empty programs on --summary's hooks",
             Self::FloorStream => "floor: empty programs on streaming's hooks",
             Self::SockbufStream => "sockbuf trace --json (every event to a file)",
+            Self::SockbufStacks => "the same, --stacks (sleeps and EAGAINs)",
+            Self::SockbufStacksAll => "the same, --stacks all (every send call)",
             Self::SockbufStreamRaw => "the same, --attach tracepoint (raw: probe reads)",
             Self::SockbufSummary => "sockbuf trace --summary",
             Self::SockbufFull => "sockbuf trace --summary --full",
@@ -140,6 +147,8 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
             Config::FloorSummary,
             Config::FloorStream,
             Config::SockbufStream,
+            Config::SockbufStacks,
+            Config::SockbufStacksAll,
             Config::SockbufStreamRaw,
             Config::SockbufSummary,
             Config::SockbufFull,
