@@ -30,6 +30,12 @@ pub enum SetupError {
     BadArgs(&'static str),
     #[error("--comm {0:?} is longer than the kernel's 15-byte comm: give the first 15 bytes")]
     CommTooLong(String),
+    #[error("cannot write {flag} {path}: {why} (give a path in a writable directory)")]
+    Output {
+        flag: &'static str,
+        path: String,
+        why: String,
+    },
     #[error("cannot listen on {addr}: {why} (give another address with --listen)")]
     Listen {
         addr: std::net::SocketAddr,

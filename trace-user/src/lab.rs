@@ -55,7 +55,9 @@ impl Lab {
         ));
         let mut printer = Printer::new(output::new_output(json, stdout, t0, true));
         if opts.stacks != trace_common::stacks::OFF {
-            let names = session.tracer_mut().take_stacks()?;
+            let mut names = session.tracer_mut().take_stacks()?;
+            // The experiment's writer is this process.
+            names.warm_up(Some(std::process::id()));
             printer.stacks = Some(crate::stacks::StackSink::new(names, opts.stacks));
         }
         printer

@@ -185,6 +185,7 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         level,
         args.bounds.max_sockets(),
     )?;
+    args.stacks.check_paths()?;
     opts.stacks = args.stacks.mode();
     opts.max_stacks = args.stacks.max_stacks;
     let mut session = Session::start(&opts)?;
@@ -199,7 +200,8 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
     let mut printer = Printer::new(output::new_output(args.json, stdout, t0, !args.summary));
     printer.acks = AckMatcher::new(args.bounds.max_sockets() as usize);
     if opts.stacks != trace_common::stacks::OFF {
-        let names = session.tracer_mut().take_stacks()?;
+        let mut names = session.tracer_mut().take_stacks()?;
+        names.warm_up(None);
         printer.stacks = Some(StackSink::new(names, opts.stacks));
     }
     let tracer = session.tracer();

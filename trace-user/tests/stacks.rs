@@ -17,7 +17,7 @@ use common::{guard::ScratchDir, *};
 use serde_json::Value;
 
 /// How long the writers' readers read nothing (the EAGAIN one: half of it).
-const HOLD_MS: u64 = 600;
+const HOLD_MS: u64 = 800;
 
 fn program(name: &str) -> PathBuf {
     Path::new(env!("SOCKBUF_TEST_PROGRAMS")).join(name)
@@ -150,14 +150,15 @@ fn check_writer(name: &str) {
             .all(|e| user_frames(e).iter().any(|f| names(f, "push_until_full"))),
         "{name}: a sleep without push_until_full in its stack"
     );
-    assert!(
-        sleeps.iter().all(|e| e["stack"]["kernel"]
+    if let Some(e) = sleeps.iter().find(|e| {
+        !e["stack"]["kernel"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|f| f == "sk_stream_wait_memory")),
-        "{name}: a sleep whose kernel stack is not in sk_stream_wait_memory"
-    );
+            .any(|f| f == "sk_stream_wait_memory")
+    }) {
+        panic!("{name}: a sleep whose kernel stack is not in sk_stream_wait_memory: {e}");
+    }
 
     assert!(
         svg_text(&svg).contains("push_until_full"),
@@ -265,4 +266,17 @@ fn stacks_fill_names_the_writer_that_slept() {
     let sleeps = events.iter().filter(|e| e["kind"] == "block").count();
     assert!(sleeps > 0);
     assert!(svg_text(&svg).contains("blocking_writer"));
+}
+
+/// A folded file that cannot be written: a one-line error before anything is traced, exit 2.
+#[test]
+fn stacks_unwritable_folded_file_is_a_clear_error() {
+    let out = Command::new(SOCKBUF)
+        .args(["trace", "--folded", "/nonexistent-dir/w.folded", "-d", "1s"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot write --folded"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }

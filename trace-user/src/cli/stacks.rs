@@ -40,6 +40,23 @@ pub struct StackArgs {
 }
 
 impl StackArgs {
+    /// Fails at once, before anything is traced, when a file asked for cannot be written.
+    pub fn check_paths(&self) -> Result<(), crate::error::SetupError> {
+        for (flag, path) in [
+            ("--folded", &self.folded),
+            ("--flamegraph", &self.flamegraph),
+        ] {
+            if let Some(path) = path {
+                std::fs::File::create(path).map_err(|e| crate::error::SetupError::Output {
+                    flag,
+                    path: path.display().to_string(),
+                    why: e.to_string(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Which calls' stacks the programs take (`trace_common::stacks`).
     pub fn mode(&self) -> u32 {
         use trace_common::stacks::{ALL, OFF, WAITS};

@@ -39,6 +39,7 @@ pub async fn run(args: FillArgs, verbose: u8) -> anyhow::Result<bool> {
         );
     }
     preflight::check_privileges()?;
+    args.stacks.check_paths()?;
     let ns = Arc::new(NetNs::create()?);
     let plan = Plan {
         mode: args.mode,

@@ -100,6 +100,23 @@ impl StackNames {
         }
     }
 
+    /// Reads the kernel's symbols now (and, given `pid`, that process's), before events
+    /// arrive: the first naming parses kallsyms and the ELF files, which would otherwise hold
+    /// up the first events (seconds under emulation), and with them whatever waits for them
+    /// (`fill` acts on the writer's sleeps as they are seen).
+    pub fn warm_up(&mut self, pid: Option<u32>) {
+        const ANY_KERNEL_ADDRESS: u64 = 0xffff_ffff_8100_0000;
+        let _ = self.symbolizer.symbolize_single(
+            &Source::Kernel(Kernel::default()),
+            Input::AbsAddr(ANY_KERNEL_ADDRESS),
+        );
+        if let Some(pid) = pid {
+            self.met(pid);
+            let here = Self::warm_up as *const () as u64;
+            let _ = self.user_names(pid, &[here]);
+        }
+    }
+
     /// Notes process `pid`'s mappings when it is first met, so that its stacks can still be
     /// named (by file and offset) if it exits before they are read.
     pub fn met(&mut self, pid: u32) {
@@ -288,14 +305,14 @@ impl StackSink {
     pub fn on_block(&mut self, e: &trace_common::BlockEvent) -> Option<Rc<Frames>> {
         let tid = e.hdr.tid;
         if e.hdr.kind == trace_common::EventKind::BlockStart as u32 {
-            let f = self.frames(&e.hdr, &e.stacks)?;
+            let f = in_wait(self.frames(&e.hdr, &e.stacks)?);
             self.asleep.insert(tid, f.clone());
             return Some(f);
         }
         let f = match self.asleep.remove(&tid) {
             Some(f) => f,
             // Asleep before sockbuf saw it fall asleep.
-            None => self.frames(&e.hdr, &e.stacks)?,
+            None => in_wait(self.frames(&e.hdr, &e.stacks)?),
         };
         {
             let comm = crate::format::comm_str(&e.comm);
@@ -305,6 +322,21 @@ impl StackSink {
         }
         Some(f)
     }
+}
+
+/// Where every sleep sockbuf reports is (the model's definition of one).
+const WAIT_FN: &str = "sk_stream_wait_memory";
+
+/// A sleep's frames with [`WAIT_FN`] on top of the kernel's. Taken at that function's entry
+/// (fentry, kprobe), some kernels' unwinders start at its caller (7.3 from a BPF trampoline:
+/// `tcp_sendmsg_locked` first); from `sched_switch` the function is there already.
+fn in_wait(f: Rc<Frames>) -> Rc<Frames> {
+    if f.kernel.is_empty() || f.kernel.iter().any(|k| k == WAIT_FN) {
+        return f;
+    }
+    let mut g = (*f).clone();
+    g.kernel.insert(0, WAIT_FN.to_owned());
+    Rc::new(g)
 }
 
 /// Where a writer slept longest: its stack, and the first function in it that is the

@@ -83,7 +83,8 @@ fn main() {
         .nth(1)
         .map_or(1000, |a| a.parse().unwrap());
     let (mut w, reader) = pair(Duration::from_millis(hold_ms));
-    let ns = push_until_full(&mut w, 4 << 20).as_nanos();
+    // Little more than the buffers hold (see the C twin).
+    let ns = push_until_full(&mut w, 1 << 20).as_nanos();
     println!("push_until_full_ns {ns}");
     drop(w);
     reader.join().unwrap();
