@@ -88,6 +88,27 @@ fn svg_text(path: &Path) -> String {
         .join("\n")
 }
 
+/// A trace of command `comm` writing folded stacks to `w.folded` in a scratch directory of
+/// its own (`name`), with the arguments `extra` makes of that directory; the directory and
+/// the file's path.
+fn trace_folded(
+    name: &str,
+    comm: &str,
+    extra: impl FnOnce(&Path) -> Vec<String>,
+) -> (Trace, ScratchDir, PathBuf) {
+    let dir = ScratchDir::new(name);
+    let folded = dir.join("w.folded");
+    let mut args = vec![
+        "-c".to_owned(),
+        comm.to_owned(),
+        "--folded".to_owned(),
+        folded.to_string_lossy().into_owned(),
+    ];
+    args.extend(extra(&dir));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (Trace::start(&args), dir, folded)
+}
+
 fn user_frames(e: &Value) -> Vec<&str> {
     e["stack"]["user"]
         .as_array()
@@ -101,18 +122,11 @@ fn user_frames(e: &Value) -> Vec<&str> {
 /// it measured, and its events' stacks.
 fn check_writer(name: &str) {
     let comm = &name[..name.len().min(15)];
-    let dir = ScratchDir::new("stacks");
-    let folded = dir.join("w.folded");
+    let (trace, dir, folded) = trace_folded("stacks", comm, |dir| {
+        let svg = dir.join("w.svg").to_string_lossy().into_owned();
+        vec!["--stacks".into(), "--flamegraph".into(), svg]
+    });
     let svg = dir.join("w.svg");
-    let trace = Trace::start(&[
-        "-c",
-        comm,
-        "--stacks",
-        "--folded",
-        &folded.to_string_lossy(),
-        "--flamegraph",
-        &svg.to_string_lossy(),
-    ]);
     let m = run_writer(name);
     let out = trace.stop();
     assert_eq!(out.last().unwrap()["stacks_lost"], 0);
@@ -184,14 +198,7 @@ fn stacks_of_a_rust_writer() {
 /// Without symbols: frames are the file and offset, and the counts still hold.
 #[test]
 fn stacks_of_a_stripped_writer() {
-    let dir = ScratchDir::new("stacks-stripped");
-    let folded = dir.join("w.folded");
-    let trace = Trace::start(&[
-        "-c",
-        "stuck_writer_st",
-        "--folded",
-        &folded.to_string_lossy(),
-    ]);
+    let (trace, _dir, folded) = trace_folded("stacks-stripped", "stuck_writer_st", |_| vec![]);
     let m = run_writer("stuck_writer_stripped");
     trace.stop();
     let text = std::fs::read_to_string(&folded).unwrap();
@@ -210,16 +217,9 @@ fn stacks_of_a_stripped_writer() {
 /// `--stacks all`: every send call's stack, summed in FILE.calls: as many as its events.
 #[test]
 fn stacks_all_sums_every_send_call() {
-    let dir = ScratchDir::new("stacks-all");
-    let folded = dir.join("w.folded");
-    let trace = Trace::start(&[
-        "-c",
-        "stuck_writer",
-        "--stacks",
-        "all",
-        "--folded",
-        &folded.to_string_lossy(),
-    ]);
+    let (trace, _dir, folded) = trace_folded("stacks-all", "stuck_writer", |_| {
+        vec!["--stacks".into(), "all".into()]
+    });
     run_writer("stuck_writer");
     let out = trace.stop();
     let sends = out.iter().filter(|e| e["kind"] == "send").count() as u64;
