@@ -112,6 +112,7 @@ pub mod standby {
         ("send_sock_send_length_btf", "sb_send_sock_send_length_btf"),
         ("ack_tcp_probe_btf", "sb_ack_tcp_probe_btf"),
         ("recv_sock_recv_length_btf", "sb_recv_sock_recv_length_btf"),
+        ("life_net_dev_queue_btf", "sb_life_net_dev_queue_btf"),
     ];
 
     /// Programs whose copy is attached on every kernel, preemptible or not: a state change
@@ -691,6 +692,10 @@ pub struct KernelOffsets {
     /// `tcp_sendmsg` has a layer above TCP (kTLS).
     pub sk_prot: u32,
     pub proto_sendmsg: u32,
+    /// `socket.file`: typed hooks reach the socket's inode number through its file.
+    pub socket_file: u32,
+    #[cfg_attr(feature = "user", serde(skip))]
+    pub _pad: u32,
 }
 
 const _: () = {
@@ -708,5 +713,5 @@ const _: () = {
     assert!(core::mem::size_of::<RecvEvent>() == 160);
     assert!(core::mem::size_of::<SockEvent>() == 176);
     assert!(core::mem::size_of::<UdpEvent>() == 144);
-    assert!(core::mem::size_of::<KernelOffsets>() == 216);
+    assert!(core::mem::size_of::<KernelOffsets>() == 224);
 };

@@ -257,7 +257,7 @@ pub fn ack<A: Access>(sock: &Sock<A>, track: &SockTrack, skb: u64) -> Result<(),
         return Ok(()); // no traced write on this socket
     };
     let p = unsafe { &mut *p };
-    let Some(ack_seq) = kernel::skb_ack_seq(skb)? else {
+    let Some(ack_seq) = kernel::skb_ack_seq::<A>(skb)? else {
         return Ok(());
     };
     // Same test as tcp_ack(): an ACK of data never sent is ignored.

@@ -9,7 +9,7 @@ use crate::{
     filter, inflight,
     kernel::{self, Fault, IPPROTO_TCP, Sock},
     layer,
-    maps::Inflight,
+    maps::{Inflight, SOCKS},
     model::{close_block_of, open_call},
     syscall,
 };
@@ -55,7 +55,7 @@ pub fn send_begin_fd(fd: u64, requested: Option<u64>, flags: u32, extra: u32) ->
         block_queue: SendQueue::default(),
         block_stacks: StackIds::NONE,
     };
-    open_call(&sock, pid_tgid as u32, call)
+    open_call(&sock, pid_tgid as u32, call, SOCKS.get_ptr_mut(sk))
 }
 
 /// Whether `fd` is a TCP socket with a layer above TCP (see `layer`).

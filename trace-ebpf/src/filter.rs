@@ -10,7 +10,7 @@ use trace_common::{COMM_LEN, Filter};
 
 use crate::{
     kernel::{Access, Fault, Sock},
-    maps::{SOCKS, SockTrack},
+    maps::SockTrack,
 };
 
 #[unsafe(no_mangle)]
@@ -79,12 +79,12 @@ pub fn task_passes(pid: u32) -> bool {
     pid_cgroup_pass(pid) && comm_passes()
 }
 
-/// [`task_passes`] for a call on socket `sk`, by [`task_passes_on`] when sockbuf tracks it
-/// and a comm filter is set (else there is nothing to save).
+/// [`task_passes`] for a call on a socket whose tracking entry is `track` (if sockbuf has
+/// one), by [`task_passes_on`] when a comm filter is set (else there is nothing to save).
 #[inline(always)]
-pub fn task_passes_at(sk: u64, pid_tgid: u64) -> bool {
+pub fn task_passes_at(track: Option<*mut SockTrack>, pid_tgid: u64) -> bool {
     if comm_filter()[0] != 0
-        && let Some(track) = SOCKS.get_ptr_mut(sk)
+        && let Some(track) = track
     {
         return task_passes_on(track, pid_tgid);
     }
@@ -93,7 +93,8 @@ pub fn task_passes_at(sk: u64, pid_tgid: u64) -> bool {
 
 /// [`task_passes`] for a call on a tracked socket. Reading the task's name costs more than
 /// the rest of a counted call, so the socket remembers the last thread that passed the comm
-/// filter, with the last rename's stamp then; the pid and cgroup are checked every time.
+/// filter and the last one that failed it, with the last rename's stamp then; the pid and
+/// cgroup are checked every time.
 #[inline(always)]
 pub fn task_passes_on(track: *mut SockTrack, pid_tgid: u64) -> bool {
     if !pid_cgroup_pass((pid_tgid >> 32) as u32) {
@@ -105,17 +106,28 @@ pub fn task_passes_on(track: *mut SockTrack, pid_tgid: u64) -> bool {
     // Read before the name: a rename stamped after it makes the entry stale at once. (A
     // rename of this thread by another one, through /proc, between the stamp and the copy
     // of the new name can leave the old name's pass until the next rename.)
-    let key = (unsafe { read_volatile(&raw const RENAMED_AT) } << 32) | (pid_tgid & 0xffff_ffff);
-    let seen = unsafe { &raw mut (*track).task_passed };
-    if unsafe { read_volatile(seen) } == key {
+    let key = thread_key(pid_tgid);
+    let passed = unsafe { &raw mut (*track).task_passed };
+    let failed = unsafe { &raw mut (*track).task_failed };
+    if unsafe { read_volatile(passed) } == key {
         return true;
     }
-    if !comm_passes() {
+    // The other end's thread (a reader of the traced writer's peer) fails at every call.
+    if unsafe { read_volatile(failed) } == key {
         return false;
     }
+    let pass = comm_passes();
     // One aligned 8-byte store: another CPU reads the old key or the new one.
-    unsafe { write_volatile(seen, key) };
-    true
+    unsafe { write_volatile(if pass { passed } else { failed }, key) };
+    pass
+}
+
+/// Thread `pid_tgid`'s id with the last rename's stamp: a name read under this key is still
+/// the thread's name. Read before the name: a rename stamped after it makes the key stale at
+/// once.
+#[inline(always)]
+pub fn thread_key(pid_tgid: u64) -> u64 {
+    (unsafe { read_volatile(&raw const RENAMED_AT) } << 32) | (pid_tgid & 0xffff_ffff)
 }
 
 /// A task is renamed: every remembered pass of the comm filter is void.

@@ -13,7 +13,7 @@ use trace_common::INFLIGHT_ENTRIES;
 
 use crate::{
     kernel::Fault,
-    maps::{INFLIGHT, INFLIGHT_SLOTS, Inflight},
+    maps::{INFLIGHT, INFLIGHT_COMMS, INFLIGHT_SLOTS, Inflight, ThreadComm},
 };
 
 /// Non-zero once a call went to the hash map; until then a miss in the array is a miss. A
@@ -37,6 +37,17 @@ pub fn get(tid: u32) -> Option<*mut Inflight> {
         return None;
     }
     INFLIGHT.get_ptr_mut(tid)
+}
+
+/// Thread `tid`'s entry in [`INFLIGHT_COMMS`], while it holds its slot (not for a call in
+/// the hash map).
+#[inline(always)]
+pub fn held_comm(tid: u32) -> Option<*mut ThreadComm> {
+    let s = slot(tid)?;
+    if unsafe { (*s).tid } != tid {
+        return None;
+    }
+    INFLIGHT_COMMS.get_ptr_mut(tid & (INFLIGHT_ENTRIES - 1))
 }
 
 /// Opens thread `tid`'s `call` (replacing any it had).

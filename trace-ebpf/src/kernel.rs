@@ -64,6 +64,8 @@ static KOFFSETS: KernelOffsets = KernelOffsets {
     task_flags: 0,
     sk_prot: 0,
     proto_sendmsg: 0,
+    socket_file: 0,
+    _pad: 0,
 };
 
 /// The offset of one kernel field, as the loader set it.
@@ -128,6 +130,18 @@ pub trait Access: Copy {
         crate::syscall::current_nr()
     }
 
+    /// A `T` at `off` in a struct the hook passed (an `skb`), or one a load from it gave.
+    #[inline(always)]
+    fn load<T>(ptr: u64, off: u32) -> Result<T, Fault> {
+        read(ptr, off)
+    }
+
+    /// The inode number of `socket`, a `struct socket *` read from a socket.
+    #[inline(always)]
+    fn socket_ino(socket: u64) -> Result<u64, Fault> {
+        read(socket, off!(socket_alloc_inode) + off!(inode_ino))
+    }
+
     /// Bytes a send call's `msghdr` still asks for, and its flags, at the hook that passed
     /// `msg` with the socket.
     #[inline(always)]
@@ -162,6 +176,29 @@ impl Access for Direct {
     #[inline(always)]
     fn get<T>(self, _ptr: u64, off: u32) -> Result<T, Fault> {
         Ok(unsafe { core::ptr::read_volatile((self.tp + u64::from(off)) as *const T) })
+    }
+
+    /// The hook's other arguments are typed too (`tcp_probe`'s and `net_dev_queue`'s
+    /// `skb`), and so is a struct pointer loaded from one (`skb->sk`). An skb's `cb` is an
+    /// array of bytes, which the verifier lets a load read at any offset.
+    #[inline(always)]
+    fn load<T>(ptr: u64, off: u32) -> Result<T, Fault> {
+        Ok(unsafe { core::ptr::read_volatile((ptr + u64::from(off)) as *const T) })
+    }
+
+    /// `socket->file->f_inode->i_ino`: three loads where the inode beside the socket (outside
+    /// `struct socket`, which the verifier checks loads against) takes a probe read. A socket
+    /// without a file (a kernel socket's) is read as the other backends read it.
+    #[inline(always)]
+    fn socket_ino(socket: u64) -> Result<u64, Fault> {
+        use core::ptr::read_volatile;
+        let (file_at, inode_at, ino_at) = (off!(socket_file), off!(file_inode), off!(inode_ino));
+        let file = unsafe { read_volatile((socket + u64::from(file_at)) as *const u64) };
+        if file == 0 {
+            return read(socket, off!(socket_alloc_inode) + ino_at);
+        }
+        let inode = unsafe { read_volatile((file + u64::from(inode_at)) as *const u64) };
+        Ok(unsafe { read_volatile((inode + u64::from(ino_at)) as *const u64) })
     }
 
     /// The hook's `msg` is typed too (`tcp_sendmsg_locked`'s).
@@ -375,7 +412,7 @@ impl<A: Access> Sock<A> {
         if socket == 0 {
             return Ok(0);
         }
-        read(socket, off!(socket_alloc_inode) + off!(inode_ino))
+        A::socket_ino(socket)
     }
 
     /// The socket's `sk_prot->sendmsg`: `tcp_sendmsg` unless a layer (kTLS) took it over.
@@ -440,7 +477,7 @@ pub fn msg_flags(msg: u64) -> Result<u32, Fault> {
 /// not), from `TCP_SKB_CB(skb)` as `tcp_ack()` reads it. Not from the TCP header: when the socket is owned by a sender,
 /// `tcp_add_backlog()` coalesces ACKs into the backlog's tail and updates only the cb.
 #[inline(always)]
-pub fn skb_ack_seq(skb: u64) -> Result<Option<u32>, Fault> {
+pub fn skb_ack_seq<A: Access>(skb: u64) -> Result<Option<u32>, Fault> {
     const TCPHDR_SYN: u8 = 0x02;
     const TCPHDR_RST: u8 = 0x04;
     const TCPHDR_ACK: u8 = 0x10;
@@ -448,11 +485,11 @@ pub fn skb_ack_seq(skb: u64) -> Result<Option<u32>, Fault> {
     // A RST's acknowledgment number is never taken (the reset is handled first: a peer that
     // closed with bytes unread acks what it threw away), nor a SYN's on an established
     // socket.
-    let flags = read::<u8>(skb, off!(skb_cb) + off!(tcb_tcp_flags))?;
+    let flags = A::load::<u8>(skb, off!(skb_cb) + off!(tcb_tcp_flags))?;
     if flags & (TCPHDR_ACK | TCPHDR_RST | TCPHDR_SYN) != TCPHDR_ACK {
         return Ok(None);
     }
-    read(skb, off!(skb_cb) + off!(tcb_ack_seq)).map(Some)
+    A::load(skb, off!(skb_cb) + off!(tcb_ack_seq)).map(Some)
 }
 
 const TCPHDR_FIN: u8 = 0x01;
@@ -460,24 +497,31 @@ const TCPHDR_FIN: u8 = 0x01;
 /// An incoming segment's FIN, from `TCP_SKB_CB(skb)`: `Some(end_seq - 1)`, the FIN's own
 /// sequence number, when the flag is set.
 #[inline(always)]
-pub fn skb_fin_seq(skb: u64) -> Result<Option<u32>, Fault> {
-    if read::<u8>(skb, off!(skb_cb) + off!(tcb_tcp_flags))? & TCPHDR_FIN == 0 {
+pub fn skb_fin_seq<A: Access>(skb: u64) -> Result<Option<u32>, Fault> {
+    if A::load::<u8>(skb, off!(skb_cb) + off!(tcb_tcp_flags))? & TCPHDR_FIN == 0 {
         return Ok(None);
     }
-    read::<u32>(skb, off!(skb_cb) + off!(tcb_end_seq)).map(|end| Some(end.wrapping_sub(1)))
+    A::load::<u32>(skb, off!(skb_cb) + off!(tcb_end_seq)).map(|end| Some(end.wrapping_sub(1)))
 }
 
 /// The socket an outgoing `skb` belongs to (0 for none).
 #[inline(always)]
-pub fn skb_sock(skb: u64) -> Result<u64, Fault> {
-    read(skb, off!(skb_sk))
+pub fn skb_sock<A: Access>(skb: u64) -> Result<u64, Fault> {
+    A::load(skb, off!(skb_sk))
+}
+
+/// `sk_protocol` of `sk`, an outgoing skb's socket, as it reads: no check that `sk` is a
+/// full `struct sock` (see `life::xmit`).
+#[inline(always)]
+pub fn skb_sock_protocol<A: Access>(sk: u64) -> Result<u16, Fault> {
+    A::load(sk, off!(sk_protocol))
 }
 
 /// The start of an outgoing `skb`'s transport header.
 #[inline(always)]
-pub fn skb_transport(skb: u64) -> Result<u64, Fault> {
-    let head: u64 = read(skb, off!(skb_head))?;
-    let th: u16 = read(skb, off!(skb_transport_header))?;
+pub fn skb_transport<A: Access>(skb: u64) -> Result<u64, Fault> {
+    let head: u64 = A::load(skb, off!(skb_head))?;
+    let th: u16 = A::load(skb, off!(skb_transport_header))?;
     Ok(head + u64::from(th))
 }
 

@@ -12,7 +12,7 @@ use trace_common::{COMM_LEN, EventKind, RecvQueue, SendQueue, SockEvent};
 
 use crate::{
     agg, filter,
-    kernel::{self, Access, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
+    kernel::{self, Access, Fault, IPPROTO_TCP, IPPROTO_UDP, Probe, Sock},
     maps::{SOCKS, SockTrack, TIMEWAIT, TimeWait},
     model::{comm, emit, header, known_track, sock_track},
 };
@@ -301,7 +301,7 @@ pub fn rst_in(sk: u64) -> Result<(), Fault> {
 /// A segment arriving on a tracked socket: says so when it carries the peer's FIN.
 #[inline(always)]
 pub fn fin_in<A: Access>(sock: &Sock<A>, track: &SockTrack, skb: u64) -> Result<(), Fault> {
-    let Some(fin_seq) = kernel::skb_fin_seq(skb)? else {
+    let Some(fin_seq) = kernel::skb_fin_seq::<A>(skb)? else {
         return Ok(());
     };
     // Data bytes before the FIN: all received so far, plus what lies between rcv_nxt and it.
@@ -313,7 +313,7 @@ pub fn fin_in<A: Access>(sock: &Sock<A>, track: &SockTrack, skb: u64) -> Result<
 /// A segment on a socket sockbuf does not track yet: only a FIN may start tracking it.
 #[inline(always)]
 pub fn untracked_fin(sk: u64, skb: u64) -> Result<(), Fault> {
-    if kernel::skb_fin_seq(skb)?.is_none() {
+    if kernel::skb_fin_seq::<Probe>(skb)?.is_none() {
         return Ok(());
     }
     let sock = Sock::new(sk);
@@ -324,20 +324,28 @@ pub fn untracked_fin(sk: u64, skb: u64) -> Result<(), Fault> {
 }
 
 /// `net_dev_queue(skb)`: a packet goes to a device. For a tracked TCP socket, says when its
-/// FIN leaves; for a UDP socket, each datagram (the moment a corked one is pushed).
+/// FIN leaves; for a UDP socket, each datagram (the moment a corked one is pushed). `A`:
+/// how the hook reads `skb` (the socket is read by probe reads either way).
 #[inline(always)]
-pub fn xmit(skb: u64) -> Result<(), Fault> {
-    let sk = kernel::skb_sock(skb)?;
+pub fn xmit<A: Access>(skb: u64) -> Result<(), Fault> {
+    let sk = kernel::skb_sock::<A>(skb)?;
     if sk == 0 {
         return Ok(());
     }
+    let th = kernel::skb_transport::<A>(skb)?;
+    // Most packets are TCP data: without a FIN there is nothing to say, known before the
+    // socket's entry is looked up. (`sk` may be a request or time-wait socket, smaller than
+    // a `struct sock`: a protocol misread there takes the lookup, which finds nothing.)
+    let tcp = kernel::skb_sock_protocol::<A>(sk)? == IPPROTO_TCP;
+    if tcp && !kernel::tcph_fin(th)? {
+        return Ok(());
+    }
     let Some(track) = SOCKS.get_ptr_mut(sk) else {
-        return crate::udp::untracked_out(sk, skb);
+        return crate::udp::untracked_out::<A>(sk, skb);
     };
-    let th = kernel::skb_transport(skb)?;
     match unsafe { (*track).proto } as u16 {
         IPPROTO_UDP => crate::udp::out(&Sock::new(sk), track, th),
-        IPPROTO_TCP if kernel::tcph_fin(th)? => {
+        IPPROTO_TCP if tcp || kernel::tcph_fin(th)? => {
             let sock = Sock::new(sk);
             // The FIN takes the sequence number after the last data byte (write_seq - 1
             // once tcp_send_fin has queued it): in send events' numbering, the seq_end of

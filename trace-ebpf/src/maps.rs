@@ -65,6 +65,22 @@ pub struct Inflight {
 #[map]
 pub static INFLIGHT_SLOTS: Array<Inflight> = Array::with_max_entries(INFLIGHT_ENTRIES, 0);
 
+/// The name of the thread that last held the same slot of [`INFLIGHT_SLOTS`], kept when its
+/// call closes: its next call reuses it while `key` (`filter::thread_key`) still matches.
+/// Written only by the slot's holder. Beside the slots rather than in them: a field there
+/// would be zeroed by a `memset` call in every call's literal.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct ThreadComm {
+    /// The name as `bpf_get_current_comm` writes it, in words (a byte array's copy is a
+    /// byte loop).
+    pub comm: [u64; 2],
+    pub key: u64,
+}
+
+#[map]
+pub static INFLIGHT_COMMS: Array<ThreadComm> = Array::with_max_entries(INFLIGHT_ENTRIES, 0);
+
 /// Open calls of threads whose slot in [`INFLIGHT_SLOTS`] another thread holds.
 #[map]
 pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
@@ -86,9 +102,11 @@ pub struct SockTrack {
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub proto: u32,
     pub _pad: u32,
-    /// The last thread that passed the comm filter on this socket, with the rename count at
-    /// the time (`filter::task_passes_on`); 0: none yet.
+    /// The last thread that passed the comm filter on this socket, and the last one that
+    /// failed it, with the last rename's stamp at the time (`filter::task_passes_on`); 0:
+    /// none yet.
     pub task_passed: u64,
+    pub task_failed: u64,
 }
 
 /// LRU so it stays bounded however many sockets come and go without a close being seen.

@@ -122,7 +122,9 @@ pub fn send_begin<A: Access>(sock: Sock<A>, msg: u64) -> Result<(), Fault> {
             return Ok(());
         }
     }
-    if !filter::task_passes_at(sk, pid_tgid) {
+    // Looked up once for the filter and the call.
+    let found = SOCKS.get_ptr_mut(sk);
+    if !filter::task_passes_at(found, pid_tgid) {
         return Ok(());
     }
     if !filter::sock_passes(&sock)? {
@@ -145,14 +147,20 @@ pub fn send_begin<A: Access>(sock: Sock<A>, msg: u64) -> Result<(), Fault> {
         block_queue: SendQueue::default(),
         block_stacks: StackIds::NONE,
     };
-    open_call(&sock, tid, call)
+    open_call(&sock, tid, call, found)
 }
 
-/// Opens thread `tid`'s traced send `call` on `sock` (whichever hook saw it begin).
+/// Opens thread `tid`'s traced send `call` on `sock` (whichever hook saw it begin), whose
+/// entry in SOCKS the caller looked up (`found`).
 #[inline(always)]
-pub fn open_call<A: Access>(sock: &Sock<A>, tid: u32, mut call: Inflight) -> Result<(), Fault> {
-    // The inode check in sock_track catches a struct sock reused by a new socket.
-    let track = unsafe { &mut *sock_track(sock, sock.ino()?, IPPROTO_TCP)? };
+pub fn open_call<A: Access>(
+    sock: &Sock<A>,
+    tid: u32,
+    mut call: Inflight,
+    found: Option<*mut SockTrack>,
+) -> Result<(), Fault> {
+    // The inode check in track_at catches a struct sock reused by a new socket.
+    let track = unsafe { &mut *track_at(sock, sock.ino()?, IPPROTO_TCP, found)? };
     (call.id, call.ino) = (track.id, track.ino);
     inflight::insert(tid, call)?;
     // While the call copies, every ACK counts (on loopback it can come back before the
@@ -261,7 +269,30 @@ pub fn send_return<C: StackIdContext>(ctx: &C, ret: i64) -> Result<(), Fault> {
 /// Emits the block event of a call whose thread runs again (the current one).
 #[inline(always)]
 fn close_block(call: &mut Inflight, pid_tgid: u64, now: u64) {
-    close_block_of(call, pid_tgid, comm(), now);
+    if call.block_start != 0 {
+        let comm = call_comm(pid_tgid);
+        close_block_of(call, pid_tgid, comm, now);
+    }
+}
+
+/// The name of the current thread `pid_tgid`, in a traced call: kept beside its call's slot
+/// since it read it there, unless renamed since. The helper copies the name byte by byte, a
+/// tenth of a streamed send's time.
+#[inline(always)]
+fn call_comm(pid_tgid: u64) -> [u8; COMM_LEN] {
+    let Some(cached) = inflight::held_comm(pid_tgid as u32) else {
+        return comm();
+    };
+    let cached = unsafe { &mut *cached };
+    let key = filter::thread_key(pid_tgid);
+    if cached.key == key {
+        // SAFETY: 16 bytes either way.
+        return unsafe { core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>(cached.comm) };
+    }
+    let name = comm();
+    cached.comm = unsafe { core::mem::transmute::<[u8; COMM_LEN], [u64; 2]>(name) };
+    cached.key = key;
+    name
 }
 
 /// Emits the block event of a call whose thread `pid_tgid` runs again.
@@ -287,9 +318,10 @@ pub fn send_end<C: StackIdContext, A: Access>(
     // (no call was opened: that hook is not attached, or its return took the call off), and
     // no clock read unless the call is pieced.
     let mut piece = None;
-    if let Some(track) = agg::counted_sock(sk, ret)
-        && filter::task_passes_on(track, pid_tgid)
-    {
+    if let Some(track) = agg::counted_sock(sk, ret) {
+        if !filter::task_passes_on(track, pid_tgid) {
+            return Ok(()); // no call was opened (see above): nothing to clean up
+        }
         let track = unsafe { &*track };
         let p = calls::piece::<A>(track.id, track.ino, 0, 0, ret)?;
         if agg::send(&sock, track, pid_tgid, 0, 0, ret, p)? {
@@ -299,7 +331,7 @@ pub fn send_end<C: StackIdContext, A: Access>(
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let tid = pid_tgid as u32;
-    let (start_ns, requested, msg_flags, flags, ino, seq0) = match inflight::get(tid) {
+    let (start_ns, requested, msg_flags, flags, ino, seq0, name) = match inflight::get(tid) {
         Some(call) if unsafe { (*call).sk } == sk => {
             let call = unsafe { &mut *call };
             close_block(call, pid_tgid, now);
@@ -310,6 +342,7 @@ pub fn send_end<C: StackIdContext, A: Access>(
                 call.flags,
                 call.ino,
                 call.seq0,
+                call_comm(pid_tgid),
             );
             inflight::remove(tid);
             r
@@ -336,7 +369,7 @@ pub fn send_end<C: StackIdContext, A: Access>(
             }
             // No hook saw it begin (an error before the copy loop, or TCP Fast Open, whose
             // data goes into the SYN instead): its flags as the syscall passed them.
-            (0, 0, syscall::send_flags()?, 0, sock.ino()?, 0)
+            (0, 0, syscall::send_flags()?, 0, sock.ino()?, 0, comm())
         }
     };
     let track = unsafe { &mut *sock_track(&sock, ino, IPPROTO_TCP)? };
@@ -390,7 +423,7 @@ pub fn send_end<C: StackIdContext, A: Access>(
     let stacks = stacks::take(ctx, level);
     emit(|e: &mut SendEvent| {
         e.hdr = header(EventKind::Send, pid_tgid, id, ino, now);
-        e.comm = comm();
+        e.comm = name;
         e.addrs = addrs;
         e.start_ns = start_ns;
         e.requested = requested;
@@ -412,7 +445,17 @@ pub fn send_end<C: StackIdContext, A: Access>(
 /// met before `accept()`) and the ports still match; then the inode is noted.
 #[inline(always)]
 pub fn known_track<A: Access>(sock: &Sock<A>, ino: u64) -> Result<Option<*mut SockTrack>, Fault> {
-    let Some(t) = SOCKS.get_ptr_mut(sock.ptr) else {
+    known_at(sock, ino, SOCKS.get_ptr_mut(sock.ptr))
+}
+
+/// [`known_track`] where the caller looked the socket up in SOCKS already (`found`).
+#[inline(always)]
+fn known_at<A: Access>(
+    sock: &Sock<A>,
+    ino: u64,
+    found: Option<*mut SockTrack>,
+) -> Result<Option<*mut SockTrack>, Fault> {
+    let Some(t) = found else {
         return Ok(None);
     };
     let track = unsafe { &mut *t };
@@ -445,7 +488,18 @@ pub fn sock_track<A: Access>(
     ino: u64,
     proto: u16,
 ) -> Result<*mut SockTrack, Fault> {
-    if let Some(t) = known_track(sock, ino)? {
+    track_at(sock, ino, proto, SOCKS.get_ptr_mut(sock.ptr))
+}
+
+/// [`sock_track`] where the caller looked the socket up in SOCKS already (`found`).
+#[inline(always)]
+fn track_at<A: Access>(
+    sock: &Sock<A>,
+    ino: u64,
+    proto: u16,
+    found: Option<*mut SockTrack>,
+) -> Result<*mut SockTrack, Fault> {
+    if let Some(t) = known_at(sock, ino, found)? {
         return Ok(t);
     }
     let track = SockTrack {
@@ -456,6 +510,7 @@ pub fn sock_track<A: Access>(
         proto: u32::from(proto),
         _pad: 0,
         task_passed: 0,
+        task_failed: 0,
     };
     SOCKS
         .insert(sock.ptr, track, 0)
@@ -476,10 +531,10 @@ pub fn udp_track<A: Access>(sock: &Sock<A>) -> Result<*mut SockTrack, Fault> {
 #[inline(always)]
 pub fn ack<A: Access>(sock: Sock<A>, skb: u64) -> Result<(), Fault> {
     let sk = sock.ptr;
-    let Some(track) = SOCKS.get_ptr_mut(sk) else {
+    let Some(found) = SOCKS.get_ptr_mut(sk) else {
         return life::untracked_fin(sk, skb);
     };
-    let track = unsafe { &mut *track };
+    let track = unsafe { &mut *found };
     life::fin_in(&sock, track, skb)?;
     if agg::on() {
         return agg::ack(&sock, track, skb);
@@ -488,7 +543,7 @@ pub fn ack<A: Access>(sock: Sock<A>, skb: u64) -> Result<(), Fault> {
     if track.write_end <= bytes_acked || track.write_end == 0 {
         return Ok(()); // nothing traced is waiting for an ACK
     }
-    let Some(ack_seq) = kernel::skb_ack_seq(skb)? else {
+    let Some(ack_seq) = kernel::skb_ack_seq::<A>(skb)? else {
         return Ok(());
     };
     let snd_una = sock.snd_una()?;
@@ -497,7 +552,7 @@ pub fn ack<A: Access>(sock: Sock<A>, skb: u64) -> Result<(), Fault> {
     if advance == 0 || advance > sock.snd_nxt()?.wrapping_sub(snd_una) {
         return Ok(());
     }
-    if known_track(&sock, sock.ino()?)?.is_none() {
+    if known_at(&sock, sock.ino()?, Some(found))?.is_none() {
         let _ = SOCKS.remove(sk); // the struct sock was reused by another socket
         return Ok(());
     }

@@ -16,8 +16,8 @@ pub fn recv_end<A: Access>(sock: Sock<A>, ret: i64, msg_flags: u32) -> Result<()
     let sk = sock.ptr;
     let pid_tgid = bpf_get_current_pid_tgid();
     if let Some(track) = agg::counted_sock(sk, ret)
-        && filter::task_passes_on(track, pid_tgid)
-        && agg::recv(unsafe { &*track }, pid_tgid, ret)
+        && (!filter::task_passes_on(track, pid_tgid)
+            || agg::recv(unsafe { &*track }, pid_tgid, ret))
     {
         return Ok(());
     }

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
-use crate::{standby::with_standby, tracepoint};
+use crate::{kernel::Direct, life, model, standby::with_standby, tracepoint};
 
 with_standby! {
     /// `tcp_sendmsg_locked(sk, msg, skb, size_goal)`: each pass of the TCP copy loop.
@@ -35,5 +35,13 @@ with_standby! {
     #[btf_tracepoint(function = "sock_recv_length")]
     fn recv_sock_recv_length_btf, sb_recv_sock_recv_length_btf(ctx: BtfTracePointContext) {
         tracepoint::sock_recv_length(&ctx)
+    }
+}
+
+with_standby! {
+    /// `net_dev_queue(skb)`: a packet is handed to a device, its fields read by loads.
+    #[btf_tracepoint(function = "net_dev_queue")]
+    fn life_net_dev_queue_btf, sb_life_net_dev_queue_btf(ctx: BtfTracePointContext) {
+        model::run(&ctx, || life::xmit::<Direct>(ctx.arg(0)))
     }
 }

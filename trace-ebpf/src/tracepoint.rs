@@ -10,7 +10,7 @@ use trace_common::SEND_F_LAYERED;
 
 use crate::{
     calls, entry, filter,
-    kernel::{Direct, IPPROTO_TCP, Sock},
+    kernel::{Direct, IPPROTO_TCP, Probe, Sock},
     layer, life, model, recv,
     standby::with_standby,
     syscall::{self, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV},
@@ -210,7 +210,7 @@ with_standby! {
     /// `net_dev_queue(skb)`: a packet is handed to a device (a FIN leaving, a UDP datagram).
     #[raw_tracepoint(tracepoint = "net_dev_queue")]
     fn life_net_dev_queue, sb_life_net_dev_queue(ctx: RawTracePointContext) {
-        model::run(&ctx, || life::xmit(ctx.arg(0)))
+        model::run(&ctx, || life::xmit::<Probe>(ctx.arg(0)))
     }
 }
 

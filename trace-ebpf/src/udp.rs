@@ -148,7 +148,7 @@ pub fn out<A: Access>(sock: &Sock<A>, track: *mut SockTrack, th: u64) -> Result<
 /// A packet of a socket sockbuf does not track: a UDP socket's first datagram leaves inside
 /// its first send call, before that call's return could start tracking it.
 #[inline(always)]
-pub fn untracked_out(sk: u64, skb: u64) -> Result<(), Fault> {
+pub fn untracked_out<A: Access>(sk: u64, skb: u64) -> Result<(), Fault> {
     if !filter::task_passes((bpf_get_current_pid_tgid() >> 32) as u32) {
         return Ok(());
     }
@@ -162,5 +162,5 @@ pub fn untracked_out(sk: u64, skb: u64) -> Result<(), Fault> {
         return Ok(());
     }
     let track = udp_track(&sock)?;
-    out(&sock, track, kernel::skb_transport(skb)?)
+    out(&sock, track, kernel::skb_transport::<A>(skb)?)
 }

@@ -20,8 +20,9 @@ pub enum AttachMode {
     /// fentry/fexit on tcp_sendmsg, sk_stream_wait_memory, tcp_rcv_established, and the
     /// UDP send and TCP/UDP receive functions.
     Fentry,
-    /// BTF-typed tracepoints (tp_btf) on tcp_sendmsg_locked, sock_send_length, tcp_probe and
-    /// sock_recv_length: the tracepoint backend's hooks, where fentry is refused.
+    /// BTF-typed tracepoints (tp_btf) on tcp_sendmsg_locked, sock_send_length, tcp_probe,
+    /// sock_recv_length and net_dev_queue: the tracepoint backend's hooks, where fentry is
+    /// refused.
     #[value(name = "tp_btf")]
     TpBtf,
     /// kprobe/kretprobe on the same functions as fentry.
@@ -51,7 +52,7 @@ impl AttachMode {
     /// The backend's own hooks, then the lifecycle hooks every backend shares.
     fn all_hooks(self) -> impl Iterator<Item = &'static Hook> {
         let (own, common): (&[Hook], &[Hook]) = match self {
-            Self::Auto => return [&[][..]; 5].into_iter().flatten(),
+            Self::Auto => return [&[][..]; 6].into_iter().flatten(),
             Self::Fentry => (FENTRY, &[]),
             Self::Kprobe => (KPROBE, &[]),
             Self::TpBtf if syscall_form() => (TRACEPOINT_SYSCALLS, TP_BTF_COMMON),
@@ -68,7 +69,14 @@ impl AttachMode {
         } else {
             &RESET
         };
-        [own, common, LIFECYCLE, reset, CALLS].into_iter().flatten()
+        let xmit: &[Hook] = if self == Self::TpBtf {
+            &XMIT_BTF
+        } else {
+            &XMIT
+        };
+        [own, common, LIFECYCLE, xmit, reset, CALLS]
+            .into_iter()
+            .flatten()
     }
 
     /// The hooks that see calls on sockets with a layer above TCP (kTLS), where the
@@ -255,9 +263,14 @@ const RESET_WITH_REASON: [Hook; 1] = [raw("life_tcp_send_reset_reason", "tcp", "
 const LIFECYCLE: &[Hook] = &[
     raw("life_inet_sock_set_state", "sock", "inet_sock_set_state"),
     raw("life_tcp_receive_reset", "tcp", "tcp_receive_reset"),
-    raw("life_net_dev_queue", "net", "net_dev_queue"),
     raw("filter_task_rename", "task", "task_rename"),
 ];
+
+/// Packets handed to a device (a FIN leaving, UDP datagrams): typed with tp_btf, whose
+/// loads of the packet's fields replace probe reads.
+const XMIT: [Hook; 1] = [raw("life_net_dev_queue", "net", "net_dev_queue")];
+
+const XMIT_BTF: [Hook; 1] = [btf("life_net_dev_queue_btf", "net", "net_dev_queue")];
 
 /// The exit of a `sendfile()`, `splice()` or `sendmmsg()` whose kernel sends were traced
 /// (every backend: no function hook sees a whole syscall on all of them).
@@ -284,6 +297,7 @@ const COUNTS_SKIP: &[&str] = &[
     "ack_tcp_probe",
     "ack_tcp_probe_btf",
     "life_net_dev_queue",
+    "life_net_dev_queue_btf",
     "life_tcp_timewait_state_process_fentry",
     "life_tcp_timewait_state_process_kprobe",
 ];

@@ -214,6 +214,8 @@ impl KernelBtf {
             task_flags: self.offset("task_struct", "flags", 4)?,
             sk_prot: self.offset("sock", "__sk_common.skc_prot", 8)?,
             proto_sendmsg: self.offset("proto", "sendmsg", 8)?,
+            socket_file: self.offset("socket", "file", 8)?,
+            _pad: 0,
         })
     }
 

@@ -375,6 +375,38 @@ fn comm_filter_selects_one_thread() {
     );
 }
 
+/// A send event's `comm` is the thread's name at that call: the kernel keeps a thread's name
+/// between its calls and must drop it at a rename (every send here, no filter).
+#[test]
+fn send_events_name_the_thread_as_renamed_between_writes() {
+    const NAMES: [&str; 3] = ["sb-first", "sb-second", "sb-first"];
+    const WRITES: usize = 50;
+    let pid = std::process::id().to_string();
+    let trace = Trace::start(&["-p", &pid]);
+    let ino = thread::spawn(|| {
+        let (mut c, mut s) = tcp_pair();
+        for name in NAMES {
+            set_thread_name(name);
+            for _ in 0..WRITES {
+                c.write_all(&[0u8; 100]).unwrap();
+            }
+        }
+        let mut buf = vec![0u8; NAMES.len() * WRITES * 100];
+        s.read_exact(&mut buf).unwrap();
+        ino(&c)
+    })
+    .join()
+    .unwrap();
+    let out = trace.stop();
+    let sends = events(&out, "send", ino);
+    let names: Vec<&str> = sends.iter().map(|e| e["comm"].as_str().unwrap()).collect();
+    let expected: Vec<&str> = NAMES
+        .iter()
+        .flat_map(|n| std::iter::repeat_n(*n, WRITES))
+        .collect();
+    assert_eq!(names, expected);
+}
+
 #[test]
 fn cgroup_filter_selects_a_process_in_that_cgroup() {
     let dir = format!("{}/sockbuf-test-{}", cgroup2_root(), std::process::id());
