@@ -23,14 +23,15 @@ pub fn report(configs: &[Config], runs: &[Run], accounted: &[Run], a: &BenchArgs
     let cpu_base = median(of(Config::Untraced).map(cpu_per_write).collect());
     let mut t = format!(
         "{} rounds of {} writes of {} B on {} connection(s); medians. Timed with the kernel's \
-         BPF run-time accounting off; the BPF column comes from one more run of each \
+         BPF run-time accounting off; the BPF columns are medians of {} more runs of each \
          configuration with it on.\n\n\
          | configuration | ns/write | vs untraced | added | CPU ns/write (workload + tracer) | CPU vs untraced | events/s | events | lost | tracer CPU ms (during the run) | tracer peak RSS MiB | BPF ns/write (in the kernel) |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         a.rounds,
         a.writes * a.conns as u64,
         a.size,
-        a.conns
+        a.conns,
+        a.accounted.max(1)
     );
     for &c in configs {
         let ns = median(of(c).map(|r| r.ns_per_write).collect());
