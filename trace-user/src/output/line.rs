@@ -47,6 +47,45 @@ struct Ser<'a> {
     buf: &'a mut Vec<u8>,
 }
 
+/// Appends `b` to `buf`. Keys and values are mostly a few bytes long: for those, two
+/// overlapping word copies instead of a call into libc's `memmove`, which was the replay's
+/// largest single cost (a call per key and per value).
+#[inline(always)]
+fn put(buf: &mut Vec<u8>, b: &[u8]) {
+    let n = b.len();
+    if n > 16 {
+        buf.extend_from_slice(b);
+        return;
+    }
+    buf.reserve(16);
+    let len = buf.len();
+    // SAFETY: `reserve` made room for 16 bytes after `len`; every read below is inside `b`
+    // (`n` ≥ 8, ≥ 4 or ≥ 1 in its branch) and every write inside `len..len + n`.
+    unsafe {
+        let (src, dst) = (b.as_ptr(), buf.as_mut_ptr().add(len));
+        if n >= 8 {
+            let (head, tail) = (
+                src.cast::<u64>().read_unaligned(),
+                src.add(n - 8).cast::<u64>().read_unaligned(),
+            );
+            dst.cast::<u64>().write_unaligned(head);
+            dst.add(n - 8).cast::<u64>().write_unaligned(tail);
+        } else if n >= 4 {
+            let (head, tail) = (
+                src.cast::<u32>().read_unaligned(),
+                src.add(n - 4).cast::<u32>().read_unaligned(),
+            );
+            dst.cast::<u32>().write_unaligned(head);
+            dst.add(n - 4).cast::<u32>().write_unaligned(tail);
+        } else if n > 0 {
+            *dst = *src;
+            *dst.add(n / 2) = *src.add(n / 2);
+            *dst.add(n - 1) = *src.add(n - 1);
+        }
+        buf.set_len(len + n);
+    }
+}
+
 /// A string serde_json would write without escapes.
 fn plain(b: &[u8]) -> bool {
     b.iter().all(|&c| c >= 0x20 && c != b'"' && c != b'\\')
@@ -54,15 +93,14 @@ fn plain(b: &[u8]) -> bool {
 
 impl Ser<'_> {
     fn int(&mut self, v: impl itoa::Integer) {
-        self.buf
-            .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        put(self.buf, itoa::Buffer::new().format(v).as_bytes());
     }
 
     fn string(&mut self, s: &str) {
         if plain(s.as_bytes()) {
             self.buf.reserve(s.len() + 2);
             self.buf.push(b'"');
-            self.buf.extend_from_slice(s.as_bytes());
+            put(self.buf, s.as_bytes());
             self.buf.push(b'"');
         } else {
             serde_json::to_writer(&mut *self.buf, s).expect("writing to a Vec cannot fail");
@@ -77,7 +115,7 @@ impl Ser<'_> {
         }
         self.buf.reserve(key.len() + 3);
         self.buf.push(b'"');
-        self.buf.extend_from_slice(key.as_bytes());
+        put(self.buf, key.as_bytes());
         self.buf.extend_from_slice(b"\":");
     }
 
@@ -266,7 +304,7 @@ struct Utf8Sink<'a>(&'a mut Vec<u8>);
 
 impl fmt::Write for Utf8Sink<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
+        put(self.0, s.as_bytes());
         Ok(())
     }
 }
@@ -413,6 +451,25 @@ mod tests {
             }
         }
         same(&[D("EAGAIN"), D("quote\"d"), D("")]);
+    }
+
+    /// Every length `put`'s branches treat apart (0, 1–3, 4–7, 8–16, longer), numbers of
+    /// every width, each appended after text already in the line.
+    #[test]
+    fn short_copies_of_every_length() {
+        let text = "abcdefghijklmnopqrstuvwxyz0123456789";
+        let strings: Vec<&str> = (0..=text.len()).map(|n| &text[..n]).collect();
+        same(&strings);
+        let numbers: Vec<u64> = (0..20)
+            .map(|d| 10u64.pow(d) + 7)
+            .chain([0, u64::MAX])
+            .collect();
+        same(&numbers);
+        let mut map = BTreeMap::new();
+        for n in 1..=text.len() {
+            map.insert(&text[..n], n);
+        }
+        same(&map);
     }
 
     #[test]
