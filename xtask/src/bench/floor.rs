@@ -1,12 +1,21 @@
 //! The floors: programs that return at once, attached to the hooks a sockbuf mode runs at
 //! every call. What they cost is what hooking those calls costs on this kernel before any
 //! work is done, the least any tracer that hooks them can add here.
+//!
+//! Beside them, the least counting there is: on the calls' returns, one map lookup and two
+//! adds (calls and bytes), no filter, no identity, no histogram. A summary can do no less,
+//! so where these already add more than a target allows, no summary meets it here.
 
 use anyhow::Context as _;
-use aya::{Ebpf, programs::RawTracePoint};
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::RawTracePoint,
+};
 use object::{
-    Architecture, BinaryFormat, Endianness, SectionKind, SymbolFlags, SymbolKind, SymbolScope,
-    write::{Object, Symbol, SymbolSection},
+    Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind, SymbolFlags, SymbolKind,
+    SymbolScope,
+    write::{Object, Relocation, Symbol, SymbolId, SymbolSection},
 };
 
 /// The raw tracepoints `sockbuf trace --summary` runs at every call: each call's return, and
@@ -26,32 +35,148 @@ pub const STREAM_HOOKS: &[&str] = &[
     "sys_exit",
 ];
 
+/// What the programs on the calls' returns (`sock_send_length`, `sock_recv_length`) do.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Nothing: return at once.
+    None,
+    /// Count calls and bytes in one per-CPU array slot (the array lookup the verifier inlines).
+    PerCpu,
+    /// Count calls and bytes per socket: a hash lookup keyed by the socket's address (the
+    /// entry made at the socket's first call).
+    PerSocket,
+}
+
 /// The program on `hook` (bpftool shows its first 15 bytes).
 fn name(hook: &str) -> String {
     format!("floor_{hook}")
 }
 
-/// `r0 = 0` (BPF_ALU64 | BPF_MOV | BPF_K) and `exit` (BPF_JMP | BPF_EXIT), 8 bytes each.
-const RETURN_0: [u8; 16] = [0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
+/// One BPF instruction: opcode, registers (`dst | src << 4`), offset, immediate.
+const fn insn(op: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
+    let o = off.to_le_bytes();
+    let i = imm.to_le_bytes();
+    [op, dst | (src << 4), o[0], o[1], i[0], i[1], i[2], i[3]]
+}
 
-/// An ELF object with one such program per hook, in the section naming aya loads from. Made
-/// here rather than compiled: it needs no BPF toolchain and there is nothing to compile.
-fn object(hooks: &[&str]) -> anyhow::Result<Vec<u8>> {
+const EXIT: [u8; 8] = insn(0x95, 0, 0, 0, 0);
+/// `r0 = 0` (BPF_ALU64 | BPF_MOV | BPF_K).
+const R0_0: [u8; 8] = insn(0xb7, 0, 0, 0, 0);
+
+/// `r1 = <map>`: a 16-byte load the loader relocates to the map's descriptor.
+const LD_MAP: [[u8; 8]; 2] = [insn(0x18, 1, 0, 0, 0), insn(0, 0, 0, 0, 0)];
+
+/// The counting program, and the indexes of its two map loads. The socket (the first
+/// argument) is the key: a per-CPU array reads only its low 4 bytes, which `Work::PerCpu`
+/// zeroes instead. A hash miss makes the entry (zeroed) and counts from the next call.
+fn counting(work: Work) -> (Vec<[u8; 8]>, [usize; 2]) {
+    let key = if work == Work::PerSocket {
+        insn(0x7b, 10, 6, -8, 0) // *(u64 *)(r10 - 8) = r6
+    } else {
+        insn(0x7a, 10, 0, -8, 0) // *(u64 *)(r10 - 8) = 0
+    };
+    let mut p = vec![
+        insn(0x79, 6, 1, 0, 0), // r6 = args[0]: the socket
+        insn(0x79, 7, 1, 8, 0), // r7 = args[1]: the call's return
+        key,
+        insn(0xbf, 2, 10, 0, 0), // r2 = r10
+        insn(0x07, 2, 0, 0, -8), // r2 += -8
+    ];
+    let first = p.len();
+    p.extend(LD_MAP);
+    p.extend([
+        insn(0x85, 0, 0, 0, 1),    // call bpf_map_lookup_elem
+        insn(0x15, 0, 0, 4, 0),    // if r0 == 0 goto the miss
+        insn(0xb7, 1, 0, 0, 1),    // r1 = 1
+        insn(0xdb, 0, 1, 0, 0),    // lock *(u64 *)(r0 + 0) += r1
+        insn(0xdb, 0, 7, 8, 0),    // lock *(u64 *)(r0 + 8) += r7
+        insn(0x05, 0, 0, 10, 0),   // goto the end
+        insn(0x7a, 10, 0, -24, 0), // the miss: a zeroed value at r10 - 24
+        insn(0x7a, 10, 0, -16, 0),
+        insn(0xbf, 3, 10, 0, 0), // r3 = r10 - 24: the value
+        insn(0x07, 3, 0, 0, -24),
+        insn(0xbf, 2, 10, 0, 0), // r2 = r10 - 8: the key
+        insn(0x07, 2, 0, 0, -8),
+    ]);
+    let second = p.len();
+    p.extend(LD_MAP);
+    p.extend([
+        insn(0xb7, 4, 0, 0, 0), // r4 = BPF_ANY
+        insn(0x85, 0, 0, 0, 2), // call bpf_map_update_elem
+        R0_0,
+        EXIT,
+    ]);
+    (p, [first, second])
+}
+
+/// The map the counting programs share, as a legacy `maps` section entry (`bpf_map_def`:
+/// type, key size, value size, max entries, flags, id, pinning).
+fn map_def(work: Work) -> [u8; 28] {
+    let (kind, key_size, entries) = match work {
+        Work::PerCpu => (6u32, 4u32, 1u32), // BPF_MAP_TYPE_PERCPU_ARRAY
+        _ => (1, 8, 4096),                  // BPF_MAP_TYPE_HASH
+    };
+    let mut d = [0u8; 28];
+    for (i, v) in [kind, key_size, 16, entries].into_iter().enumerate() {
+        d[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    d
+}
+
+/// Adds a global symbol `name` for `size` bytes at `value` in `section`.
+fn symbol(
+    obj: &mut Object<'_>,
+    name: &str,
+    section: object::write::SectionId,
+    (value, size): (u64, u64),
+    kind: SymbolKind,
+) -> SymbolId {
+    obj.add_symbol(Symbol {
+        name: name.as_bytes().to_vec(),
+        value,
+        size,
+        kind,
+        scope: SymbolScope::Dynamic,
+        weak: false,
+        section: SymbolSection::Section(section),
+        flags: SymbolFlags::None,
+    })
+}
+
+/// An ELF object with one program per hook, in the section naming aya loads from. Made here
+/// rather than compiled: it needs no BPF toolchain and there is little to compile.
+fn object(hooks: &[&str], work: Work) -> anyhow::Result<Vec<u8>> {
     let mut obj = Object::new(BinaryFormat::Elf, Architecture::Bpf, Endianness::Little);
+    let map = (work != Work::None).then(|| {
+        let maps = obj.add_section(Vec::new(), b"maps".to_vec(), SectionKind::Data);
+        let def = map_def(work);
+        let at = obj.append_section_data(maps, &def, 4);
+        symbol(&mut obj, "FLOOR_COUNTS", maps, (at, 28), SymbolKind::Data)
+    });
     for hook in hooks {
         let section = format!("raw_tracepoint/{hook}").into_bytes();
         let id = obj.add_section(Vec::new(), section, SectionKind::Text);
-        let value = obj.append_section_data(id, &RETURN_0, 8);
-        obj.add_symbol(Symbol {
-            name: name(hook).into_bytes(),
-            value,
-            size: RETURN_0.len() as u64,
-            kind: SymbolKind::Text,
-            scope: SymbolScope::Dynamic,
-            weak: false,
-            section: SymbolSection::Section(id),
-            flags: SymbolFlags::None,
-        });
+        let counts = matches!(*hook, "sock_send_length" | "sock_recv_length");
+        let (code, loads) = match map {
+            Some(_) if counts => counting(work),
+            _ => (vec![R0_0, EXIT], [usize::MAX; 2]),
+        };
+        let value = obj.append_section_data(id, code.as_flattened(), 8);
+        if let (Some(map), true) = (map, counts) {
+            for i in loads {
+                obj.add_relocation(
+                    id,
+                    Relocation {
+                        offset: value + 8 * i as u64,
+                        symbol: map,
+                        addend: 0,
+                        flags: RelocationFlags::Elf { r_type: 1 }, // R_BPF_64_64
+                    },
+                )?;
+            }
+        }
+        let size = 8 * code.len() as u64;
+        symbol(&mut obj, &name(hook), id, (value, size), SymbolKind::Text);
     }
     let license = obj.add_section(Vec::new(), b"license".to_vec(), SectionKind::Data);
     obj.append_section_data(license, b"GPL\0", 1);
@@ -59,8 +184,8 @@ fn object(hooks: &[&str]) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Loads and attaches a floor on `hooks`; it stays attached until the value is dropped.
-pub fn attach(hooks: &[&str]) -> anyhow::Result<Ebpf> {
-    let mut ebpf = Ebpf::load(&object(hooks)?).context("loading the floor's programs")?;
+pub fn attach(hooks: &[&str], work: Work) -> anyhow::Result<Ebpf> {
+    let mut ebpf = Ebpf::load(&object(hooks, work)?).context("loading the floor's programs")?;
     for hook in hooks {
         let name = name(hook);
         let prog: &mut RawTracePoint = ebpf
@@ -72,4 +197,23 @@ pub fn attach(hooks: &[&str]) -> anyhow::Result<Ebpf> {
             .with_context(|| format!("attaching {name} to {hook}"))?;
     }
     Ok(ebpf)
+}
+
+/// Calls the counting programs counted (`None`: a floor that does not count): the bench
+/// checks them against the workload's writes, so a counting floor that counted nothing
+/// cannot pass for a cheap one.
+pub fn counted(ebpf: &mut Ebpf) -> anyhow::Result<Option<u64>> {
+    let Some(map) = ebpf.map_mut("FLOOR_COUNTS") else {
+        return Ok(None);
+    };
+    let calls = |v: [u64; 2]| v[0];
+    if let Ok(a) = PerCpuArray::<&mut MapData, [u64; 2]>::try_from(&mut *map) {
+        return Ok(Some(a.get(&0, 0)?.iter().map(|&v| calls(v)).sum()));
+    }
+    let h = HashMap::<&mut MapData, u64, [u64; 2]>::try_from(map)?;
+    let mut n = 0;
+    for kv in h.iter() {
+        n += calls(kv?.1);
+    }
+    Ok(Some(n))
 }

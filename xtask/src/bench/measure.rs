@@ -17,7 +17,8 @@ use nix::{
 use serde_json::Value;
 
 use super::{
-    BenchArgs, COMM, Config, floor,
+    BenchArgs, COMM, Config,
+    floor::{self, Work},
     stats::{ProgStats, bpf_run_times, spent_by_name},
 };
 
@@ -45,7 +46,8 @@ pub struct Run {
 enum Tracer {
     None,
     Process(Child),
-    Floor(#[allow(dead_code, reason = "attached while held")] aya::Ebpf),
+    /// Attached while held.
+    Floor(aya::Ebpf),
 }
 
 impl Tracer {
@@ -87,8 +89,20 @@ fn start_tracer(
     let file = || fs::File::create(out);
     let mut c = match config {
         Config::Untraced => return Ok(Tracer::None),
-        Config::FloorSummary => return Ok(Tracer::Floor(floor::attach(floor::SUMMARY_HOOKS)?)),
-        Config::FloorStream => return Ok(Tracer::Floor(floor::attach(floor::STREAM_HOOKS)?)),
+        Config::FloorSummary | Config::FloorCountCpu | Config::FloorCountSocket => {
+            let work = match config {
+                Config::FloorCountCpu => Work::PerCpu,
+                Config::FloorCountSocket => Work::PerSocket,
+                _ => Work::None,
+            };
+            return Ok(Tracer::Floor(floor::attach(floor::SUMMARY_HOOKS, work)?));
+        }
+        Config::FloorStream => {
+            return Ok(Tracer::Floor(floor::attach(
+                floor::STREAM_HOOKS,
+                Work::None,
+            )?));
+        }
         Config::SockbufStream
         | Config::SockbufStacks
         | Config::SockbufStacksAll
@@ -208,6 +222,20 @@ pub fn run_once(
         by_program: spent_by_name(&at_start),
     };
     run.bpf_ns = run.by_program.iter().map(|(_, ns, _)| ns).sum();
+    if let Tracer::Floor(mut ebpf) = tracer {
+        // Each write is a send call (a socket's first only makes its entry), and its reader's
+        // calls count too.
+        if let Some(n) = floor::counted(&mut ebpf)?
+            && n + (a.conns as u64) < run.writes
+        {
+            bail!(
+                "{}: counted {n} calls for {} writes",
+                config.name(),
+                run.writes
+            );
+        }
+        return Ok(run);
+    }
     if let Tracer::Process(mut child) = tracer {
         // Let the last events and ACKs arrive before stopping.
         thread::sleep(Duration::from_millis(300));

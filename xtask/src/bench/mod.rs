@@ -64,6 +64,10 @@ pub const COMM: &str = "sbwork";
 pub enum Config {
     Untraced,
     FloorSummary,
+    /// --summary's floor, the calls' returns counted in one per-CPU slot (`floor::Work`).
+    FloorCountCpu,
+    /// The same, counted per socket.
+    FloorCountSocket,
     FloorStream,
     SockbufStream,
     /// `--stacks`: the stacks of sleeps and EAGAINs (the workload has neither: the check's
@@ -87,6 +91,8 @@ impl Config {
         match self {
             Self::Untraced => "untraced",
             Self::FloorSummary => "floor: empty programs on --summary's hooks",
+            Self::FloorCountCpu => "the same, counting calls and bytes per CPU",
+            Self::FloorCountSocket => "the same, counting them per socket (a hash lookup)",
             Self::FloorStream => "floor: empty programs on streaming's hooks",
             Self::SockbufStream => "sockbuf trace --json (every event to a file)",
             Self::SockbufStacks => "the same, --stacks (sleeps and EAGAINs)",
@@ -150,6 +156,8 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         vec![
             Config::Untraced,
             Config::FloorSummary,
+            Config::FloorCountCpu,
+            Config::FloorCountSocket,
             Config::FloorStream,
             Config::SockbufStream,
             Config::SockbufStacks,
