@@ -8,15 +8,17 @@
 
 use anyhow::Context as _;
 use aya::{
-    Ebpf,
+    Btf, Ebpf,
     maps::{HashMap, MapData, PerCpuArray},
-    programs::RawTracePoint,
+    programs::{BtfTracePoint, RawTracePoint},
 };
 use object::{
     Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind, SymbolFlags, SymbolKind,
     SymbolScope,
     write::{Object, Relocation, Symbol, SymbolId, SymbolSection},
 };
+
+use super::floor_btf;
 
 /// The raw tracepoints `sockbuf trace --summary` runs at every call: each call's return, and
 /// every syscall's exit (where a `sendfile()`, `splice()` or `sendmmsg()` ends, whose kernel
@@ -45,6 +47,14 @@ pub enum Work {
     /// Count calls and bytes per socket: a hash lookup keyed by the socket's address (the
     /// entry made at the socket's first call).
     PerSocket,
+    /// The same in socket-local storage, from BTF-typed tracepoints (the socket a typed
+    /// pointer): the kernel keeps the socket's storage in the socket, no hash on the way.
+    SkStorage,
+}
+
+/// The hooks counted on: the calls' returns.
+fn counts(hook: &str) -> bool {
+    matches!(hook, "sock_send_length" | "sock_recv_length")
 }
 
 /// The program on `hook` (bpftool shows its first 15 bytes).
@@ -109,6 +119,30 @@ fn counting(work: Work) -> (Vec<[u8; 8]>, [usize; 2]) {
     (p, [first, second])
 }
 
+/// The socket-local storage program: `bpf_sk_storage_get` with `F_CREATE` makes the
+/// socket's zeroed entry at its first call; the index of its map load.
+fn sk_storage() -> (Vec<[u8; 8]>, [usize; 1]) {
+    let mut p = vec![
+        insn(0x79, 6, 1, 0, 0), // r6 = args[0]: the socket
+        insn(0x79, 7, 1, 8, 0), // r7 = args[1]: the call's return
+    ];
+    let load = p.len();
+    p.extend(LD_MAP);
+    p.extend([
+        insn(0xbf, 2, 6, 0, 0),   // r2 = the socket
+        insn(0xb7, 3, 0, 0, 0),   // r3 = NULL: a zeroed value
+        insn(0xb7, 4, 0, 0, 1),   // r4 = BPF_SK_STORAGE_GET_F_CREATE
+        insn(0x85, 0, 0, 0, 107), // call bpf_sk_storage_get
+        insn(0x15, 0, 0, 3, 0),   // if r0 == 0 goto the end
+        insn(0xb7, 1, 0, 0, 1),   // r1 = 1
+        insn(0xdb, 0, 1, 0, 0),   // lock *(u64 *)(r0 + 0) += r1
+        insn(0xdb, 0, 7, 8, 0),   // lock *(u64 *)(r0 + 8) += r7
+        R0_0,
+        EXIT,
+    ]);
+    (p, [load])
+}
+
 /// The map the counting programs share, as a legacy `maps` section entry (`bpf_map_def`:
 /// type, key size, value size, max entries, flags, id, pinning).
 fn map_def(work: Work) -> [u8; 28] {
@@ -147,33 +181,64 @@ fn symbol(
 /// rather than compiled: it needs no BPF toolchain and there is little to compile.
 fn object(hooks: &[&str], work: Work) -> anyhow::Result<Vec<u8>> {
     let mut obj = Object::new(BinaryFormat::Elf, Architecture::Bpf, Endianness::Little);
-    let map = (work != Work::None).then(|| {
-        let maps = obj.add_section(Vec::new(), b"maps".to_vec(), SectionKind::Data);
-        let def = map_def(work);
-        let at = obj.append_section_data(maps, &def, 4);
-        symbol(&mut obj, "FLOOR_COUNTS", maps, (at, 28), SymbolKind::Data)
-    });
+    let map = match work {
+        Work::None => None,
+        Work::SkStorage => {
+            let maps = obj.add_section(Vec::new(), b".maps".to_vec(), SectionKind::Data);
+            let at = obj.append_section_data(maps, &[0; floor_btf::DEF_SIZE as usize], 8);
+            let btf = obj.add_section(Vec::new(), b".BTF".to_vec(), SectionKind::Metadata);
+            obj.append_section_data(btf, &floor_btf::section(), 4);
+            let size = (at, u64::from(floor_btf::DEF_SIZE));
+            Some(symbol(
+                &mut obj,
+                floor_btf::MAP,
+                maps,
+                size,
+                SymbolKind::Data,
+            ))
+        }
+        _ => {
+            let maps = obj.add_section(Vec::new(), b"maps".to_vec(), SectionKind::Data);
+            let at = obj.append_section_data(maps, &map_def(work), 4);
+            Some(symbol(
+                &mut obj,
+                "FLOOR_COUNTS",
+                maps,
+                (at, 28),
+                SymbolKind::Data,
+            ))
+        }
+    };
     for hook in hooks {
-        let section = format!("raw_tracepoint/{hook}").into_bytes();
-        let id = obj.add_section(Vec::new(), section, SectionKind::Text);
-        let counts = matches!(*hook, "sock_send_length" | "sock_recv_length");
+        let typed = work == Work::SkStorage && counts(hook);
+        let kind = if typed { "tp_btf" } else { "raw_tracepoint" };
+        let id = obj.add_section(
+            Vec::new(),
+            format!("{kind}/{hook}").into_bytes(),
+            SectionKind::Text,
+        );
         let (code, loads) = match map {
-            Some(_) if counts => counting(work),
-            _ => (vec![R0_0, EXIT], [usize::MAX; 2]),
+            Some(_) if typed => {
+                let (code, [load]) = sk_storage();
+                (code, vec![load])
+            }
+            Some(_) if counts(hook) => {
+                let (code, loads) = counting(work);
+                (code, loads.to_vec())
+            }
+            _ => (vec![R0_0, EXIT], Vec::new()),
         };
         let value = obj.append_section_data(id, code.as_flattened(), 8);
-        if let (Some(map), true) = (map, counts) {
-            for i in loads {
-                obj.add_relocation(
-                    id,
-                    Relocation {
-                        offset: value + 8 * i as u64,
-                        symbol: map,
-                        addend: 0,
-                        flags: RelocationFlags::Elf { r_type: 1 }, // R_BPF_64_64
-                    },
-                )?;
-            }
+        for i in loads {
+            obj.add_relocation(
+                id,
+                Relocation {
+                    offset: value + 8 * i as u64,
+                    symbol: map.context("a map load without a map")?,
+                    addend: 0,
+                    flags: RelocationFlags::Elf { r_type: 1 }, // R_BPF_64_64
+                },
+            )?;
         }
         let size = 8 * code.len() as u64;
         symbol(&mut obj, &name(hook), id, (value, size), SymbolKind::Text);
@@ -186,8 +251,20 @@ fn object(hooks: &[&str], work: Work) -> anyhow::Result<Vec<u8>> {
 /// Loads and attaches a floor on `hooks`; it stays attached until the value is dropped.
 pub fn attach(hooks: &[&str], work: Work) -> anyhow::Result<Ebpf> {
     let mut ebpf = Ebpf::load(&object(hooks, work)?).context("loading the floor's programs")?;
+    let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
     for hook in hooks {
         let name = name(hook);
+        if work == Work::SkStorage && counts(hook) {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(&name)
+                .context("floor program missing from its object")?
+                .try_into()?;
+            prog.load(hook, &btf)
+                .with_context(|| format!("loading {name}"))?;
+            prog.attach()
+                .with_context(|| format!("attaching {name} to {hook}"))?;
+            continue;
+        }
         let prog: &mut RawTracePoint = ebpf
             .program_mut(&name)
             .context("floor program missing from its object")?
@@ -203,6 +280,7 @@ pub fn attach(hooks: &[&str], work: Work) -> anyhow::Result<Ebpf> {
 /// checks them against the workload's writes, so a counting floor that counted nothing
 /// cannot pass for a cheap one.
 pub fn counted(ebpf: &mut Ebpf) -> anyhow::Result<Option<u64>> {
+    // Socket-local storage cannot be listed from user space: its counts go unchecked.
     let Some(map) = ebpf.map_mut("FLOOR_COUNTS") else {
         return Ok(None);
     };

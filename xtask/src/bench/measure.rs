@@ -89,10 +89,14 @@ fn start_tracer(
     let file = || fs::File::create(out);
     let mut c = match config {
         Config::Untraced => return Ok(Tracer::None),
-        Config::FloorSummary | Config::FloorCountCpu | Config::FloorCountSocket => {
+        Config::FloorSummary
+        | Config::FloorCountCpu
+        | Config::FloorCountSocket
+        | Config::FloorCountSk => {
             let work = match config {
                 Config::FloorCountCpu => Work::PerCpu,
                 Config::FloorCountSocket => Work::PerSocket,
+                Config::FloorCountSk => Work::SkStorage,
                 _ => Work::None,
             };
             return Ok(Tracer::Floor(floor::attach(floor::SUMMARY_HOOKS, work)?));

@@ -2,6 +2,7 @@
 //! by side in one run, rounds alternating, medians and ratios reported.
 
 mod floor;
+mod floor_btf;
 mod measure;
 mod replay;
 mod report;
@@ -68,6 +69,8 @@ pub enum Config {
     FloorCountCpu,
     /// The same, counted per socket.
     FloorCountSocket,
+    /// The same, in socket-local storage from typed hooks.
+    FloorCountSk,
     FloorStream,
     SockbufStream,
     /// `--stacks`: the stacks of sleeps and EAGAINs (the workload has neither: the check's
@@ -93,6 +96,7 @@ impl Config {
             Self::FloorSummary => "floor: empty programs on --summary's hooks",
             Self::FloorCountCpu => "the same, counting calls and bytes per CPU",
             Self::FloorCountSocket => "the same, counting them per socket (a hash lookup)",
+            Self::FloorCountSk => "the same, per socket in socket-local storage (tp_btf)",
             Self::FloorStream => "floor: empty programs on streaming's hooks",
             Self::SockbufStream => "sockbuf trace --json (every event to a file)",
             Self::SockbufStacks => "the same, --stacks (sleeps and EAGAINs)",
@@ -158,6 +162,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
             Config::FloorSummary,
             Config::FloorCountCpu,
             Config::FloorCountSocket,
+            Config::FloorCountSk,
             Config::FloorStream,
             Config::SockbufStream,
             Config::SockbufStacks,
