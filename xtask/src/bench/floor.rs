@@ -73,6 +73,19 @@ const EXIT: [u8; 8] = insn(0x95, 0, 0, 0, 0);
 /// `r0 = 0` (BPF_ALU64 | BPF_MOV | BPF_K).
 const R0_0: [u8; 8] = insn(0xb7, 0, 0, 0, 0);
 
+/// The hook's arguments the counting programs use: the socket and the call's return.
+const ARGS: [[u8; 8]; 2] = [
+    insn(0x79, 6, 1, 0, 0), // r6 = args[0]: the socket
+    insn(0x79, 7, 1, 8, 0), // r7 = args[1]: the call's return
+];
+
+/// The count, into the value `r0` points at: one call, and `r7` (its return) bytes.
+const ADD: [[u8; 8]; 3] = [
+    insn(0xb7, 1, 0, 0, 1), // r1 = 1
+    insn(0xdb, 0, 1, 0, 0), // lock *(u64 *)(r0 + 0) += r1
+    insn(0xdb, 0, 7, 8, 0), // lock *(u64 *)(r0 + 8) += r7
+];
+
 /// `r1 = <map>`: a 16-byte load the loader relocates to the map's descriptor.
 const LD_MAP: [[u8; 8]; 2] = [insn(0x18, 1, 0, 0, 0), insn(0, 0, 0, 0, 0)];
 
@@ -85,21 +98,20 @@ fn counting(work: Work) -> (Vec<[u8; 8]>, [usize; 2]) {
     } else {
         insn(0x7a, 10, 0, -8, 0) // *(u64 *)(r10 - 8) = 0
     };
-    let mut p = vec![
-        insn(0x79, 6, 1, 0, 0), // r6 = args[0]: the socket
-        insn(0x79, 7, 1, 8, 0), // r7 = args[1]: the call's return
+    let mut p = ARGS.to_vec();
+    p.extend([
         key,
         insn(0xbf, 2, 10, 0, 0), // r2 = r10
         insn(0x07, 2, 0, 0, -8), // r2 += -8
-    ];
+    ]);
     let first = p.len();
     p.extend(LD_MAP);
     p.extend([
-        insn(0x85, 0, 0, 0, 1),    // call bpf_map_lookup_elem
-        insn(0x15, 0, 0, 4, 0),    // if r0 == 0 goto the miss
-        insn(0xb7, 1, 0, 0, 1),    // r1 = 1
-        insn(0xdb, 0, 1, 0, 0),    // lock *(u64 *)(r0 + 0) += r1
-        insn(0xdb, 0, 7, 8, 0),    // lock *(u64 *)(r0 + 8) += r7
+        insn(0x85, 0, 0, 0, 1), // call bpf_map_lookup_elem
+        insn(0x15, 0, 0, 4, 0), // if r0 == 0 goto the miss
+    ]);
+    p.extend(ADD);
+    p.extend([
         insn(0x05, 0, 0, 10, 0),   // goto the end
         insn(0x7a, 10, 0, -24, 0), // the miss: a zeroed value at r10 - 24
         insn(0x7a, 10, 0, -16, 0),
@@ -122,10 +134,7 @@ fn counting(work: Work) -> (Vec<[u8; 8]>, [usize; 2]) {
 /// The socket-local storage program: `bpf_sk_storage_get` with `F_CREATE` makes the
 /// socket's zeroed entry at its first call; the index of its map load.
 fn sk_storage() -> (Vec<[u8; 8]>, [usize; 1]) {
-    let mut p = vec![
-        insn(0x79, 6, 1, 0, 0), // r6 = args[0]: the socket
-        insn(0x79, 7, 1, 8, 0), // r7 = args[1]: the call's return
-    ];
+    let mut p = ARGS.to_vec();
     let load = p.len();
     p.extend(LD_MAP);
     p.extend([
@@ -134,12 +143,9 @@ fn sk_storage() -> (Vec<[u8; 8]>, [usize; 1]) {
         insn(0xb7, 4, 0, 0, 1),   // r4 = BPF_SK_STORAGE_GET_F_CREATE
         insn(0x85, 0, 0, 0, 107), // call bpf_sk_storage_get
         insn(0x15, 0, 0, 3, 0),   // if r0 == 0 goto the end
-        insn(0xb7, 1, 0, 0, 1),   // r1 = 1
-        insn(0xdb, 0, 1, 0, 0),   // lock *(u64 *)(r0 + 0) += r1
-        insn(0xdb, 0, 7, 8, 0),   // lock *(u64 *)(r0 + 8) += r7
-        R0_0,
-        EXIT,
     ]);
+    p.extend(ADD);
+    p.extend([R0_0, EXIT]);
     (p, [load])
 }
 
