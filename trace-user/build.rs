@@ -22,6 +22,7 @@ fn main() -> anyhow::Result<()> {
         .find_map(|l| l.strip_prefix("channel = "))
         .map(|c| c.trim_matches('"'))
         .ok_or_else(|| anyhow::anyhow!("no channel in trace-ebpf/rust-toolchain.toml"))?;
+    share_ebpf_target_dir()?;
     aya_build::build_ebpf(
         [Package {
             name: "trace-ebpf",
@@ -30,6 +31,32 @@ fn main() -> anyhow::Result<()> {
         }],
         Toolchain::Custom(channel),
     )
+}
+
+/// aya-build gives the eBPF crate a cargo target directory inside OUT_DIR, which is new for
+/// every profile and every set of packages cargo builds together (clippy, `cargo test`,
+/// `--release`, `-p trace-user`): each would build core for BPF and the programs again, about a
+/// minute. The eBPF build is the same in all of them (always `--release`, the same flags), so
+/// that directory is made a link to one beside cargo's profiles, and cargo's own fingerprints
+/// decide what to rebuild; its lock keeps two builds out of each other's way.
+fn share_ebpf_target_dir() -> anyhow::Result<()> {
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    // OUT_DIR is <target>/[<triple>/]<profile>/build/trace-user-<hash>/out.
+    let Some(profiles) = out.ancestors().nth(4) else {
+        return Ok(());
+    };
+    let shared = profiles.join("ebpf");
+    let link = out.join("aya-build/target/trace-ebpf");
+    std::fs::create_dir_all(&shared)?;
+    std::fs::create_dir_all(link.parent().expect("a parent"))?;
+    match std::fs::read_link(&link) {
+        Ok(to) if to == shared => return Ok(()),
+        Ok(_) => std::fs::remove_file(&link)?,
+        Err(_) if link.is_dir() => std::fs::remove_dir_all(&link)?,
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(&shared, &link)
+        .with_context(|| format!("linking {} to {}", link.display(), shared.display()))
 }
 
 /// The programs the `--stacks` tests trace, into OUT_DIR/programs: built here because the

@@ -69,6 +69,9 @@ pub const HOST_ONLY: &[&str] = &[
     "deploy_",
 ];
 
+/// The package the integration tests are in.
+const TRACE_USER: &[&str] = &["-p", "trace-user"];
+
 /// `cargo test --all-features EXTRA -- FILTER --test-threads=1` with `env`, its output passed
 /// through; (passed, failed, exit status ok).
 fn cargo_test(
@@ -136,13 +139,22 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         );
         debug_filter.extend(["--skip", KTLS_TESTS]);
     }
-    let (mut passed, mut failed, mut ok) = cargo_test(&[], &debug_filter, &[])?;
+    // trace-user on its own (`-p trace-user`), as the passes below, the bench and the kernel
+    // matrix build it too: cargo unifies dependencies' features over the packages it is asked
+    // for, so another selection would compile trace-user and its dependencies again.
+    let (mut passed, mut failed, mut ok) = cargo_test(TRACE_USER, &debug_filter, &[])?;
+    let (p, f, o) = cargo_test(&["-p", "trace-common", "-p", "xtask"], &filter, &[])?;
+    (passed, failed, ok) = (passed + p, failed + f, ok && o);
     if args
         .filter
         .as_deref()
         .is_none_or(|f| CHURN_TESTS.contains(f) || f.contains(CHURN_TESTS))
     {
-        let (p, f, o) = cargo_test(&["--release", "--test", "churn"], &filter, &[])?;
+        let (p, f, o) = cargo_test(
+            &[TRACE_USER, &["--release", "--test", "churn"]].concat(),
+            &filter,
+            &[],
+        )?;
         (passed, failed, ok) = (passed + p, failed + f, ok && o);
     }
     if args.filter.is_none() {
@@ -151,15 +163,19 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         eprintln!("xtask: the send-path tests again, tracepoint backend opening calls at syscalls");
         let (p, f, o) = cargo_test(
             &[
-                "--test",
-                "trace_send",
-                "--test",
-                "trace_state",
-                "--test",
-                "trace_recv",
-                "--test",
-                "trace_summary",
-            ],
+                TRACE_USER,
+                &[
+                    "--test",
+                    "trace_send",
+                    "--test",
+                    "trace_state",
+                    "--test",
+                    "trace_recv",
+                    "--test",
+                    "trace_summary",
+                ],
+            ]
+            .concat(),
             &[],
             &[
                 ("SOCKBUF_ATTACH", "tracepoint"),
