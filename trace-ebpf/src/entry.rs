@@ -21,7 +21,7 @@ const MSG_DONTWAIT: u32 = 0x40;
 #[inline(always)]
 pub fn send_begin_fd(fd: u64, requested: Option<u64>, flags: u32, extra: u32) -> Result<(), Fault> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !filter::task_passes((pid_tgid >> 32) as u32) {
+    if !filter::task_passes(pid_tgid) {
         return Ok(());
     }
     let Some((sk, nonblocking)) = kernel::fd_sock(fd)? else {

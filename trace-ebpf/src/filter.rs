@@ -4,13 +4,13 @@ use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, generated},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
 };
-use trace_common::{COMM_LEN, Filter};
+use trace_common::{COMM_LEN, Filter, INFLIGHT_ENTRIES};
 
 use crate::{
     kernel::{Access, Fault, Sock},
-    maps::SockTrack,
+    maps::TASK_VERDICTS,
 };
 
 #[unsafe(no_mangle)]
@@ -22,9 +22,9 @@ static FILTER: Global<Filter> = Global::new(Filter {
     comm: [0; COMM_LEN],
 });
 
-/// When a task was last renamed (exec, `prctl(PR_SET_NAME)`, `/proc/…/comm`), as the low 32
-/// bits of the clock, odd; 0 before any: a thread's pass of the comm filter remembered on a
-/// socket holds while this stays the same. A time, not a count: reading a count back after
+/// When a task was last renamed (exec, `prctl(PR_SET_NAME)`, `/proc/…/comm`) or made, as the
+/// low 32 bits of the clock, odd; 0 before any: a thread's verdict of the comm filter, or
+/// its name, remembered holds while this stays the same. A time, not a count: reading a count back after
 /// adding to it is two instructions, and two renames between them would read the same.
 static mut RENAMED_AT: u64 = 0;
 
@@ -73,51 +73,47 @@ fn comm_passes() -> bool {
     ret == 0 && comm == want
 }
 
-/// Task-level filters: cheap, evaluated before any kernel memory is read.
+/// Task-level filters, evaluated before any kernel memory is read: the pid and cgroup at
+/// every call (a few loads and at most one cheap helper), the name through the thread's
+/// remembered verdict.
 #[inline(always)]
-pub fn task_passes(pid: u32) -> bool {
-    pid_cgroup_pass(pid) && comm_passes()
+pub fn task_passes(pid_tgid: u64) -> bool {
+    pid_cgroup_pass((pid_tgid >> 32) as u32) && comm_passes_by_thread(pid_tgid)
 }
 
-/// [`task_passes`] for a call on a socket whose tracking entry is `track` (if sockbuf has
-/// one), by [`task_passes_on`] when a comm filter is set (else there is nothing to save).
+/// [`task_passes`] for the current task.
 #[inline(always)]
-pub fn task_passes_at(track: Option<*mut SockTrack>, pid_tgid: u64) -> bool {
-    if comm_filter()[0] != 0
-        && let Some(track) = track
-    {
-        return task_passes_on(track, pid_tgid);
-    }
-    task_passes((pid_tgid >> 32) as u32)
+pub fn current_task_passes() -> bool {
+    task_passes(bpf_get_current_pid_tgid())
 }
 
-/// [`task_passes`] for a call on a tracked socket. Reading the task's name costs more than
-/// the rest of a counted call, so the socket remembers the last thread that passed the comm
-/// filter and the last one that failed it, with the last rename's stamp then; the pid and
-/// cgroup are checked every time.
+/// [`comm_passes`], remembered per thread. Reading the task's name costs more than the rest
+/// of a counted call, and most calls are by threads seen before: the one writing, and the
+/// one reading at the other end, which fails at every call. A thread's slot (its id modulo
+/// the map's size) holds the last key (`thread_key`) that passed and the last that failed.
 #[inline(always)]
-pub fn task_passes_on(track: *mut SockTrack, pid_tgid: u64) -> bool {
-    if !pid_cgroup_pass((pid_tgid >> 32) as u32) {
-        return false;
-    }
+fn comm_passes_by_thread(pid_tgid: u64) -> bool {
     if comm_filter()[0] == 0 {
         return true;
     }
+    let Some(slot) = TASK_VERDICTS.get_ptr_mut(pid_tgid as u32 & (INFLIGHT_ENTRIES - 1)) else {
+        return comm_passes();
+    };
     // Read before the name: a rename stamped after it makes the entry stale at once. (A
     // rename of this thread by another one, through /proc, between the stamp and the copy
     // of the new name can leave the old name's pass until the next rename.)
     let key = thread_key(pid_tgid);
-    let passed = unsafe { &raw mut (*track).task_passed };
-    let failed = unsafe { &raw mut (*track).task_failed };
+    let passed = unsafe { &raw mut (*slot).passed };
+    let failed = unsafe { &raw mut (*slot).failed };
     if unsafe { read_volatile(passed) } == key {
         return true;
     }
-    // The other end's thread (a reader of the traced writer's peer) fails at every call.
     if unsafe { read_volatile(failed) } == key {
         return false;
     }
     let pass = comm_passes();
-    // One aligned 8-byte store: another CPU reads the old key or the new one.
+    // One aligned 8-byte store: a thread sharing the slot reads the old key or the new one,
+    // neither of them its own.
     unsafe { write_volatile(if pass { passed } else { failed }, key) };
     pass
 }
@@ -130,7 +126,8 @@ pub fn thread_key(pid_tgid: u64) -> u64 {
     (unsafe { read_volatile(&raw const RENAMED_AT) } << 32) | (pid_tgid & 0xffff_ffff)
 }
 
-/// A task is renamed: every remembered pass of the comm filter is void.
+/// A task is renamed, or a new one made (its id may be a dead thread's, its name its
+/// parent's): every remembered verdict of the comm filter is void.
 #[inline(always)]
 pub fn renamed() {
     let now = unsafe { bpf_ktime_get_ns() } & 0xffff_ffff;

@@ -42,7 +42,7 @@ fn tracked<A: Access>(sock: &Sock<A>, ctx: Context) -> Result<Option<*mut SockTr
         return Ok(Some(t));
     }
     let may_start = match ctx {
-        Context::Task => filter::task_passes((bpf_get_current_pid_tgid() >> 32) as u32),
+        Context::Task => filter::current_task_passes(),
         Context::Packet => filter::no_task_filter(),
     };
     if !may_start || sock.protocol()? != IPPROTO_TCP || !filter::sock_passes(sock)? {

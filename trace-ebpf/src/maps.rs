@@ -81,6 +81,18 @@ pub struct ThreadComm {
 #[map]
 pub static INFLIGHT_COMMS: Array<ThreadComm> = Array::with_max_entries(INFLIGHT_ENTRIES, 0);
 
+/// The comm filter's verdicts on the threads whose ids are the same modulo its size: the last
+/// `filter::thread_key` that passed and the last that failed (0: none).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct TaskVerdict {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+#[map]
+pub static TASK_VERDICTS: Array<TaskVerdict> = Array::with_max_entries(INFLIGHT_ENTRIES, 0);
+
 /// Open calls of threads whose slot in [`INFLIGHT_SLOTS`] another thread holds.
 #[map]
 pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
@@ -102,11 +114,6 @@ pub struct SockTrack {
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub proto: u32,
     pub _pad: u32,
-    /// The last thread that passed the comm filter on this socket, and the last one that
-    /// failed it, with the last rename's stamp at the time (`filter::task_passes_on`); 0:
-    /// none yet.
-    pub task_passed: u64,
-    pub task_failed: u64,
 }
 
 /// LRU so it stays bounded however many sockets come and go without a close being seen.

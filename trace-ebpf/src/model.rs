@@ -122,14 +122,13 @@ pub fn send_begin<A: Access>(sock: Sock<A>, msg: u64) -> Result<(), Fault> {
             return Ok(());
         }
     }
-    // Looked up once for the filter and the call.
-    let found = SOCKS.get_ptr_mut(sk);
-    if !filter::task_passes_at(found, pid_tgid) {
+    if !filter::task_passes(pid_tgid) {
         return Ok(());
     }
     if !filter::sock_passes(&sock)? {
         return Ok(());
     }
+    let found = SOCKS.get_ptr_mut(sk);
     let (requested, msg_flags) = A::msg_left_flags(msg)?;
     let call = Inflight {
         sk,
@@ -319,7 +318,7 @@ pub fn send_end<C: StackIdContext, A: Access>(
     // no clock read unless the call is pieced.
     let mut piece = None;
     if let Some(track) = agg::counted_sock(sk, ret) {
-        if !filter::task_passes_on(track, pid_tgid) {
+        if !filter::task_passes(pid_tgid) {
             return Ok(()); // no call was opened (see above): nothing to clean up
         }
         let track = unsafe { &*track };
@@ -354,7 +353,7 @@ pub fn send_end<C: StackIdContext, A: Access>(
             if other.is_some() {
                 inflight::remove(tid);
             }
-            if !filter::task_passes((pid_tgid >> 32) as u32) {
+            if !filter::task_passes(pid_tgid) {
                 return Ok(());
             }
             match sock.protocol()? {
@@ -509,8 +508,6 @@ fn track_at<A: Access>(
         addrs: sock.addrs()?,
         proto: u32::from(proto),
         _pad: 0,
-        task_passed: 0,
-        task_failed: 0,
     };
     SOCKS
         .insert(sock.ptr, track, 0)

@@ -16,12 +16,11 @@ pub fn recv_end<A: Access>(sock: Sock<A>, ret: i64, msg_flags: u32) -> Result<()
     let sk = sock.ptr;
     let pid_tgid = bpf_get_current_pid_tgid();
     if let Some(track) = agg::counted_sock(sk, ret)
-        && (!filter::task_passes_on(track, pid_tgid)
-            || agg::recv(unsafe { &*track }, pid_tgid, ret))
+        && (!filter::task_passes(pid_tgid) || agg::recv(unsafe { &*track }, pid_tgid, ret))
     {
         return Ok(());
     }
-    if !filter::task_passes((pid_tgid >> 32) as u32) {
+    if !filter::task_passes(pid_tgid) {
         return Ok(());
     }
     let proto = sock.protocol()?;
@@ -59,7 +58,7 @@ pub fn recv_end<A: Access>(sock: Sock<A>, ret: i64, msg_flags: u32) -> Result<()
 /// kprobe backend: a receive call starts; its return probe finds the socket here.
 #[inline(always)]
 pub fn recv_enter(sk: u64, msg_flags: u32) -> Result<(), Fault> {
-    if !filter::task_passes((bpf_get_current_pid_tgid() >> 32) as u32) {
+    if !filter::current_task_passes() {
         return Ok(());
     }
     put_call(sk, msg_flags)

@@ -214,10 +214,18 @@ with_standby! {
     }
 }
 
-/// `task_rename(task, comm)`: a task's name changes, so passes of the comm filter remembered
-/// on sockets are void. Attached in every mode; one run per rename, none per call.
+/// `task_rename(task, comm)`: a task's name changes, so the comm filter's remembered verdicts
+/// and names are void. Attached in every mode; one run per rename, none per call.
 #[raw_tracepoint(tracepoint = "task_rename")]
 pub fn filter_task_rename(_ctx: RawTracePointContext) -> u32 {
+    filter::renamed();
+    0
+}
+
+/// `task_newtask(task, clone_flags)`: a new thread may have a dead one's id, with its
+/// parent's name, and no rename: it voids them too. One run per thread made.
+#[raw_tracepoint(tracepoint = "task_newtask")]
+pub fn filter_task_newtask(_ctx: RawTracePointContext) -> u32 {
     filter::renamed();
     0
 }

@@ -98,7 +98,7 @@ pub fn send_end<A: Access>(
 #[inline(always)]
 pub fn send_done(sk: u64, msg_flags: u32, ret: i64) -> Result<(), Fault> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !filter::task_passes((pid_tgid >> 32) as u32) {
+    if !filter::task_passes(pid_tgid) {
         return Ok(());
     }
     let sock = Sock::new(sk);
@@ -111,7 +111,7 @@ pub fn send_done(sk: u64, msg_flags: u32, ret: i64) -> Result<(), Fault> {
 /// kprobe backend: a UDP send call starts; its return probe finds the socket here.
 #[inline(always)]
 pub fn send_enter(sk: u64, msg: u64) -> Result<(), Fault> {
-    if !filter::task_passes((bpf_get_current_pid_tgid() >> 32) as u32) {
+    if !filter::current_task_passes() {
         return Ok(());
     }
     put_call(sk, kernel::msg_flags(msg)?)
@@ -149,7 +149,7 @@ pub fn out<A: Access>(sock: &Sock<A>, track: *mut SockTrack, th: u64) -> Result<
 /// its first send call, before that call's return could start tracking it.
 #[inline(always)]
 pub fn untracked_out<A: Access>(sk: u64, skb: u64) -> Result<(), Fault> {
-    if !filter::task_passes((bpf_get_current_pid_tgid() >> 32) as u32) {
+    if !filter::current_task_passes() {
         return Ok(());
     }
     let sock = Sock::new(sk);

@@ -258,12 +258,13 @@ const RESET: [Hook; 1] = [raw("life_tcp_send_reset", "tcp", "tcp_send_reset")];
 
 const RESET_WITH_REASON: [Hook; 1] = [raw("life_tcp_send_reset_reason", "tcp", "tcp_send_reset")];
 
-/// Lifecycle hooks, and the task renames the comm filter follows, attached with every
-/// backend: tracepoints all supported kernels have.
+/// Lifecycle hooks, and the task renames and births the comm filter follows, attached with
+/// every backend: tracepoints all supported kernels have.
 const LIFECYCLE: &[Hook] = &[
     raw("life_inet_sock_set_state", "sock", "inet_sock_set_state"),
     raw("life_tcp_receive_reset", "tcp", "tcp_receive_reset"),
     raw("filter_task_rename", "task", "task_rename"),
+    raw("filter_task_newtask", "task", "task_newtask"),
 ];
 
 /// Packets handed to a device (a FIN leaving, UDP datagrams): typed with tp_btf, whose

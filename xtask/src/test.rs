@@ -173,6 +173,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
                     "trace_recv",
                     "--test",
                     "trace_summary",
+                    "--test",
+                    "filters",
                 ],
             ]
             .concat(),
