@@ -24,8 +24,9 @@ static FILTER: Global<Filter> = Global::new(Filter {
 
 /// When a task was last renamed (exec, `prctl(PR_SET_NAME)`, `/proc/…/comm`) or made, as the
 /// low 32 bits of the clock, odd; 0 before any: a thread's verdict of the comm filter, or
-/// its name, remembered holds while this stays the same. A time, not a count: reading a count back after
-/// adding to it is two instructions, and two renames between them would read the same.
+/// its name, remembered holds while this stays the same. A time, not a count: reading a
+/// count back after adding to it is two instructions, and two renames between them would
+/// read the same.
 static mut RENAMED_AT: u64 = 0;
 
 // The filter is read field by field: `Global::load` would copy all of it, byte by byte.
@@ -120,10 +121,11 @@ fn comm_passes_by_thread(pid_tgid: u64) -> bool {
 
 /// Thread `pid_tgid`'s id with the last rename's stamp: a name read under this key is still
 /// the thread's name. Read before the name: a rename stamped after it makes the key stale at
-/// once.
+/// once. Never 0, the value of a slot nothing was remembered in (the stamp is odd but for
+/// its initial 0; the idle task's id is 0, and softirqs run over it).
 #[inline(always)]
 pub fn thread_key(pid_tgid: u64) -> u64 {
-    (unsafe { read_volatile(&raw const RENAMED_AT) } << 32) | (pid_tgid & 0xffff_ffff)
+    ((unsafe { read_volatile(&raw const RENAMED_AT) } | 1) << 32) | (pid_tgid & 0xffff_ffff)
 }
 
 /// A task is renamed, or a new one made (its id may be a dead thread's, its name its
