@@ -103,20 +103,25 @@ pub fn any() -> bool {
     unsafe { core::ptr::read_volatile(&raw const PIECED_SEEN) != 0 }
 }
 
-/// The raw `sys_exit(regs, ret)`: a remembered call of this thread returns `ret` to the
-/// application. Any syscall's exit ends it: a thread is in one syscall at a time, so an
-/// entry met at another syscall's exit is a call whose own exit the kernel skipped (a
-/// program busy on that CPU); it ends without a result, counted.
+/// The raw `sys_exit(regs, ret)`: [`exit`], the syscall's number read from the registers.
 #[inline(always)]
-pub fn exit(regs: u64, ret: i64) -> Result<(), Fault> {
+pub fn raw_exit(regs: u64, ret: i64) -> Result<(), Fault> {
+    exit(|| Ok(read::<u64>(regs, syscall::ORIG_AX)? as u32), ret)
+}
+
+/// A syscall returns `ret` to the application: a remembered call of this thread ends. A
+/// thread is in one syscall at a time, so an entry met at another syscall's exit (`nr`,
+/// read only when there is an entry) is a call whose own exit the kernel skipped (a program
+/// busy on that CPU); it ends without a result, counted.
+#[inline(always)]
+pub fn exit(nr: impl FnOnce() -> Result<u32, Fault>, ret: i64) -> Result<(), Fault> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let Some(p) = (unsafe { PIECED.get(tid) }).copied() else {
         return Ok(());
     };
     let _ = PIECED.remove(tid);
-    // orig_ax: the syscall's number.
-    let missed = read::<u64>(regs, syscall::ORIG_AX)? as u32 != p.nr;
+    let missed = nr()? != p.nr;
     if missed {
         count::lost(EXITS_MISSED);
     }

@@ -3,8 +3,10 @@
 
 use aya_ebpf::{
     EbpfContext,
-    macros::raw_tracepoint,
-    programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{
+        BtfTracePointContext, RawTracePointContext, TracePointContext, tracing::StackIdContext,
+    },
 };
 use trace_common::SEND_F_LAYERED;
 
@@ -300,6 +302,28 @@ with_standby! {
     #[raw_tracepoint(tracepoint = "sys_exit")]
     fn calls_sys_exit, sb_calls_sys_exit(ctx: RawTracePointContext) if calls::any() => {
         let (regs, ret): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-        model::run(&ctx, || calls::exit(regs, ret as i64))
+        model::run(&ctx, || calls::raw_exit(regs, ret as i64))
     }
+}
+
+/// The classic `syscalls/sys_exit_{sendfile64,splice,sendmmsg,recvmmsg}(__syscall_nr, ret)`:
+/// the same at those syscalls' exits alone, where the kernel never preempts a program (no
+/// standby copies). Every other syscall passes no program (the raw `sys_exit` costs each of
+/// them a run); a classic tracepoint is skipped while any kprobe or classic tracepoint
+/// program runs on the CPU, which a syscall's exit in a task that cannot be preempted in one
+/// never meets.
+#[tracepoint]
+pub fn calls_sys_exit_pieced(ctx: TracePointContext) -> u32 {
+    if !calls::any() {
+        return 0;
+    }
+    // The record after its 8-byte common header: `int __syscall_nr`, then `long ret` at 16.
+    let record = ctx.as_ptr() as *const u8;
+    let (nr, ret) = unsafe {
+        (
+            core::ptr::read(record.add(8) as *const i32),
+            core::ptr::read(record.add(16) as *const i64),
+        )
+    };
+    model::run(&ctx, || calls::exit(|| Ok(nr as u32), ret))
 }

@@ -20,13 +20,15 @@ use object::{
 
 use super::floor_btf;
 
-/// The raw tracepoints `sockbuf trace --summary` runs at every call: each call's return, and
-/// every syscall's exit (where a `sendfile()`, `splice()` or `sendmmsg()` ends, whose kernel
-/// sends are pieces of one call: sockbuf attaches it in every mode).
-pub const SUMMARY_HOOKS: &[&str] = &["sock_send_length", "sock_recv_length", "sys_exit"];
+/// The raw tracepoints `sockbuf trace --summary` runs at every call: each call's return.
+/// Not `sys_exit`: where the kernel does not preempt BPF programs (this machine, the bench's
+/// home) sockbuf hooks the exits of `sendfile()`, `splice()`, `sendmmsg()` and `recvmmsg()`
+/// alone, which the workload's writes never pass; on a kernel that does, it hooks every
+/// syscall's exit, about 55 ns a syscall more than these floors.
+pub const SUMMARY_HOOKS: &[&str] = &["sock_send_length", "sock_recv_length"];
 
 /// Those streaming (and `--summary --full`) runs per call on this kernel: the copy loop,
-/// the return, the sleep, each segment received, each packet sent and each syscall's exit.
+/// the return, the sleep, each segment received and each packet sent.
 pub const STREAM_HOOKS: &[&str] = &[
     "tcp_sendmsg_locked",
     "sock_send_length",
@@ -34,7 +36,6 @@ pub const STREAM_HOOKS: &[&str] = &[
     "sched_switch",
     "tcp_probe",
     "net_dev_queue",
-    "sys_exit",
 ];
 
 /// What the programs on the calls' returns (`sock_send_length`, `sock_recv_length`) do.
