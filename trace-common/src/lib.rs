@@ -11,6 +11,7 @@ extern crate alloc;
 
 pub mod agg;
 pub mod calls;
+pub mod tcp_state;
 #[cfg(feature = "user")]
 pub mod user;
 

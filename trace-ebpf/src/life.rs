@@ -8,7 +8,13 @@
 //! set.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use trace_common::{COMM_LEN, EventKind, RecvQueue, SendQueue, SockEvent};
+use trace_common::{
+    COMM_LEN, EventKind, RecvQueue, SendQueue, SockEvent,
+    tcp_state::{
+        self, CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN,
+        SYN_RECV, SYN_SENT,
+    },
+};
 
 use crate::{
     agg, filter,
@@ -17,13 +23,9 @@ use crate::{
     model::{comm, emit, header, known_track, sock_track},
 };
 
-const TCP_ESTABLISHED: u32 = 1;
-const TCP_SYN_SENT: u32 = 2;
-const TCP_SYN_RECV: u32 = 3;
-const TCP_CLOSE: u32 = 7;
-const TCP_LISTEN: u32 = 10;
-const TCP_TIME_WAIT: u8 = 6;
-const TCP_NEW_SYN_RECV: u8 = 12;
+/// `skc_state` is a byte.
+const TCP_TIME_WAIT: u8 = tcp_state::TIME_WAIT as u8;
+const TCP_NEW_SYN_RECV: u8 = tcp_state::NEW_SYN_RECV as u8;
 
 /// Where an event comes from, which decides how an untracked socket may be taken up.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -105,26 +107,24 @@ pub fn state(sk: u64, old: u32, new: u32) -> Result<(), Fault> {
     // `--summary` without `--full` follows a connection from ESTABLISHED (its side: from
     // SYN_SENT a client, from SYN_RECV a server) to CLOSE (which frees its counts): under
     // churn the other changes would triple the ring's records for nothing it reports.
-    if matches!(
-        (old, new),
-        (TCP_LISTEN, TCP_SYN_RECV) | (TCP_CLOSE, TCP_SYN_SENT)
-    ) {
+    if matches!((old, new), (LISTEN, SYN_RECV) | (CLOSE, SYN_SENT)) {
         close_stale(sk);
     }
-    if agg::counts_only() && new != TCP_ESTABLISHED && new != TCP_CLOSE {
+    if agg::counts_only() && new != ESTABLISHED && new != CLOSE {
         return Ok(());
     }
     let sock = Sock::new(sk);
     // SYN_SENT (connect), FIN_WAIT1 and LAST_ACK (close), CLOSE from CLOSE_WAIT/ESTABLISHED
     // (close with unread data) are a syscall's; the rest follow a packet or a timer.
     let ctx = match (old, new) {
-        (_, 2 | 4 | 9 | 10) | (1 | 8 | 10, TCP_CLOSE) => Context::Task,
+        (_, SYN_SENT | FIN_WAIT1 | LAST_ACK | LISTEN)
+        | (ESTABLISHED | CLOSE_WAIT | LISTEN, CLOSE) => Context::Task,
         _ => Context::Packet,
     };
     let Some(track) = tracked(&sock, ctx)? else {
         return Ok(());
     };
-    if new == TCP_ESTABLISHED {
+    if new == ESTABLISHED {
         // connect() enters SYN_SENT before it picks the local port: cache the final ones.
         unsafe { (*track).addrs = sock.addrs()? };
     }
@@ -147,7 +147,7 @@ pub fn state(sk: u64, old: u32, new: u32) -> Result<(), Fault> {
             Fin::No => {}
         }
     }
-    if new == TCP_CLOSE {
+    if new == CLOSE {
         // Before the event: userspace takes the socket's counts out when it reads it.
         agg::closed(&sock, unsafe { &*track })?;
     }
@@ -155,7 +155,7 @@ pub fn state(sk: u64, old: u32, new: u32) -> Result<(), Fault> {
         e.old_state = old;
         e.new_state = new;
     })?;
-    if new == TCP_CLOSE {
+    if new == CLOSE {
         // The end of the connection: a later struct sock at this address is another socket.
         let _ = SOCKS.remove(sk);
     }
@@ -183,7 +183,7 @@ fn close_stale(sk: u64) {
         e.comm = [0; COMM_LEN];
         e.addrs = addrs;
         e.old_state = 0;
-        e.new_state = TCP_CLOSE;
+        e.new_state = CLOSE;
         e.reason = 0;
         e._pad = 0;
         e.seq = 0;
@@ -208,13 +208,10 @@ enum Fin {
 
 #[inline(always)]
 fn fin_arrived<A: Access>(sock: &Sock<A>, old: u32, new: u32) -> Result<Fin, Fault> {
-    const FIN_WAIT1: u32 = 4;
-    const FIN_WAIT2: u32 = 5;
-    const CLOSING: u32 = 11;
     Ok(match (old, new) {
         (FIN_WAIT1, CLOSING) => Fin::Arrived,
-        (FIN_WAIT2, TCP_CLOSE) if sock.fin_received()? => Fin::Arrived,
-        (FIN_WAIT2, TCP_CLOSE) => Fin::Later,
+        (FIN_WAIT2, CLOSE) if sock.fin_received()? => Fin::Arrived,
+        (FIN_WAIT2, CLOSE) => Fin::Later,
         _ => Fin::No,
     })
 }

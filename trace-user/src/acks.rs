@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use trace_common::{AckEvent, EventKind, SendEvent, SockEvent};
+use trace_common::{AckEvent, EventKind, SendEvent, SockEvent, tcp_state};
 
 /// A write whose bytes the peer has acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,7 +183,6 @@ impl AckMatcher {
     /// settles the writes it covers (after the connection left ESTABLISHED no ACK is seen
     /// arriving); the socket's state goes when it reaches CLOSE.
     pub fn on_sock(&mut self, e: &SockEvent, mut out: impl FnMut(&AckedWrite)) {
-        const TCP_CLOSE: u32 = 7;
         if let Some(s) = self.socks.get_mut(&e.hdr.sock_id) {
             while s.pending.front().is_some_and(|w| w.seq_end <= e.send.acked) {
                 let mut w = s.pending.pop_front().expect("checked");
@@ -192,7 +191,7 @@ impl AckMatcher {
                 out(&w);
             }
         }
-        if e.hdr.kind == EventKind::State as u32 && e.new_state == TCP_CLOSE {
+        if e.hdr.kind == EventKind::State as u32 && e.new_state == tcp_state::CLOSE {
             self.close(e.hdr.sock_id);
         }
     }

@@ -92,23 +92,6 @@ pub fn family_name(a: &SockAddrs) -> &'static str {
     if a.family == AF_INET6 { "ipv6" } else { "ipv4" }
 }
 
-/// `TCP_*` states by number, as `include/net/tcp_states.h` (and `ss`) name them.
-const TCP_STATES: [&str; 13] = [
-    "UNKNOWN",
-    "ESTABLISHED",
-    "SYN_SENT",
-    "SYN_RECV",
-    "FIN_WAIT1",
-    "FIN_WAIT2",
-    "TIME_WAIT",
-    "CLOSE",
-    "CLOSE_WAIT",
-    "LAST_ACK",
-    "LISTEN",
-    "CLOSING",
-    "NEW_SYN_RECV",
-];
-
 /// Bytes a close threw away unread, from the socket's state event: only a close straight
 /// from ESTABLISHED or CLOSE_WAIT to CLOSE does that (the kernel resets a connection closed
 /// with unread data instead of sending a FIN). `recv_q` counts an arrived FIN as a byte:
@@ -127,10 +110,6 @@ pub fn dropped_at_close(e: &trace_common::SockEvent) -> u64 {
         CLOSE_WAIT => q.saturating_sub(1),
         _ => 0,
     }
-}
-
-pub fn tcp_state(state: u32) -> &'static str {
-    TCP_STATES.get(state as usize).copied().unwrap_or("UNKNOWN")
 }
 
 /// `enum sk_rst_reason` (6.10 and later): why the kernel sent a RST, named from the running
@@ -212,8 +191,6 @@ mod tests {
         assert_eq!(MsgFlags(0x40 | 0x8000).to_string(), "DONTWAIT|MORE");
         assert_eq!(Nanos(1_500_000).to_string(), "1.50ms");
         assert_eq!(comm_str(b"abc\0\0\0\0\0\0\0\0\0\0\0\0\0"), "abc");
-        assert_eq!(tcp_state(4), "FIN_WAIT1");
-        assert_eq!(tcp_state(99), "UNKNOWN");
         assert_eq!(rst_reason(11), "TCP_ABORT_ON_CLOSE");
         assert_eq!(rst_reason(u32::MAX), "UNKNOWN");
     }

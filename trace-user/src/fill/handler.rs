@@ -7,12 +7,9 @@ use std::{
 };
 
 use tokio::sync::Notify;
-use trace_common::{EventKind, user::Event};
+use trace_common::{EventKind, tcp_state, user::Event};
 
-use super::{
-    experiment::{Asleep, WriterState},
-    then::TCP_FIN_WAIT1,
-};
+use super::experiment::{Asleep, WriterState};
 use crate::{session::EventHandler, trace::Printer};
 
 /// What the trace saw of the client socket.
@@ -110,7 +107,7 @@ impl EventHandler for FillHandler {
             }
             Event::Sock(e) => {
                 if e.hdr.kind == EventKind::State as u32
-                    && e.old_state == TCP_FIN_WAIT1
+                    && e.old_state == tcp_state::FIN_WAIT1
                     && e.hdr.sock_id == self.client_ino
                 {
                     self.fin_acked.notify_one();

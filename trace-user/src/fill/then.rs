@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context as _;
 use serde::Serialize;
 use socket2::Socket;
-use trace_common::{EventKind, SockEvent};
+use trace_common::{EventKind, SockEvent, tcp_state};
 
 use super::handler::Traced;
 use crate::{
@@ -24,11 +24,6 @@ use crate::{
 /// How long the client keeps trying to write after the server's close (RST) or the server
 /// keeps reading after the client's close (FIN).
 const AFTER_CLOSE_LIMIT: Duration = Duration::from_secs(10);
-
-const TCP_ESTABLISHED: u32 = 1;
-pub(super) const TCP_FIN_WAIT1: u32 = 4;
-const TCP_FIN_WAIT2: u32 = 5;
-const TCP_CLOSE: u32 = 7;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -159,8 +154,8 @@ impl ThenReport {
     fn close_unread(&mut self, m: &ThenMeasured, t: &Traced, client: u64, server: u64) {
         let closed = life(t, server).find(|e| {
             kind_is(e, EventKind::State)
-                && e.old_state == TCP_ESTABLISHED
-                && e.new_state == TCP_CLOSE
+                && e.old_state == tcp_state::ESTABLISHED
+                && e.new_state == tcp_state::CLOSE
         });
         let rst_out = life(t, server).find(|e| kind_is(e, EventKind::RstOut));
         let rst_in = life(t, client).find(|e| kind_is(e, EventKind::RstIn));
@@ -221,14 +216,14 @@ impl ThenReport {
         server: u64,
         accepted: u64,
     ) {
-        let closing =
-            life(t, client).find(|e| kind_is(e, EventKind::State) && e.new_state == TCP_FIN_WAIT1);
+        let closing = life(t, client)
+            .find(|e| kind_is(e, EventKind::State) && e.new_state == tcp_state::FIN_WAIT1);
         let fin_out = life(t, client).find(|e| kind_is(e, EventKind::FinOut));
         let fin_in = life(t, server).find(|e| kind_is(e, EventKind::FinIn));
         let fin_acked = life(t, client).find(|e| {
             kind_is(e, EventKind::State)
-                && e.old_state == TCP_FIN_WAIT1
-                && e.new_state == TCP_FIN_WAIT2
+                && e.old_state == tcp_state::FIN_WAIT1
+                && e.new_state == tcp_state::FIN_WAIT2
         });
         self.field("queued_at_close_bytes", m.queued_at_close);
         self.field("unsent_at_close_bytes", m.unsent_at_close);

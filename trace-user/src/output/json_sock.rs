@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 use trace_common::{
     EventKind, Header, RECV_F_UNSEEN, RecvEvent, RecvQueue, SendQueue, SockAddrs, SockEvent,
-    UdpEvent,
+    UdpEvent, tcp_state,
 };
 
 use super::json::{is_not_err, ser_err, ser_flags};
@@ -152,8 +152,8 @@ pub fn sock(e: &SockEvent) -> SockJson<'_> {
     let fin = matches!(kind, Some(EventKind::FinOut | EventKind::FinIn));
     SockJson {
         common: Common::new(name, &e.hdr, &e.comm, &e.addrs),
-        old_state: (kind == Some(EventKind::State)).then(|| format::tcp_state(e.old_state)),
-        state: format::tcp_state(e.new_state),
+        old_state: (kind == Some(EventKind::State)).then(|| tcp_state::name(e.old_state)),
+        state: tcp_state::name(e.new_state),
         reason: (kind == Some(EventKind::RstOut)).then(|| format::rst_reason(e.reason)),
         seq: fin.then_some(e.seq),
         send: e.send,

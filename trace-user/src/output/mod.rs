@@ -13,7 +13,7 @@ pub use json::JsonOutput;
 pub use text::TextOutput;
 use trace_common::{
     BlockEvent, EventKind, RecvEvent, SendEvent, SockAddrs, SockEvent, UdpEvent, calls::CallEvent,
-    user::Event,
+    tcp_state, user::Event,
 };
 
 use crate::{acks::AckedWrite, stacks::Frames};
@@ -101,8 +101,7 @@ impl SockNames {
     /// A socket that reached CLOSE is forgotten (its last lines are printed with it), so
     /// that a long trace of many short connections does not grow; other events learn.
     pub fn forget_closed(&mut self, e: &SockEvent) {
-        const TCP_CLOSE: u32 = 7;
-        if e.hdr.kind == EventKind::State as u32 && e.new_state == TCP_CLOSE {
+        if e.hdr.kind == EventKind::State as u32 && e.new_state == tcp_state::CLOSE {
             self.0.remove(&e.hdr.sock_id);
         } else {
             self.learn(e.hdr.sock_id, &e.addrs);

@@ -9,6 +9,7 @@ use std::{
 use trace_common::{
     EventKind, Header, RECV_F_UNSEEN, RecvEvent, SendQueue, SockEvent, UdpEvent,
     calls::{self, CallRef, nr},
+    tcp_state,
 };
 
 use crate::format::{self, ErrName, MsgFlags, SyscallName};
@@ -111,11 +112,11 @@ pub fn sock(out: &mut dyn Write, secs: f64, e: &SockEvent, conn: &dyn Display) -
     prefix(out, secs, &e.hdr, &e.comm, name)?;
     write!(out, "{:>8} {:>8} ", "-", "-")?;
     send_cols(out, &e.send)?;
-    let state = format::tcp_state(e.new_state);
+    let state = tcp_state::name(e.new_state);
     let recv_q = e.recv.recv_q;
     match kind {
         Some(EventKind::State) => {
-            write!(out, "{} -> {state}", format::tcp_state(e.old_state))?;
+            write!(out, "{} -> {state}", tcp_state::name(e.old_state))?;
             let dropped = format::dropped_at_close(e);
             if dropped > 0 {
                 write!(out, ", {dropped} unread B thrown away")?;

@@ -17,7 +17,7 @@ pub use kernel::{KernelCounts, Taken};
 use trace_common::{
     EventKind, Header, SEND_F_UNSEEN, SockAddrs,
     agg::{Pending, SockAgg},
-    calls,
+    calls, tcp_state,
     user::Event,
 };
 
@@ -27,10 +27,6 @@ use crate::{
     output::Totals,
     session::EventHandler,
 };
-
-const TCP_SYN_SENT: u32 = 2;
-const TCP_SYN_RECV: u32 = 3;
-const TCP_CLOSE: u32 = 7;
 
 /// The summary's bounds (flags of `sockbuf trace`).
 #[derive(Clone, Copy, Debug)]
@@ -322,16 +318,18 @@ impl EventHandler for Summary {
                 }
                 let id = e.hdr.sock_id;
                 if let Some(s) = self.live.get_mut(&id) {
-                    s.state = Some(format::tcp_state(e.new_state));
+                    s.state = Some(tcp_state::name(e.new_state));
                     // Without --full only ESTABLISHED and CLOSE arrive: the state before
                     // ESTABLISHED tells the side.
                     match (e.old_state, e.new_state) {
-                        (_, TCP_SYN_SENT) | (TCP_SYN_SENT, _) => s.side = Some(Side::Client),
-                        (TCP_SYN_RECV, _) => s.side = Some(Side::Server),
+                        (_, tcp_state::SYN_SENT) | (tcp_state::SYN_SENT, _) => {
+                            s.side = Some(Side::Client)
+                        }
+                        (tcp_state::SYN_RECV, _) => s.side = Some(Side::Server),
                         _ => {}
                     }
                 }
-                if e.new_state == TCP_CLOSE {
+                if e.new_state == tcp_state::CLOSE {
                     if e.old_state == 0 {
                         self.overflow.closes_inferred += 1;
                     }

@@ -5,10 +5,10 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
+use trace_common::tcp_state;
 
 use super::{diag::Diag, owners::Owners};
 use crate::{
-    format,
     hist::Log2Hist,
     summary::{Counts, SockSummary},
 };
@@ -93,7 +93,8 @@ pub struct Refresh<'a> {
     pub secs: f64,
 }
 
-const TCP_LISTEN: u8 = 10;
+/// The diag table's state is a byte.
+const TCP_LISTEN: u8 = tcp_state::LISTEN as u8;
 
 /// A row's source for a socket only the table (and maybe a sleeping writer) knows.
 fn from_table(ino: u64, d: &Diag, who: Option<&(u32, String)>) -> SockSummary {
@@ -220,7 +221,7 @@ fn row_of(s: &SockSummary, before: &Counts, d: Option<&Diag>, secs: f64) -> Row 
         raddr: s.raddr.clone(),
         state: match (live, s.closed) {
             (_, true) => "CLOSE",
-            (Some(d), _) => format::tcp_state(u32::from(d.state)),
+            (Some(d), _) => tcp_state::name(u32::from(d.state)),
             (None, _) => s.state.unwrap_or("-"),
         },
         send_q: live.map(|d| d.send_q),
