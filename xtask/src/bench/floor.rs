@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use aya::{
     Btf, Ebpf,
     maps::{HashMap, MapData, PerCpuArray},
-    programs::{BtfTracePoint, RawTracePoint},
+    programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
 use object::{
     Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind, SymbolFlags, SymbolKind,
@@ -20,15 +20,25 @@ use object::{
 
 use super::floor_btf;
 
-/// The raw tracepoints `sockbuf trace --summary` runs at every call: each call's return.
-/// Not `sys_exit`: where the kernel does not preempt BPF programs (this machine, the bench's
-/// home) sockbuf hooks the exits of `sendfile()`, `splice()`, `sendmmsg()` and `recvmmsg()`
-/// alone, which the workload's writes never pass; on a kernel that does, it hooks every
-/// syscall's exit, about 55 ns a syscall more than these floors.
-pub const SUMMARY_HOOKS: &[&str] = &["sock_send_length", "sock_recv_length"];
+/// The tracepoints `sockbuf trace --summary` runs at every call: each call's return; and
+/// those it hooks where a `sendfile()`, `splice()`, `sendmmsg()` or `recvmmsg()` ends, whose
+/// kernel calls are pieces of one call. Where the kernel does not preempt BPF programs (this
+/// machine, the bench's home) those are the four syscalls' own exit tracepoints, which the
+/// workload's writes never run, but which, once enabled, send every syscall through the
+/// kernel's slower entry and exit path; where it does, sockbuf hooks every syscall's exit
+/// (`sys_exit`), about 55 ns a syscall more than these floors.
+pub const SUMMARY_HOOKS: &[&str] = &[
+    "sock_send_length",
+    "sock_recv_length",
+    "sys_exit_sendfile64",
+    "sys_exit_splice",
+    "sys_exit_sendmmsg",
+    "sys_exit_recvmmsg",
+];
 
 /// Those streaming (and `--summary --full`) runs per call on this kernel: the copy loop,
-/// the return, the sleep, each segment received and each packet sent.
+/// the return, the sleep, each segment received and each packet sent; and the pieced
+/// calls' exits as above.
 pub const STREAM_HOOKS: &[&str] = &[
     "tcp_sendmsg_locked",
     "sock_send_length",
@@ -36,6 +46,10 @@ pub const STREAM_HOOKS: &[&str] = &[
     "sched_switch",
     "tcp_probe",
     "net_dev_queue",
+    "sys_exit_sendfile64",
+    "sys_exit_splice",
+    "sys_exit_sendmmsg",
+    "sys_exit_recvmmsg",
 ];
 
 /// What the programs on the calls' returns (`sock_send_length`, `sock_recv_length`) do.
@@ -56,6 +70,11 @@ pub enum Work {
 /// The hooks counted on: the calls' returns.
 fn counts(hook: &str) -> bool {
     matches!(hook, "sock_send_length" | "sock_recv_length")
+}
+
+/// The classic tracepoints among the hooks: syscalls' own exits (the others are raw).
+fn syscall_exit(hook: &str) -> bool {
+    hook.starts_with("sys_exit_")
 }
 
 /// The program on `hook` (bpftool shows its first 15 bytes).
@@ -218,7 +237,11 @@ fn object(hooks: &[&str], work: Work) -> anyhow::Result<Vec<u8>> {
     };
     for hook in hooks {
         let typed = work == Work::SkStorage && counts(hook);
-        let kind = if typed { "tp_btf" } else { "raw_tracepoint" };
+        let kind = match hook {
+            _ if typed => "tp_btf",
+            _ if syscall_exit(hook) => "tracepoint/syscalls",
+            _ => "raw_tracepoint",
+        };
         let id = obj.add_section(
             Vec::new(),
             format!("{kind}/{hook}").into_bytes(),
@@ -269,6 +292,16 @@ pub fn attach(hooks: &[&str], work: Work) -> anyhow::Result<Ebpf> {
             prog.load(hook, &btf)
                 .with_context(|| format!("loading {name}"))?;
             prog.attach()
+                .with_context(|| format!("attaching {name} to {hook}"))?;
+            continue;
+        }
+        if syscall_exit(hook) {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(&name)
+                .context("floor program missing from its object")?
+                .try_into()?;
+            prog.load().with_context(|| format!("loading {name}"))?;
+            prog.attach("syscalls", hook)
                 .with_context(|| format!("attaching {name} to {hook}"))?;
             continue;
         }
