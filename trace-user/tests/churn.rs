@@ -412,15 +412,20 @@ fn export_under_churn_counts_every_call_in_flat_memory() {
     let mut samples = Vec::new();
     let done = churn.run(sampler(pid, &mut samples));
     let bytes = done.conns * PAYLOAD as u64;
+    // The counters are a snapshot at most one interval old: the clients' last reads (of
+    // the server's close) come after every byte, so wait for them as well as for the bytes
+    // (a count past its mark is still found by the exact checks below).
     let mut text = String::new();
     wait_until(
         Duration::from_secs(10),
         "every call in the counters",
         || {
             text = scrape().unwrap_or_default();
-            metric_sum(&text, "sockbuf_send_bytes_total") == bytes
+            metric_sum(&text, "sockbuf_send_bytes_total") >= bytes
+                && metric_sum(&text, "sockbuf_recv_calls_total") >= done.reads
         },
     );
+    assert_eq!(metric_sum(&text, "sockbuf_send_bytes_total"), bytes);
     eprintln!(
         "export: {} connections, samples (RSS KiB, AGG entries) every 5 s: {samples:?}",
         done.conns

@@ -73,20 +73,6 @@ fn traced_run(args: &[&str]) -> (Value, Vec<Value>, u16, u64) {
 /// The largest call iperf3 makes (its TCP block, 128 KiB).
 const MAX_CALL: u64 = 128 * 1024;
 
-/// `traced` equals iperf3's `reference`, or, where the kernel skipped `missed` program runs,
-/// falls short by no more than that many calls of `per_call` bytes (or items) each.
-fn agrees(traced: u64, reference: u64, missed: u64, per_call: u64, what: &str) {
-    if missed == 0 {
-        assert_eq!(traced, reference, "{what}: sockbuf vs iperf3");
-    } else {
-        assert!(
-            traced <= reference && reference - traced <= missed * per_call,
-            "{what}: sockbuf {traced} vs iperf3 {reference}, {missed} runs skipped"
-        );
-        eprintln!("{what}: {missed} runs skipped by the kernel, counted; {traced} of {reference}");
-    }
-}
-
 /// The client's data connections' local ports, as iperf3 reports them.
 fn data_ports(report: &Value) -> Vec<u64> {
     report["start"]["connected"]

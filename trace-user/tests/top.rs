@@ -89,13 +89,14 @@ fn top_refreshes_add_up_to_what_the_sockets_did() {
     const WRITES: u64 = 40;
     const SIZE: u64 = 1000;
     const TOTAL: u64 = BATCHES * WRITES * SIZE;
+    const READ_BUF: u64 = 1 << 16;
     let pid = std::process::id().to_string();
     let mut top = Top::start(&["-p", &pid]);
     let mut seen = vec![top.next()];
     let (mut c, mut s) = tcp_pair();
     let (c_ino, s_ino) = (ino(&c), ino(&s));
     let reader = thread::spawn(move || {
-        let mut buf = vec![0u8; 1 << 16];
+        let mut buf = vec![0u8; READ_BUF as usize];
         let mut n = 0;
         while n < TOTAL {
             n += s.read(&mut buf).unwrap() as u64;
@@ -123,14 +124,25 @@ fn top_refreshes_add_up_to_what_the_sockets_did() {
     seen.extend(top.stop());
     let sender = row(&last, c_ino).unwrap_or_else(|| panic!("no row for {c_ino}: {last}"));
     let receiver = row(&last, s_ino).unwrap_or_else(|| panic!("no row for {s_ino}: {last}"));
-    assert_eq!(u(&sender["sent_bytes"]), TOTAL, "{sender}");
-    assert_eq!(
+    // Where the kernel preempts BPF programs and kprobes have no standby copy (7.3), a run
+    // it skipped is counted in `missed`: each count may then fall short by that many calls.
+    let missed = u(&last["missed"]);
+    agrees(u(&sender["sent_bytes"]), TOTAL, missed, SIZE, "sent bytes");
+    agrees(
         u(&sender["sends"]),
         BATCHES * WRITES,
-        "one per write call: {sender}"
+        missed,
+        1,
+        "one send per write call",
     );
     assert_eq!(u(&sender["eagain"]), 0);
-    assert_eq!(u(&receiver["received_bytes"]), TOTAL, "{receiver}");
+    agrees(
+        u(&receiver["received_bytes"]),
+        TOTAL,
+        missed,
+        READ_BUF,
+        "received bytes",
+    );
     assert_eq!(sender["state"], "ESTABLISHED");
     assert_eq!(
         u(&sender["send_q"]),
@@ -150,8 +162,8 @@ fn top_refreshes_add_up_to_what_the_sockets_did() {
     }
     let total = TOTAL as f64;
     assert!(
-        (sent - total).abs() <= 0.05 * total,
-        "rates add up to {sent:.0} B, the sockets moved {TOTAL}"
+        (sent - total).abs() <= 0.05 * total + (missed * SIZE) as f64,
+        "rates add up to {sent:.0} B, the sockets moved {TOTAL} ({missed} runs skipped)"
     );
     assert!(moving >= 2, "bytes seen moving in {moving} refreshes");
 }

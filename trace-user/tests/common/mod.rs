@@ -295,6 +295,21 @@ pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// `traced` equals the independent `reference`, or, where the kernel skipped `missed` program
+/// runs (counted, as on a kernel that preempts BPF programs with no standby copy to take the
+/// run: kprobes), falls short by no more than that many calls of `per_call` bytes (or items).
+pub fn agrees(traced: u64, reference: u64, missed: u64, per_call: u64, what: &str) {
+    if missed == 0 {
+        assert_eq!(traced, reference, "{what}: sockbuf vs the reference");
+    } else {
+        assert!(
+            traced <= reference && reference - traced <= missed * per_call,
+            "{what}: sockbuf {traced} vs the reference {reference}, {missed} runs skipped"
+        );
+        eprintln!("{what}: {missed} runs skipped by the kernel, counted; {traced} of {reference}");
+    }
+}
+
 pub fn u(v: &Value) -> u64 {
     v.as_u64()
         .unwrap_or_else(|| panic!("not an unsigned number: {v}"))
