@@ -36,6 +36,9 @@ pub mod maps {
     pub const CALLS: &str = "CALLS";
     /// `sendfile()`, `splice()` and `sendmmsg()` calls in progress, keyed by thread id.
     pub const PIECED: &str = "PIECED";
+    /// The `sendfile()`, `splice()`, `sendmmsg()` or `recvmmsg()` each thread is in, by
+    /// thread id modulo [`crate::INFLIGHT_ENTRIES`] (where their entries are hooked).
+    pub const PIECED_NOW: &str = "PIECED_NOW";
     /// Per CPU, per program with a standby copy: how many runs the copy took over.
     pub const STANDBY: &str = "STANDBY";
     /// Per program with a standby copy, per thread (its id modulo
@@ -216,6 +219,10 @@ pub mod globals {
     pub const TCP_SENDMSG: &str = "TCP_SENDMSG";
     /// u32: which calls' stacks are taken, one of [`crate::stacks`].
     pub const STACKS: &str = "STACKS_MODE";
+    /// u32: whether the entries of `sendfile()`, `splice()`, `sendmmsg()` and `recvmmsg()`
+    /// are hooked, so that a thread's slot of [`crate::maps::PIECED_NOW`] says whether it is
+    /// in one of them.
+    pub const PIECED_AT_ENTRY: &str = "PIECED_AT_ENTRY";
 }
 
 /// Slots of the per-CPU counter array [`maps::LOST`].

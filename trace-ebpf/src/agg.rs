@@ -171,30 +171,12 @@ pub fn send<A: Access>(
     start_ns: u64,
     requested: u64,
     ret: i64,
-    (call, unseen): (CallRef, bool),
+    piece: (CallRef, bool),
 ) -> Result<bool, Fault> {
-    let Some(a) = entry(track, pid_tgid) else {
+    let Some(a) = count_send(track, pid_tgid, requested, ret, piece) else {
         return Ok(false);
     };
-    add(&mut a.sends, 1);
-    add(&mut a.requested, requested);
-    if call.piece == 0 && calls::pieced(call.syscall) {
-        add(&mut a.pieced_calls, 1);
-    }
-    if ret < 0 {
-        // An EAGAIN the application did not get is no EAGAIN of its.
-        if unseen {
-            add(&mut a.unseen_eagain, 1);
-        } else {
-            add(&mut a.eagain, 1);
-        }
-        return Ok(true);
-    }
-    add(&mut a.copied, ret as u64);
-    if let Some(c) = a.copy_bytes.get_mut(bucket(ret as u64)) {
-        add(c, 1);
-    }
-    if ret == 0 || !timed() {
+    if ret <= 0 || !timed() {
         return Ok(true);
     }
     if start_ns == 0 {
@@ -229,6 +211,38 @@ pub fn send<A: Access>(
     // The slot is written before the ACK path can see it (x86 keeps stores in order).
     unsafe { core::ptr::write_volatile(&raw mut p.head, head.wrapping_add(1)) };
     Ok(true)
+}
+
+/// [`send`]'s counts, all that `--summary` without `--full` takes (the socket is not read):
+/// the socket's entry, for the caller to time the write; `None` when there is no room for it.
+#[inline(always)]
+pub fn count_send(
+    track: &SockTrack,
+    pid_tgid: u64,
+    requested: u64,
+    ret: i64,
+    (call, unseen): (CallRef, bool),
+) -> Option<&'static mut SockAgg> {
+    let a = entry(track, pid_tgid)?;
+    add(&mut a.sends, 1);
+    add(&mut a.requested, requested);
+    if call.piece == 0 && calls::pieced(call.syscall) {
+        add(&mut a.pieced_calls, 1);
+    }
+    if ret < 0 {
+        // An EAGAIN the application did not get is no EAGAIN of its.
+        if unseen {
+            add(&mut a.unseen_eagain, 1);
+        } else {
+            add(&mut a.eagain, 1);
+        }
+        return Some(a);
+    }
+    add(&mut a.copied, ret as u64);
+    if let Some(c) = a.copy_bytes.get_mut(bucket(ret as u64)) {
+        add(c, 1);
+    }
+    Some(a)
 }
 
 /// A receive call returned `ret` (bytes, or -EAGAIN). `false`: not counted (no room for

@@ -14,6 +14,7 @@ use aya_log_ebpf::warn;
 use trace_common::{
     AckEvent, BlockEvent, COMM_LEN, EventKind, Header, SEND_F_BLOCKED, SEND_F_REQUESTED,
     SEND_F_TCP_BYTES, SEND_F_UNSEEN, SYNTHETIC_IDS, SendEvent, SendQueue, StackIds,
+    calls::{CallRef, pieced},
 };
 
 use crate::{
@@ -311,23 +312,54 @@ pub fn send_end<C: StackIdContext, A: Access>(
     sock: Sock<A>,
     ret: i64,
 ) -> Result<(), Fault> {
+    match send_counted::<A>(sock.ptr, ret)? {
+        Counted::Done => Ok(()),
+        Counted::Left(piece) => send_traced(ctx, sock, ret, piece),
+    }
+}
+
+/// What [`send_counted`] did with a call.
+pub enum Counted {
+    /// Counted, or filtered out: nothing is left to do.
+    Done,
+    /// Left to [`send_traced`], with the piece of its application call when that was taken
+    /// already (a pieced call's count was advanced).
+    Left(Option<(CallRef, bool)>),
+}
+
+/// `--summary` without `--full`, on a socket it already counts: a send call on `sk` that
+/// returned `ret`, counted before anything else is looked up (the socket's typed pointer;
+/// the call opened: that hook is not attached, or its return took the call off), and no
+/// clock read unless the call is pieced. `A`: how the task's registers are read.
+#[inline(always)]
+pub fn send_counted<A: Access>(sk: u64, ret: i64) -> Result<Counted, Fault> {
+    let Some(track) = agg::counted_sock(sk, ret) else {
+        return Ok(Counted::Left(None));
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !filter::task_passes(pid_tgid) {
+        return Ok(Counted::Done); // no call was opened (see above): nothing to clean up
+    }
+    let track = unsafe { &*track };
+    let p = calls::counted_piece::<A>(pid_tgid, track.id, track.ino, ret)?;
+    if agg::count_send(track, pid_tgid, 0, ret, p).is_some() {
+        return Ok(Counted::Done);
+    }
+    // No room for the socket: streamed. Only a pieced call's piece must not be taken twice;
+    // another's is taken again, with its syscall's number.
+    Ok(Counted::Left(pieced(p.0.syscall).then_some(p)))
+}
+
+/// [`send_end`] of a call [`send_counted`] left (`piece`: as it gave it).
+#[inline(always)]
+pub fn send_traced<C: StackIdContext, A: Access>(
+    ctx: &C,
+    sock: Sock<A>,
+    ret: i64,
+    piece: Option<(CallRef, bool)>,
+) -> Result<(), Fault> {
     let sk = sock.ptr;
     let pid_tgid = bpf_get_current_pid_tgid();
-    // `--summary` without `--full`, on a socket it already counts: nothing else to look up
-    // (no call was opened: that hook is not attached, or its return took the call off), and
-    // no clock read unless the call is pieced.
-    let mut piece = None;
-    if let Some(track) = agg::counted_sock(sk, ret) {
-        if !filter::task_passes(pid_tgid) {
-            return Ok(()); // no call was opened (see above): nothing to clean up
-        }
-        let track = unsafe { &*track };
-        let p = calls::piece::<A>(track.id, track.ino, 0, 0, ret)?;
-        if agg::send(&sock, track, pid_tgid, 0, 0, ret, p)? {
-            return Ok(());
-        }
-        piece = Some(p);
-    }
     let now = unsafe { bpf_ktime_get_ns() };
     let tid = pid_tgid as u32;
     let (start_ns, requested, msg_flags, flags, ino, seq0, name) = match inflight::get(tid) {

@@ -13,13 +13,28 @@ use crate::{
 /// A receive call on `sock` returned `ret` (bytes copied or `-errno`).
 #[inline(always)]
 pub fn recv_end<A: Access>(sock: Sock<A>, ret: i64, msg_flags: u32) -> Result<(), Fault> {
-    let sk = sock.ptr;
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some(track) = agg::counted_sock(sk, ret)
-        && (!filter::task_passes(pid_tgid) || agg::recv(unsafe { &*track }, pid_tgid, ret))
-    {
+    if recv_counted(sock.ptr, ret) {
         return Ok(());
     }
+    recv_traced(sock, ret, msg_flags)
+}
+
+/// `--summary` without `--full`, on a socket it already counts: a receive call on `sk` that
+/// returned `ret`, counted before anything else is looked up (the socket's typed pointer).
+/// `true`: counted, or filtered out.
+#[inline(always)]
+pub fn recv_counted(sk: u64, ret: i64) -> bool {
+    let Some(track) = agg::counted_sock(sk, ret) else {
+        return false;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    !filter::task_passes(pid_tgid) || agg::recv(unsafe { &*track }, pid_tgid, ret)
+}
+
+/// [`recv_end`] of a call [`recv_counted`] left.
+#[inline(always)]
+pub fn recv_traced<A: Access>(sock: Sock<A>, ret: i64, msg_flags: u32) -> Result<(), Fault> {
+    let pid_tgid = bpf_get_current_pid_tgid();
     if !filter::task_passes(pid_tgid) {
         return Ok(());
     }

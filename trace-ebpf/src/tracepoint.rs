@@ -12,7 +12,7 @@ use trace_common::SEND_F_LAYERED;
 
 use crate::{
     calls, entry, filter,
-    kernel::{Direct, IPPROTO_TCP, Probe, Sock},
+    kernel::{Access, Direct, IPPROTO_TCP, Probe, Sock},
     layer, life, model, recv,
     standby::with_standby,
     syscall::{self, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV},
@@ -25,9 +25,13 @@ pub trait TracepointArgs: EbpfContext + StackIdContext {
     /// Argument `n`, a `struct sock *`, typed for direct loads when it is a TCP socket and
     /// the hook is typed; `None` otherwise (the same socket is then read by probe reads).
     fn typed_sock(&self, n: usize) -> Option<Sock<Direct>>;
+    /// How the current task's registers are read: from its BTF-typed pointer where the hook
+    /// is typed.
+    type Task: Access;
 }
 
 impl TracepointArgs for RawTracePointContext {
+    type Task = Probe;
     #[inline(always)]
     fn arg_u64(&self, n: usize) -> u64 {
         self.arg(n)
@@ -39,6 +43,7 @@ impl TracepointArgs for RawTracePointContext {
 }
 
 impl TracepointArgs for BtfTracePointContext {
+    type Task = Direct;
     #[inline(always)]
     fn arg_u64(&self, n: usize) -> u64 {
         self.arg(n)
@@ -109,7 +114,13 @@ pub fn sock_send_length<C: TracepointArgs, const LAYERED_ONLY: bool>(ctx: &C) ->
                 return Ok(());
             }
         }
-        with_sock!(ctx, 0, a.0, |sock| model::send_end(ctx, sock, a.1))
+        let piece = match model::send_counted::<C::Task>(a.0, a.1)? {
+            model::Counted::Done => return Ok(()),
+            model::Counted::Left(piece) => piece,
+        };
+        with_sock!(ctx, 0, a.0, |sock| model::send_traced(
+            ctx, sock, a.1, piece
+        ))
     })
 }
 
@@ -167,7 +178,10 @@ pub fn sock_recv_length<C: TracepointArgs>(ctx: &C) -> u32 {
         ctx.arg_u64(2) as u32,
     );
     model::run(ctx, || {
-        with_sock!(ctx, 0, a.0, |sock| recv::recv_end(sock, a.1, a.2))
+        if recv::recv_counted(a.0, a.1) {
+            return Ok(());
+        }
+        with_sock!(ctx, 0, a.0, |sock| recv::recv_traced(sock, a.1, a.2))
     })
 }
 
@@ -314,9 +328,6 @@ with_standby! {
 /// never meets.
 #[tracepoint]
 pub fn calls_sys_exit_pieced(ctx: TracePointContext) -> u32 {
-    if !calls::any() {
-        return 0;
-    }
     // The record after its 8-byte common header: `int __syscall_nr`, then `long ret` at 16.
     let record = ctx.as_ptr() as *const u8;
     let (nr, ret) = unsafe {
@@ -325,5 +336,16 @@ pub fn calls_sys_exit_pieced(ctx: TracePointContext) -> u32 {
             core::ptr::read(record.add(16) as *const i64),
         )
     };
-    model::run(&ctx, || calls::exit(|| Ok(nr as u32), ret))
+    model::run(&ctx, || calls::pieced_exit(nr as u32, ret))
+}
+
+/// The classic `syscalls/sys_enter_{sendfile64,splice,sendmmsg,recvmmsg}(__syscall_nr, …)`,
+/// where their exits above are hooked: the thread is in such a call until its exit (see
+/// `calls::PIECED_AT_ENTRY`).
+#[tracepoint]
+pub fn calls_sys_enter_pieced(ctx: TracePointContext) -> u32 {
+    // The record after its 8-byte common header: `int __syscall_nr`.
+    let nr = unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(8) as *const i32) };
+    calls::enter(nr as u32);
+    0
 }

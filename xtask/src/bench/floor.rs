@@ -21,12 +21,12 @@ use object::{
 use super::floor_btf;
 
 /// The tracepoints `sockbuf trace --summary` runs at every call: each call's return; and
-/// those it hooks where a `sendfile()`, `splice()`, `sendmmsg()` or `recvmmsg()` ends, whose
-/// kernel calls are pieces of one call. Where the kernel does not preempt BPF programs (this
-/// machine, the bench's home) those are the four syscalls' own exit tracepoints, which the
-/// workload's writes never run, but which, once enabled, send every syscall through the
-/// kernel's slower entry and exit path; where it does, sockbuf hooks every syscall's exit
-/// (`sys_exit`), about 55 ns a syscall more than these floors.
+/// those it hooks where a `sendfile()`, `splice()`, `sendmmsg()` or `recvmmsg()` begins and
+/// ends, whose kernel calls are pieces of one call. Where the kernel does not preempt BPF
+/// programs (this machine, the bench's home) those are the four syscalls' own entry and exit
+/// tracepoints, which the workload's writes never run, but which, once enabled, send every
+/// syscall through the kernel's slower entry and exit path; where it does, sockbuf hooks
+/// every syscall's exit (`sys_exit`), about 55 ns a syscall more than these floors.
 pub const SUMMARY_HOOKS: &[&str] = &[
     "sock_send_length",
     "sock_recv_length",
@@ -34,11 +34,15 @@ pub const SUMMARY_HOOKS: &[&str] = &[
     "sys_exit_splice",
     "sys_exit_sendmmsg",
     "sys_exit_recvmmsg",
+    "sys_enter_sendfile64",
+    "sys_enter_splice",
+    "sys_enter_sendmmsg",
+    "sys_enter_recvmmsg",
 ];
 
 /// Those streaming (and `--summary --full`) runs per call on this kernel: the copy loop,
 /// the return, the sleep, each segment received and each packet sent; and the pieced
-/// calls' exits as above.
+/// calls' entries and exits as above.
 pub const STREAM_HOOKS: &[&str] = &[
     "tcp_sendmsg_locked",
     "sock_send_length",
@@ -50,6 +54,10 @@ pub const STREAM_HOOKS: &[&str] = &[
     "sys_exit_splice",
     "sys_exit_sendmmsg",
     "sys_exit_recvmmsg",
+    "sys_enter_sendfile64",
+    "sys_enter_splice",
+    "sys_enter_sendmmsg",
+    "sys_enter_recvmmsg",
 ];
 
 /// What the programs on the calls' returns (`sock_send_length`, `sock_recv_length`) do.
@@ -72,9 +80,10 @@ fn counts(hook: &str) -> bool {
     matches!(hook, "sock_send_length" | "sock_recv_length")
 }
 
-/// The classic tracepoints among the hooks: syscalls' own exits (the others are raw).
-fn syscall_exit(hook: &str) -> bool {
-    hook.starts_with("sys_exit_")
+/// The classic tracepoints among the hooks: syscalls' own entries and exits (the others
+/// are raw).
+fn syscall_tracepoint(hook: &str) -> bool {
+    hook.starts_with("sys_exit_") || hook.starts_with("sys_enter_")
 }
 
 /// The program on `hook` (bpftool shows its first 15 bytes).
@@ -239,7 +248,7 @@ fn object(hooks: &[&str], work: Work) -> anyhow::Result<Vec<u8>> {
         let typed = work == Work::SkStorage && counts(hook);
         let kind = match hook {
             _ if typed => "tp_btf",
-            _ if syscall_exit(hook) => "tracepoint/syscalls",
+            _ if syscall_tracepoint(hook) => "tracepoint/syscalls",
             _ => "raw_tracepoint",
         };
         let id = obj.add_section(
@@ -295,7 +304,7 @@ pub fn attach(hooks: &[&str], work: Work) -> anyhow::Result<Ebpf> {
                 .with_context(|| format!("attaching {name} to {hook}"))?;
             continue;
         }
-        if syscall_exit(hook) {
+        if syscall_tracepoint(hook) {
             let prog: &mut TracePoint = ebpf
                 .program_mut(&name)
                 .context("floor program missing from its object")?
