@@ -45,8 +45,10 @@ impl AttachMode {
 
     /// The hooks of this backend that `--summary` needs at the plan's level.
     fn hooks(self, plan: Plan) -> impl Iterator<Item = &'static Hook> {
+        let marks = pieced_at_entry(plan.level, plan.standby);
         self.all_hooks(plan.standby)
             .filter(move |h| plan.level != Level::Counts || !COUNTS_SKIP.contains(&h.program))
+            .filter(move |h| marks || h.program != PIECED_ENTRY)
     }
 
     /// The backend's own hooks, then the lifecycle hooks every backend shares; `standby`:
@@ -289,9 +291,9 @@ const CALLS: &[Hook] = &[raw("calls_sys_exit", "raw_syscalls", "sys_exit")];
 
 /// The same where programs are not preempted: those four syscalls' own exits, so that the
 /// others (a `write()`) pass no program (the raw `sys_exit` cost streaming 65 ns a write),
-/// and their entries, which mark the thread as in one: `--summary` tells a pieced call by
-/// that mark instead of reading the syscall's number from the task's registers (two helper
-/// calls, 40 ns of a counted write's 230).
+/// and, for `--summary` without `--full` ([`pieced_at_entry`]), their entries, which mark the
+/// thread as in one: it tells a pieced call by that mark instead of reading the syscall's
+/// number from the task's registers (two helper calls, 40 ns of a counted write's 230).
 const CALLS_PIECED: &[Hook] = &[
     classic("calls_sys_exit_pieced", "syscalls", "sys_exit_sendfile64"),
     classic("calls_sys_exit_pieced", "syscalls", "sys_exit_splice"),
@@ -302,6 +304,16 @@ const CALLS_PIECED: &[Hook] = &[
     classic("calls_sys_enter_pieced", "syscalls", "sys_enter_sendmmsg"),
     classic("calls_sys_enter_pieced", "syscalls", "sys_enter_recvmmsg"),
 ];
+
+/// The program on the pieced syscalls' entries (see [`CALLS_PIECED`]).
+const PIECED_ENTRY: &str = "calls_sys_enter_pieced";
+
+/// Whether the pieced syscalls' entries are hooked to mark the threads in them: by
+/// `--summary` without `--full` alone (the rest reads the syscall's number where it needs
+/// it), where the kernel does not preempt programs (their exits' own tracepoints are hooked).
+pub fn pieced_at_entry(level: Level, standby: bool) -> bool {
+    level == Level::Counts && !standby
+}
 
 /// Programs `--summary` leaves out unless `--full`: the call's start (requested bytes, sleeps),
 /// the ACKs and the packets leaving. It counts calls from their returns alone, the few

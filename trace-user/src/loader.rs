@@ -104,8 +104,11 @@ fn load_object_with(
         .override_global(globals::MARK_CALLS, &standby::mark_mask(standby), true)
         .override_global(globals::TCP_SENDMSG, &tcp_sendmsg.unwrap_or(0), true)
         .override_global(globals::STACKS, &opts.stacks, true)
-        // The pieced syscalls' own tracepoints are hooked where the copies are not (attach.rs).
-        .override_global(globals::PIECED_AT_ENTRY, &u32::from(!standby), true)
+        .override_global(
+            globals::PIECED_AT_ENTRY,
+            &u32::from(attach::pieced_at_entry(opts.aggregate, standby)),
+            true,
+        )
         .map_max_entries(maps::EVENTS, opts.ring_bytes)
         .map_max_entries(maps::AGG, opts.max_sockets.max(1))
         .map_max_entries(

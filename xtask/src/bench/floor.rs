@@ -42,7 +42,7 @@ pub const SUMMARY_HOOKS: &[&str] = &[
 
 /// Those streaming (and `--summary --full`) runs per call on this kernel: the copy loop,
 /// the return, the sleep, each segment received and each packet sent; and the pieced
-/// calls' entries and exits as above.
+/// calls' exits as above (their entries are `--summary`'s alone).
 pub const STREAM_HOOKS: &[&str] = &[
     "tcp_sendmsg_locked",
     "sock_send_length",
@@ -54,10 +54,6 @@ pub const STREAM_HOOKS: &[&str] = &[
     "sys_exit_splice",
     "sys_exit_sendmmsg",
     "sys_exit_recvmmsg",
-    "sys_enter_sendfile64",
-    "sys_enter_splice",
-    "sys_enter_sendmmsg",
-    "sys_enter_recvmmsg",
 ];
 
 /// What the programs on the calls' returns (`sock_send_length`, `sock_recv_length`) do.
