@@ -87,9 +87,15 @@ fn summary_counts_stay_exact_with_writers_preempted_on_one_cpu() {
     // A run neither program nor copy took is counted as missed (any program's); no count
     // may vanish otherwise.
     let (sends, missed) = (u(&w["sends"]), u(&end["missed"]));
+    // Every row's sends, should a count land elsewhere: (sock_id, ino, sends).
+    let others: Vec<(u64, u64, u64)> = rows
+        .iter()
+        .filter(|r| r["sends"].as_u64().unwrap_or(0) > 0)
+        .map(|r| (u(&r["sock_id"]), u(&r["ino"]), u(&r["sends"])))
+        .collect();
     assert!(
         sends <= calls && calls - sends <= missed,
-        "{calls} send calls, {sends} counted, {missed} missed: {w} {end}"
+        "{calls} send calls, {sends} counted, {missed} missed: {w} {end}; rows with sends: {others:?}"
     );
     if missed == 0 {
         assert_eq!(u(&w["copied_bytes"]), bytes, "{w}");
