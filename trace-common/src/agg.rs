@@ -40,14 +40,19 @@ pub const PENDING_ENTRIES: u32 = 1024;
 pub struct SockAgg {
     /// The task that first counted here (0 when that was an ACK in softirq).
     pub pid: u32,
-    pub _pad: u32,
+    /// Whether these are counts a socket kept itself ([`SkAgg`]): [`KEPT_FOLDED`] in the
+    /// AGG entry its CLOSE added them to (a read of the socket's own that finds this read
+    /// them twice), [`KEPT_LIVE`] in the socket's own as userspace read them; 0: neither.
+    pub kept: u32,
     /// The socket's inode number when last counted here (0: not known yet: accepted, not
     /// yet `accept()`ed, when the entry was made).
     pub ino: u64,
     pub comm: [u8; COMM_LEN],
     pub addrs: SockAddrs,
-    /// Send calls that copied bytes or got EAGAIN (other errors stream as events).
-    pub sends: u64,
+    /// Bytes asked for (`--full`: the counting path does not see them). Send calls that
+    /// copied bytes or got EAGAIN (other errors stream as events) are not counted apart:
+    /// they are `copy_bytes`' calls and the EAGAINs ([`SockAgg::sends`]), one add less
+    /// a call.
     pub requested: u64,
     pub copied: u64,
     /// EAGAINs the application got.
@@ -56,10 +61,10 @@ pub struct SockAgg {
     /// bytes: the call returned those, and the application never saw the error.
     pub unseen_eagain: u64,
     /// `sendfile()`, `splice()` and `sendmmsg()` calls, counted at their first piece (each
-    /// piece is one of `sends`).
+    /// piece is one of the sends).
     pub pieced_calls: u64,
-    /// Receive calls that returned bytes (or 0) or EAGAIN.
-    pub recvs: u64,
+    /// Bytes received; receive calls that returned bytes (or 0) or EAGAIN are `recv_bytes`'
+    /// calls and `recv_eagain` ([`SockAgg::recvs`]).
     pub received: u64,
     pub recv_eagain: u64,
     /// Writes whose last byte was acked, counted by the ACK path (`ack_us`) or, when the ACK
@@ -80,6 +85,34 @@ pub struct SockAgg {
     pub recv_bytes: [u64; BUCKETS],
     pub ack_us: [u64; BUCKETS],
     pub call_ack_us: [u64; BUCKETS],
+}
+
+impl SockAgg {
+    /// Send calls that copied bytes or got EAGAIN.
+    pub fn sends(&self) -> u64 {
+        self.copy_bytes.iter().sum::<u64>() + self.eagain + self.unseen_eagain
+    }
+
+    /// Receive calls that returned bytes (or 0) or EAGAIN.
+    pub fn recvs(&self) -> u64 {
+        self.recv_bytes.iter().sum::<u64>() + self.recv_eagain
+    }
+}
+
+/// [`SockAgg::kept`]'s values.
+pub const KEPT_FOLDED: u32 = 1;
+pub const KEPT_LIVE: u32 = 2;
+
+/// `--summary` on BTF-typed hooks: one socket's totals kept in the socket itself (its
+/// socket-local storage, [`crate::maps::SK_COUNTS`]), shared by every CPU, from its first
+/// counted call in ESTABLISHED to its CLOSE, when the kernel adds them to the socket's
+/// [`crate::maps::AGG`] entry. Live sockets' are read through an iterator over the map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SkAgg {
+    /// The socket's `sock_id`; 0 while the entry is being made (not counted into yet).
+    pub id: u64,
+    pub agg: SockAgg,
 }
 
 /// The writes of one socket waiting for their ACK: a ring the send path fills at `head` and
@@ -144,7 +177,8 @@ pub const fn bucket(v: u64) -> usize {
     if b >= BUCKETS { BUCKETS - 1 } else { b }
 }
 
-const _: () = assert!(core::mem::size_of::<SockAgg>() == 72 + 14 * 8 + 4 * BUCKETS * 8);
+const _: () = assert!(core::mem::size_of::<SockAgg>() == 72 + 12 * 8 + 4 * BUCKETS * 8);
+const _: () = assert!(core::mem::size_of::<SkAgg>() == 8 + core::mem::size_of::<SockAgg>());
 const _: () = assert!(core::mem::size_of::<Pending>() == 32 + 12 * PENDING_SLOTS as usize);
 
 #[cfg(test)]

@@ -47,6 +47,9 @@ pub mod maps {
     /// `--summary`: per CPU and per socket (`sock_id`), the counts of [`crate::agg::SockAgg`].
     /// Userspace takes a socket's entry out when it sees the socket reach CLOSE.
     pub const AGG: &str = "AGG";
+    /// `--summary` on BTF-typed hooks: each established socket's counts
+    /// ([`crate::agg::SkAgg`]) in its socket-local storage, added to AGG at its CLOSE.
+    pub const SK_COUNTS: &str = "SK_COUNTS";
     /// `--summary --full`: per socket (`sock_id`), its writes waiting for their ACK; taken
     /// out by userspace with the socket's AGG entry.
     pub const PENDING: &str = "PENDING";
@@ -117,6 +120,10 @@ pub mod standby {
         ("ack_tcp_probe_btf", "sb_ack_tcp_probe_btf"),
         ("recv_sock_recv_length_btf", "sb_recv_sock_recv_length_btf"),
         ("life_net_dev_queue_btf", "sb_life_net_dev_queue_btf"),
+        (
+            "life_inet_sock_set_state_btf",
+            "sb_life_inet_sock_set_state_btf",
+        ),
     ];
 
     /// Programs whose copy is attached on every kernel, preemptible or not: a state change
@@ -126,6 +133,7 @@ pub mod standby {
     /// counts. They are rare events: their copies cost little.
     pub const ALWAYS: &[&str] = &[
         "life_inet_sock_set_state",
+        "life_inet_sock_set_state_btf",
         "life_tcp_send_reset",
         "life_tcp_send_reset_reason",
         "life_tcp_receive_reset",
@@ -223,6 +231,9 @@ pub mod globals {
     /// are hooked, so that a thread's slot of [`crate::maps::PIECED_NOW`] says whether it is
     /// in one of them.
     pub const PIECED_AT_ENTRY: &str = "PIECED_AT_ENTRY";
+    /// u32: the network namespace (inode number) whose sockets keep their `--summary`
+    /// counts in [`crate::maps::SK_COUNTS`] (BTF-typed hooks, without `--full`); 0: none.
+    pub const SK_COUNTING: &str = "SK_COUNTING";
 }
 
 /// Slots of the per-CPU counter array [`maps::LOST`].
@@ -702,8 +713,9 @@ pub struct KernelOffsets {
     pub proto_sendmsg: u32,
     /// `socket.file`: typed hooks reach the socket's inode number through its file.
     pub socket_file: u32,
-    #[cfg_attr(feature = "user", serde(skip))]
-    pub _pad: u32,
+    /// `sock_common.skc_net` and `struct net`'s `ns.inum`: the socket's network namespace.
+    pub sk_net: u32,
+    pub net_inum: u32,
 }
 
 const _: () = {
@@ -721,5 +733,5 @@ const _: () = {
     assert!(core::mem::size_of::<RecvEvent>() == 160);
     assert!(core::mem::size_of::<SockEvent>() == 176);
     assert!(core::mem::size_of::<UdpEvent>() == 144);
-    assert!(core::mem::size_of::<KernelOffsets>() == 224);
+    assert!(core::mem::size_of::<KernelOffsets>() == 228);
 };

@@ -20,6 +20,7 @@ unsafe impl aya::Pod for SockEvent {}
 unsafe impl aya::Pod for UdpEvent {}
 unsafe impl aya::Pod for CallEvent {}
 unsafe impl aya::Pod for crate::agg::SockAgg {}
+unsafe impl aya::Pod for crate::agg::SkAgg {}
 unsafe impl aya::Pod for crate::agg::Pending {}
 
 impl SendEvent {

@@ -83,6 +83,12 @@ pub fn takes(ret: i64) -> bool {
     on() && (ret >= 0 || ret == -EAGAIN)
 }
 
+/// `--summary` without `--full` counts a call that returned `ret` (bytes, or -EAGAIN).
+#[inline(always)]
+pub fn counted(ret: i64) -> bool {
+    counts_only() && (ret >= 0 || ret == -EAGAIN)
+}
+
 /// `--summary` without `--full`: the tracking entry of TCP socket `sk` when sockbuf already
 /// knows it and counts a call that returned `ret`, so that the call is counted without
 /// reading the socket at all. The entry is trusted to still be this socket (with `--full`
@@ -90,7 +96,7 @@ pub fn takes(ret: i64) -> bool {
 /// drops it when the connection reaches CLOSE, before its `struct sock` can be reused.
 #[inline(always)]
 pub fn counted_sock(sk: u64, ret: i64) -> Option<*mut SockTrack> {
-    if !counts_only() || !(ret >= 0 || ret == -EAGAIN) {
+    if !counted(ret) {
         return None;
     }
     let track = SOCKS.get_ptr_mut(sk)?;
@@ -104,7 +110,7 @@ pub fn counted_sock(sk: u64, ret: i64) -> Option<*mut SockTrack> {
 /// (full, or the kernel could not allocate the entry at that moment): the caller streams
 /// the call as an event instead, so that it is still counted, and says so.
 #[inline(always)]
-fn entry(track: &SockTrack, pid_tgid: u64) -> Option<&'static mut SockAgg> {
+pub fn entry(track: &SockTrack, pid_tgid: u64) -> Option<&'static mut SockAgg> {
     if let Some(a) = AGG.get_ptr_mut(track.id) {
         let a = unsafe { &mut *a };
         a.ino = track.ino;
@@ -221,11 +227,19 @@ pub fn count_send(
     pid_tgid: u64,
     requested: u64,
     ret: i64,
-    (call, unseen): (CallRef, bool),
+    piece: (CallRef, bool),
 ) -> Option<&'static mut SockAgg> {
     let a = entry(track, pid_tgid)?;
-    add(&mut a.sends, 1);
-    add(&mut a.requested, requested);
+    count_send_in(a, requested, ret, piece);
+    Some(a)
+}
+
+/// [`count_send`] into counts `a` (the socket's, on this CPU or in the socket).
+#[inline(always)]
+pub fn count_send_in(a: &mut SockAgg, requested: u64, ret: i64, (call, unseen): (CallRef, bool)) {
+    if requested != 0 {
+        add(&mut a.requested, requested);
+    }
     if call.piece == 0 && calls::pieced(call.syscall) {
         add(&mut a.pieced_calls, 1);
     }
@@ -236,13 +250,12 @@ pub fn count_send(
         } else {
             add(&mut a.eagain, 1);
         }
-        return Some(a);
+        return;
     }
     add(&mut a.copied, ret as u64);
     if let Some(c) = a.copy_bytes.get_mut(bucket(ret as u64)) {
         add(c, 1);
     }
-    Some(a)
 }
 
 /// A receive call returned `ret` (bytes, or -EAGAIN). `false`: not counted (no room for
@@ -252,16 +265,21 @@ pub fn recv(track: &SockTrack, pid_tgid: u64, ret: i64) -> bool {
     let Some(a) = entry(track, pid_tgid) else {
         return false;
     };
-    add(&mut a.recvs, 1);
+    count_recv_in(a, ret);
+    true
+}
+
+/// [`recv`] into counts `a` (the socket's, on this CPU or in the socket).
+#[inline(always)]
+pub fn count_recv_in(a: &mut SockAgg, ret: i64) {
     if ret < 0 {
         add(&mut a.recv_eagain, 1);
-        return true;
+        return;
     }
     add(&mut a.received, ret as u64);
     if let Some(c) = a.recv_bytes.get_mut(bucket(ret as u64)) {
         add(c, 1);
     }
-    true
 }
 
 /// A segment arrives on tracked socket `sk`: every waiting write its ACK covers is acked.

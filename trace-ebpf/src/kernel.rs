@@ -65,7 +65,8 @@ static KOFFSETS: KernelOffsets = KernelOffsets {
     sk_prot: 0,
     proto_sendmsg: 0,
     socket_file: 0,
-    _pad: 0,
+    sk_net: 0,
+    net_inum: 0,
 };
 
 /// The offset of one kernel field, as the loader set it.
@@ -293,6 +294,13 @@ impl<A: Access> Sock<A> {
             (IPPROTO_TCP, SOCK_STREAM) | (IPPROTO_UDP, SOCK_DGRAM) => proto,
             _ => 0,
         })
+    }
+
+    /// The inode number of the socket's network namespace (`sk_net`'s `ns.inum`).
+    #[inline(always)]
+    pub fn netns(&self) -> Result<u32, Fault> {
+        let net: u64 = self.get(off!(sk_net))?;
+        read(net, off!(net_inum))
     }
 
     /// `sk_state`, from `sock_common`: safe to read on time-wait and request sockets too.

@@ -21,6 +21,7 @@ use crate::{
     kernel::{self, Access, Fault, IPPROTO_TCP, IPPROTO_UDP, Probe, Sock},
     maps::{SOCKS, SockTrack, TIMEWAIT, TimeWait},
     model::{comm, emit, header, known_track, sock_track},
+    sk_counts,
 };
 
 /// `skc_state` is a byte.
@@ -101,9 +102,10 @@ fn emit_fin<A: Access>(
 
 /// `inet_sock_set_state(sk, old, new)`. Runs in the task for `connect()`/`close()`, in
 /// softirq for changes an arriving segment causes; the tracepoint does not say which, so the
-/// task-filter rule (see the module) decides by the state it moves to.
+/// task-filter rule (see the module) decides by the state it moves to. `typed`: `sk` as a
+/// typed pointer where the hook has one (the socket may keep its counts, see `sk_counts`).
 #[inline(always)]
-pub fn state(sk: u64, old: u32, new: u32) -> Result<(), Fault> {
+pub fn state(sk: u64, typed: Option<u64>, old: u32, new: u32) -> Result<(), Fault> {
     // `--summary` without `--full` follows a connection from ESTABLISHED (its side: from
     // SYN_SENT a client, from SYN_RECV a server) to CLOSE (which frees its counts): under
     // churn the other changes would triple the ring's records for nothing it reports.
@@ -150,6 +152,7 @@ pub fn state(sk: u64, old: u32, new: u32) -> Result<(), Fault> {
     if new == CLOSE {
         // Before the event: userspace takes the socket's counts out when it reads it.
         agg::closed(&sock, unsafe { &*track })?;
+        sk_counts::close(typed, unsafe { &*track });
     }
     emit_sock(EventKind::State, &sock, unsafe { &*track }, ctx, |e| {
         e.old_state = old;

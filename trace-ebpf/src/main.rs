@@ -22,6 +22,7 @@ mod life;
 mod maps;
 mod model;
 mod recv;
+mod sk_counts;
 mod stacks;
 mod standby;
 mod syscall;

@@ -14,6 +14,7 @@ use aya_log_ebpf::warn;
 use trace_common::{
     AckEvent, BlockEvent, COMM_LEN, EventKind, Header, SEND_F_BLOCKED, SEND_F_REQUESTED,
     SEND_F_TCP_BYTES, SEND_F_UNSEEN, SYNTHETIC_IDS, SendEvent, SendQueue, StackIds,
+    agg::SkAgg,
     calls::{CallRef, pieced},
 };
 
@@ -22,7 +23,7 @@ use crate::{
     kernel::{self, Access, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
     life,
     maps::{EVENTS, Inflight, LOST_EVENTS, NEXT_ID, READ_ERRORS, SOCKS, SockTrack},
-    stacks, syscall, udp,
+    sk_counts, stacks, syscall, udp,
 };
 
 /// Runs a model function and turns a fault into a rate-limited aya-log warning
@@ -312,7 +313,7 @@ pub fn send_end<C: StackIdContext, A: Access>(
     sock: Sock<A>,
     ret: i64,
 ) -> Result<(), Fault> {
-    match send_counted::<A>(sock.ptr, ret)? {
+    match send_counted::<A>(sock.ptr, None, ret)? {
         Counted::Done => Ok(()),
         Counted::Left(piece) => send_traced(ctx, sock, ret, piece),
     }
@@ -330,9 +331,10 @@ pub enum Counted {
 /// `--summary` without `--full`, on a socket it already counts: a send call on `sk` that
 /// returned `ret`, counted before anything else is looked up (the socket's typed pointer;
 /// the call opened: that hook is not attached, or its return took the call off), and no
-/// clock read unless the call is pieced. `A`: how the task's registers are read.
+/// clock read unless the call is pieced. `A`: how the task's registers are read; `typed`:
+/// `sk` as a typed pointer where the hook has one (its counts may be in the socket).
 #[inline(always)]
-pub fn send_counted<A: Access>(sk: u64, ret: i64) -> Result<Counted, Fault> {
+pub fn send_counted<A: Access>(sk: u64, typed: Option<u64>, ret: i64) -> Result<Counted, Fault> {
     let Some(track) = agg::counted_sock(sk, ret) else {
         return Ok(Counted::Left(None));
     };
@@ -342,12 +344,28 @@ pub fn send_counted<A: Access>(sk: u64, ret: i64) -> Result<Counted, Fault> {
     }
     let track = unsafe { &*track };
     let p = calls::counted_piece::<A>(pid_tgid, track.id, track.ino, ret)?;
+    if let Some(a) = sk_counts::make(typed, track, pid_tgid) {
+        agg::count_send_in(a, 0, ret, p);
+        return Ok(Counted::Done);
+    }
     if agg::count_send(track, pid_tgid, 0, ret, p).is_some() {
         return Ok(Counted::Done);
     }
     // No room for the socket: streamed. Only a pieced call's piece must not be taken twice;
     // another's is taken again, with its syscall's number.
     Ok(Counted::Left(pieced(p.0.syscall).then_some(p)))
+}
+
+/// [`send_counted`] of a socket that keeps its counts (`sk_counts::kept`), the first thing
+/// its hook does (all a call of it costs then).
+#[inline(always)]
+pub fn send_kept<A: Access>(v: &mut SkAgg, ret: i64) -> Result<(), Fault> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if filter::task_passes(pid_tgid) {
+        let p = calls::counted_piece::<A>(pid_tgid, v.id, v.agg.ino, ret)?;
+        agg::count_send_in(&mut v.agg, 0, ret, p);
+    }
+    Ok(())
 }
 
 /// [`send_end`] of a call [`send_counted`] left (`piece`: as it gave it).

@@ -1,34 +1,53 @@
 //! Receive calls: bytes copied out of the receive buffer and the queue left behind.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use trace_common::{EventKind, RECV_F_UNSEEN, RecvEvent};
+use trace_common::{EventKind, RECV_F_UNSEEN, RecvEvent, agg::SkAgg};
 
 use crate::{
     agg, calls, filter,
     kernel::{Access, Fault, IPPROTO_TCP, IPPROTO_UDP, Sock},
     maps::{put_call, take_call},
     model::{comm, emit, header, sock_track, udp_track},
+    sk_counts,
 };
 
 /// A receive call on `sock` returned `ret` (bytes copied or `-errno`).
 #[inline(always)]
 pub fn recv_end<A: Access>(sock: Sock<A>, ret: i64, msg_flags: u32) -> Result<(), Fault> {
-    if recv_counted(sock.ptr, ret) {
+    if recv_counted(sock.ptr, None, ret) {
         return Ok(());
     }
     recv_traced(sock, ret, msg_flags)
 }
 
 /// `--summary` without `--full`, on a socket it already counts: a receive call on `sk` that
-/// returned `ret`, counted before anything else is looked up (the socket's typed pointer).
-/// `true`: counted, or filtered out.
+/// returned `ret`, counted before anything else is looked up (the socket's typed pointer;
+/// `typed`: `sk` as one where the hook has it, see [`sk_counts`]). `true`: counted, or
+/// filtered out.
 #[inline(always)]
-pub fn recv_counted(sk: u64, ret: i64) -> bool {
+pub fn recv_counted(sk: u64, typed: Option<u64>, ret: i64) -> bool {
     let Some(track) = agg::counted_sock(sk, ret) else {
         return false;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    !filter::task_passes(pid_tgid) || agg::recv(unsafe { &*track }, pid_tgid, ret)
+    if !filter::task_passes(pid_tgid) {
+        return true;
+    }
+    let track = unsafe { &*track };
+    if let Some(a) = sk_counts::make(typed, track, pid_tgid) {
+        agg::count_recv_in(a, ret);
+        return true;
+    }
+    agg::recv(track, pid_tgid, ret)
+}
+
+/// [`recv_counted`] of a socket that keeps its counts (`sk_counts::kept`), the first thing
+/// its hook does.
+#[inline(always)]
+pub fn recv_kept(v: &mut SkAgg, ret: i64) {
+    if filter::task_passes(bpf_get_current_pid_tgid()) {
+        agg::count_recv_in(&mut v.agg, ret);
+    }
 }
 
 /// [`recv_end`] of a call [`recv_counted`] left.

@@ -45,3 +45,13 @@ with_standby! {
         model::run(&ctx, || life::xmit::<Direct>(ctx.arg(0)))
     }
 }
+
+with_standby! {
+    /// `inet_sock_set_state(sk, oldstate, newstate)`, typed: a socket's CLOSE adds the
+    /// counts it keeps (`sk_counts`) to the summary's.
+    #[btf_tracepoint(function = "inet_sock_set_state")]
+    fn life_inet_sock_set_state_btf, sb_life_inet_sock_set_state_btf(ctx: BtfTracePointContext) {
+        let (sk, old, new): (u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+        model::run(&ctx, || life::state(sk, Some(sk), old as u32, new as u32))
+    }
+}

@@ -13,7 +13,7 @@ use trace_common::SEND_F_LAYERED;
 use crate::{
     calls, entry, filter,
     kernel::{Access, Direct, IPPROTO_TCP, Probe, Sock},
-    layer, life, model, recv,
+    layer, life, model, recv, sk_counts,
     standby::with_standby,
     syscall::{self, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV},
 };
@@ -28,6 +28,9 @@ pub trait TracepointArgs: EbpfContext + StackIdContext {
     /// How the current task's registers are read: from its BTF-typed pointer where the hook
     /// is typed.
     type Task: Access;
+    /// `sk`, a pointer argument of the hook, where the hook is typed (the verifier knows it
+    /// as a `struct sock *`, which socket-local storage needs); `None` otherwise.
+    fn typed(sk: u64) -> Option<u64>;
 }
 
 impl TracepointArgs for RawTracePointContext {
@@ -38,6 +41,10 @@ impl TracepointArgs for RawTracePointContext {
     }
     #[inline(always)]
     fn typed_sock(&self, _: usize) -> Option<Sock<Direct>> {
+        None
+    }
+    #[inline(always)]
+    fn typed(_: u64) -> Option<u64> {
         None
     }
 }
@@ -51,6 +58,10 @@ impl TracepointArgs for BtfTracePointContext {
     #[inline(always)]
     fn typed_sock(&self, n: usize) -> Option<Sock<Direct>> {
         Sock::typed(self.arg(n))
+    }
+    #[inline(always)]
+    fn typed(sk: u64) -> Option<u64> {
+        Some(sk)
     }
 }
 
@@ -108,13 +119,17 @@ pub fn sock_send_length<C: TracepointArgs, const LAYERED_ONLY: bool>(ctx: &C) ->
     // program's chain is at its 512-byte limit.
     let a = (ctx.arg_u64(0), i64::from(ctx.arg_u64(1) as i32));
     model::run(ctx, || {
+        // A socket that keeps its counts: all of it.
+        if let Some(v) = sk_counts::kept(C::typed(a.0), a.1) {
+            return model::send_kept::<C::Task>(v, a.1);
+        }
         if LAYERED_ONLY {
             let sock = Sock::new(a.0);
             if sock.protocol()? != IPPROTO_TCP || !layer::layered(&sock)? {
                 return Ok(());
             }
         }
-        let piece = match model::send_counted::<C::Task>(a.0, a.1)? {
+        let piece = match model::send_counted::<C::Task>(a.0, C::typed(a.0), a.1)? {
             model::Counted::Done => return Ok(()),
             model::Counted::Left(piece) => piece,
         };
@@ -178,7 +193,11 @@ pub fn sock_recv_length<C: TracepointArgs>(ctx: &C) -> u32 {
         ctx.arg_u64(2) as u32,
     );
     model::run(ctx, || {
-        if recv::recv_counted(a.0, a.1) {
+        if let Some(v) = sk_counts::kept(C::typed(a.0), a.1) {
+            recv::recv_kept(v, a.1);
+            return Ok(());
+        }
+        if recv::recv_counted(a.0, C::typed(a.0), a.1) {
             return Ok(());
         }
         with_sock!(ctx, 0, a.0, |sock| recv::recv_traced(sock, a.1, a.2))
@@ -192,7 +211,7 @@ with_standby! {
     #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
     fn life_inet_sock_set_state, sb_life_inet_sock_set_state(ctx: RawTracePointContext) {
         let (old, new): (u64, u64) = (ctx.arg(1), ctx.arg(2));
-        model::run(&ctx, || life::state(ctx.arg(0), old as u32, new as u32))
+        model::run(&ctx, || life::state(ctx.arg(0), None, old as u32, new as u32))
     }
 }
 

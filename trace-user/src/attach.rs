@@ -271,17 +271,28 @@ const RESET_WITH_REASON: [Hook; 1] = [raw("life_tcp_send_reset_reason", "tcp", "
 /// Lifecycle hooks, and the task renames and births the comm filter follows, attached with
 /// every backend: tracepoints all supported kernels have.
 const LIFECYCLE: &[Hook] = &[
-    raw("life_inet_sock_set_state", "sock", "inet_sock_set_state"),
     raw("life_tcp_receive_reset", "tcp", "tcp_receive_reset"),
     raw("filter_task_rename", "task", "task_rename"),
     raw("filter_task_newtask", "task", "task_newtask"),
 ];
 
-/// Packets handed to a device (a FIN leaving, UDP datagrams): typed with tp_btf, whose
-/// loads of the packet's fields replace probe reads.
-const XMIT: [Hook; 1] = [raw("life_net_dev_queue", "net", "net_dev_queue")];
+/// Packets handed to a device (a FIN leaving, UDP datagrams), and the sockets' state
+/// changes: typed with tp_btf, whose loads of the packet's fields replace probe reads, and
+/// whose typed socket reaches the counts it keeps itself (`--summary`, trace-ebpf's
+/// `sk_counts`), which its CLOSE adds to the summary's.
+const XMIT: [Hook; 2] = [
+    raw("life_net_dev_queue", "net", "net_dev_queue"),
+    raw("life_inet_sock_set_state", "sock", "inet_sock_set_state"),
+];
 
-const XMIT_BTF: [Hook; 1] = [btf("life_net_dev_queue_btf", "net", "net_dev_queue")];
+const XMIT_BTF: [Hook; 2] = [
+    btf("life_net_dev_queue_btf", "net", "net_dev_queue"),
+    btf(
+        "life_inet_sock_set_state_btf",
+        "sock",
+        "inet_sock_set_state",
+    ),
+];
 
 /// The exit of a `sendfile()`, `splice()`, `sendmmsg()` or `recvmmsg()` whose kernel calls
 /// were traced (every backend: no function hook sees a whole syscall on all of them), where

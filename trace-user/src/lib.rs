@@ -22,6 +22,7 @@ pub mod output;
 pub mod preflight;
 pub mod replay;
 pub mod session;
+pub mod sockdiag;
 pub mod sockio;
 pub mod stacks;
 pub mod stop;

@@ -9,7 +9,7 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use trace_common::{
-    Filter,
+    Filter, KernelOffsets,
     agg::{Level, PENDING_ENTRIES, Pending, SockAgg},
     counters, globals, maps, standby,
 };
@@ -20,7 +20,7 @@ use crate::{
     btf::KernelBtf,
     layer,
     preflight::{self, Mount},
-    summary::KernelCounts,
+    summary::{KernelCounts, SkCounts},
 };
 
 /// What to load.
@@ -109,6 +109,12 @@ fn load_object_with(
             &u32::from(attach::pieced_at_entry(opts.aggregate, standby)),
             true,
         )
+        // Only the BTF-typed hooks can reach a socket's storage: elsewhere this is unread.
+        .override_global(
+            globals::SK_COUNTING,
+            &kept_counts_netns(opts.aggregate, &offsets),
+            true,
+        )
         .map_max_entries(maps::EVENTS, opts.ring_bytes)
         .map_max_entries(maps::AGG, opts.max_sockets.max(1))
         .map_max_entries(
@@ -125,6 +131,18 @@ fn load_object_with(
             "/trace-ebpf"
         )))
         .context("loading the eBPF object")
+}
+
+/// The network namespace whose sockets keep their `--summary` counts themselves
+/// (trace-ebpf's `sk_counts`): sockbuf's own, whose socket table it reads (0: none).
+fn kept_counts_netns(level: Level, offsets: &KernelOffsets) -> u32 {
+    if level != Level::Counts || offsets.sk_net == 0 || offsets.net_inum == 0 {
+        return 0;
+    }
+    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| {
+        use std::os::unix::fs::MetadataExt as _;
+        m.ino() as u32
+    })
 }
 
 /// The loaded, attached programs. Dropping it detaches everything.
@@ -212,6 +230,12 @@ impl Tracer {
             .ebpf
             .take_map(maps::PENDING)
             .context("PENDING map missing")?;
+        // Sockets keep their counts themselves where the hooks are typed (`sk_counts`).
+        let sk = if !full && self.mode == AttachMode::TpBtf {
+            Some(SkCounts::new(&mut self.ebpf)?)
+        } else {
+            None
+        };
         Ok(KernelCounts::new(
             PerCpuHashMap::<_, u64, SockAgg>::try_from(agg)?,
             if full {
@@ -219,6 +243,7 @@ impl Tracer {
             } else {
                 None
             },
+            sk,
         ))
     }
 

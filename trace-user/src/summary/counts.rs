@@ -98,14 +98,14 @@ impl Counts {
 
     /// Adds one CPU's in-kernel counts.
     pub fn add_counted(&mut self, a: &SockAgg) {
-        self.sends += a.sends;
+        self.sends += a.sends();
         self.requested_bytes += a.requested;
         self.copied_bytes += a.copied;
         self.eagain += a.eagain;
         self.unseen_errors += a.unseen_eagain;
         self.pieced_calls += a.pieced_calls;
         self.copy_bytes.add_buckets(&a.copy_bytes);
-        self.recvs += a.recvs;
+        self.recvs += a.recvs();
         self.received_bytes += a.received;
         self.recv_bytes.add_buckets(&a.recv_bytes);
         if a.recv_eagain > 0 {

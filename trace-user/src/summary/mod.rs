@@ -7,6 +7,7 @@
 mod closed;
 mod counts;
 mod kernel;
+mod sk_kept;
 mod write;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::collections::HashMap;
 pub use closed::{Closed, Group, GroupKey};
 pub use counts::{Counts, Side, SockSummary, TopBy};
 pub use kernel::{KernelCounts, Taken};
+pub use sk_kept::SkCounts;
 use trace_common::{
     EventKind, Header, SEND_F_UNSEEN, SockAddrs,
     agg::{Pending, SockAgg},
@@ -69,6 +71,9 @@ pub struct Summary {
     pub totals: Totals,
     /// `top`: rows of sockets closed since the last [`Summary::peek`] (`None`: not kept).
     recent: Option<Vec<SockSummary>>,
+    /// Sockets whose counts the kernel kept in the socket itself (`SkCounts`), at least
+    /// in part: what says that cheaper path was taken.
+    pub kept_sockets: u64,
 }
 
 impl Summary {
@@ -83,6 +88,7 @@ impl Summary {
             acks: AckMatcher::default(),
             totals: Totals::default(),
             recent: None,
+            kept_sockets: 0,
         }
     }
 
@@ -171,6 +177,7 @@ impl Summary {
             // Closed before (a socket connected again after a failed connect).
             if let Some(k) = &mut self.kernel {
                 let taken = k.take(id);
+                self.kept_sockets += u64::from(taken.kept());
                 let mut s = SockSummary::default();
                 self.totals.unacked += add_taken(&mut s, &taken, &mut self.totals);
                 self.closed.late(id).expect("checked").merge(&s.counts);
@@ -183,6 +190,7 @@ impl Summary {
         };
         if let Some(k) = &mut self.kernel {
             let taken = k.take(id);
+            self.kept_sockets += u64::from(taken.kept());
             self.totals.unacked += add_taken(&mut s, &taken, &mut self.totals);
         }
         s.closed = true;
@@ -204,6 +212,7 @@ impl Summary {
             return Ok(());
         };
         for (id, taken) in k.all()? {
+            self.kept_sockets += u64::from(taken.kept());
             if let Some(s) = self.live.get_mut(&id) {
                 self.totals.unacked += add_taken(s, &taken, &mut self.totals);
                 continue;
@@ -254,7 +263,7 @@ fn add_taken(s: &mut SockSummary, t: &Taken, totals: &mut Totals) -> u64 {
 /// Adds one CPU's in-kernel counts.
 fn add_counted(s: &mut SockSummary, a: &SockAgg, totals: &mut Totals) {
     s.counts.add_counted(a);
-    totals.sends += a.sends;
+    totals.sends += a.sends();
     totals.acks += a.acked_writes + a.call_acked_writes + a.close_acked_writes;
     totals.unacked += a.unacked_writes;
 }

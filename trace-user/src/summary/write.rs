@@ -47,6 +47,8 @@ struct SummaryJson<'a> {
     /// Everything: sockets and groups.
     totals: Value,
     closed_sockets: u64,
+    /// Sockets that kept their counts themselves (socket-local storage), at least in part.
+    sockets_counting_themselves: u64,
     limits: Limits,
     overflow: &'a super::Overflow,
 }
@@ -170,6 +172,7 @@ impl Summary {
                 groups,
                 totals: self.value(&self.total())?,
                 closed_sockets: self.closed.closed,
+                sockets_counting_themselves: self.kept_sockets,
                 limits: Limits {
                     max_sockets: Limit {
                         limit: self.bounds.max_sockets,

@@ -5,16 +5,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::Context as _;
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
-use netlink_packet_sock_diag::{
-    SockDiagMessage,
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, nlas::Nla},
-};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+use netlink_packet_sock_diag::inet::{ExtensionFlags, nlas::Nla};
 
 /// One socket's row of the table.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -51,67 +42,13 @@ const TCPI_NOTSENT_BYTES: usize = 144;
 
 /// Every TCP socket (IPv4 and IPv6) with an inode, by inode.
 pub fn read_all() -> anyhow::Result<HashMap<u64, Diag>> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
-    socket.bind_auto().context("binding the sock_diag socket")?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .context("connecting the sock_diag socket")?;
     let mut out = HashMap::new();
-    for family in [AF_INET, AF_INET6] {
-        dump(&mut socket, family, &mut out)?;
-    }
-    Ok(out)
-}
-
-fn dump(socket: &mut Socket, family: u8, out: &mut HashMap<u64, Diag>) -> anyhow::Result<()> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut request = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::INFO | ExtensionFlags::SKMEMINFO,
-            states: StateFlags::all(),
-            socket_id: if family == AF_INET {
-                SocketId::new_v4()
-            } else {
-                SocketId::new_v6()
-            },
-        })
-        .into(),
-    );
-    request.finalize();
-    let mut buf = vec![0; request.buffer_len()];
-    request.serialize(&mut buf);
-    socket.send(&buf, 0).context("asking sock_diag")?;
-    let mut rx = vec![0u8; 1 << 16];
-    loop {
-        let n = socket
-            .recv(&mut &mut rx[..], 0)
-            .context("reading sock_diag")?;
-        // A datagram holds whole messages; the dump ends with NLMSG_DONE.
-        let mut off = 0;
-        while off < n {
-            let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[off..n])
-                .context("a sock_diag message that does not parse")?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r))
-                    if r.header.inode != 0 =>
-                {
-                    out.insert(u64::from(r.header.inode), diag(&r));
-                }
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(e) => anyhow::bail!("sock_diag: {e:?}"),
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            off += len;
+    crate::sockdiag::each_tcp_socket(ExtensionFlags::INFO | ExtensionFlags::SKMEMINFO, &[], |r| {
+        if r.header.inode != 0 {
+            out.insert(u64::from(r.header.inode), diag(r));
         }
-    }
+    })?;
+    Ok(out)
 }
 
 fn diag(r: &netlink_packet_sock_diag::inet::InetResponse) -> Diag {

@@ -15,6 +15,8 @@ use super::SOCKBUF;
 pub struct SummaryRun {
     pub child: Child,
     stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// The backend it attached with (the start object's `attach`).
+    pub attach: String,
 }
 
 /// A test that failed before stopping it must not leave it running.
@@ -38,7 +40,13 @@ impl SummaryRun {
         let mut start = String::new();
         std::io::BufRead::read_line(&mut stdout, &mut start).expect("read the start object");
         assert!(start.contains("\"start\""), "no start object: {start:?}");
-        Self { child, stdout }
+        let start: Value = serde_json::from_str(&start).expect("the start object");
+        let attach = start["attach"].as_str().expect("attach").to_owned();
+        Self {
+            child,
+            stdout,
+            attach,
+        }
     }
 
     /// Stops it as Ctrl-C would: (the summary's sockets, the end object).
