@@ -25,8 +25,8 @@ with_standby! {
     /// … and returns; fexit sees the arguments, then the return value.
     #[fexit(function = "tcp_sendmsg")]
     fn send_tcp_sendmsg_fexit, sb_send_tcp_sendmsg_fexit(ctx: FExitContext) {
-        let ret = func_ret(&ctx);
-        model::run(&ctx, || model::send_end(&ctx, Sock::new(ctx.arg(0)), ret))
+        let (sk, ret): (u64, i64) = (ctx.arg(0), func_ret(&ctx));
+        model::run(&ctx, || model::send_end(&ctx, Sock::new(sk), Some(sk), ret))
     }
 }
 
@@ -111,7 +111,9 @@ with_standby! {
 fn recv_fexit(ctx: &FExitContext) -> u32 {
     let (sk, flags): (u64, i32) = (ctx.arg(0), ctx.arg(3));
     let ret = func_ret(ctx);
-    model::run(ctx, || recv::recv_end(Sock::new(sk), ret, flags as u32))
+    model::run(ctx, || {
+        recv::recv_end(Sock::new(sk), Some(sk), ret, flags as u32)
+    })
 }
 
 with_standby! {
@@ -122,7 +124,7 @@ with_standby! {
         let socket: u64 = ctx.arg(0);
         let ret = func_ret(&ctx);
         model::run(&ctx, || {
-            recv::recv_end(Sock::new(kernel::socket_sock(socket)?), ret, 0)
+            recv::recv_end(Sock::new(kernel::socket_sock(socket)?), None, ret, 0)
         })
     }
 }

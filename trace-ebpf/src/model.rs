@@ -264,7 +264,7 @@ pub fn send_return<C: StackIdContext>(ctx: &C, ret: i64) -> Result<(), Fault> {
         // send_end may count the call without looking for it.
         inflight::remove(tid);
     }
-    send_end(ctx, Sock::new(sk), ret)
+    send_end(ctx, Sock::new(sk), None, ret)
 }
 
 /// Emits the block event of a call whose thread runs again (the current one).
@@ -306,14 +306,19 @@ pub fn close_block_of(call: &mut Inflight, pid_tgid: u64, comm: [u8; COMM_LEN], 
     call.block_start = 0;
 }
 
-/// The socket layer returns `ret` from a send call on `sock`.
+/// The socket layer returns `ret` from a send call on `sock`; `typed`: the socket as a
+/// typed pointer where the hook has one (it may keep its counts, see `sk_counts`).
 #[inline(always)]
 pub fn send_end<C: StackIdContext, A: Access>(
     ctx: &C,
     sock: Sock<A>,
+    typed: Option<u64>,
     ret: i64,
 ) -> Result<(), Fault> {
-    match send_counted::<A>(sock.ptr, None, ret)? {
+    if let Some(v) = sk_counts::kept(typed, ret) {
+        return send_kept::<A>(v, ret);
+    }
+    match send_counted::<A>(sock.ptr, typed, ret)? {
         Counted::Done => Ok(()),
         Counted::Left(piece) => send_traced(ctx, sock, ret, piece),
     }

@@ -11,10 +11,20 @@ use crate::{
     sk_counts,
 };
 
-/// A receive call on `sock` returned `ret` (bytes copied or `-errno`).
+/// A receive call on `sock` returned `ret` (bytes copied or `-errno`); `typed`: the socket
+/// as a typed pointer where the hook has one (it may keep its counts, see `sk_counts`).
 #[inline(always)]
-pub fn recv_end<A: Access>(sock: Sock<A>, ret: i64, msg_flags: u32) -> Result<(), Fault> {
-    if recv_counted(sock.ptr, None, ret) {
+pub fn recv_end<A: Access>(
+    sock: Sock<A>,
+    typed: Option<u64>,
+    ret: i64,
+    msg_flags: u32,
+) -> Result<(), Fault> {
+    if let Some(v) = sk_counts::kept(typed, ret) {
+        recv_kept(v, ret);
+        return Ok(());
+    }
+    if recv_counted(sock.ptr, typed, ret) {
         return Ok(());
     }
     recv_traced(sock, ret, msg_flags)
@@ -102,7 +112,7 @@ pub fn recv_enter(sk: u64, msg_flags: u32) -> Result<(), Fault> {
 #[inline(always)]
 pub fn recv_return(ret: i64) -> Result<(), Fault> {
     match take_call() {
-        Some(call) => recv_end(Sock::new(call.sk), ret, call.flags),
+        Some(call) => recv_end(Sock::new(call.sk), None, ret, call.flags),
         None => Ok(()),
     }
 }

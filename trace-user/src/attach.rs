@@ -72,15 +72,17 @@ impl AttachMode {
         } else {
             &RESET
         };
-        let xmit: &[Hook] = if self == Self::TpBtf {
-            &XMIT_BTF
-        } else {
-            &XMIT
-        };
+        let xmit: &[Hook] = if self.typed() { &XMIT_BTF } else { &XMIT };
         let calls = if standby { CALLS } else { CALLS_PIECED };
         [own, common, LIFECYCLE, xmit, reset, calls]
             .into_iter()
             .flatten()
+    }
+
+    /// Whether the backend's hooks pass typed sockets (BTF): their packets' fields are
+    /// loaded directly, and `--summary` can keep a socket's counts in the socket itself.
+    pub fn typed(self) -> bool {
+        matches!(self, Self::Fentry | Self::TpBtf)
     }
 
     /// The hooks that see calls on sockets with a layer above TCP (kTLS), where the

@@ -231,7 +231,7 @@ impl Tracer {
             .take_map(maps::PENDING)
             .context("PENDING map missing")?;
         // Sockets keep their counts themselves where the hooks are typed (`sk_counts`).
-        let sk = if !full && self.mode == AttachMode::TpBtf {
+        let sk = if !full && self.mode.typed() {
             Some(SkCounts::new(&mut self.ebpf)?)
         } else {
             None

@@ -152,8 +152,13 @@ fn summary_counts_what_sockets_kept_live_closed_and_elsewhere() {
         other,
         "other namespace's server",
     );
-    // Where the hooks are typed, each of the four; elsewhere none (the same counts above).
-    let kept = if attach == "tp_btf" { 4 } else { 0 };
+    // Where the hooks are typed (fentry, tp_btf), each of the four; elsewhere none (the
+    // same counts above).
+    let kept = if matches!(attach.as_str(), "tp_btf" | "fentry") {
+        4
+    } else {
+        0
+    };
     assert_eq!(
         u(&summary["sockets_counting_themselves"]),
         kept,
