@@ -10,6 +10,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
 use trace_common::{
+    SockAddrs,
     agg::{AGG_ENTRIES, Level, PENDING_ENTRIES, PENDING_SLOTS, Pending, SockAgg, bucket, covers},
     calls::{self, CallRef},
 };
@@ -110,24 +111,35 @@ pub fn counted_sock(sk: u64, ret: i64) -> Option<*mut SockTrack> {
 /// (full, or the kernel could not allocate the entry at that moment): the caller streams
 /// the call as an event instead, so that it is still counted, and says so.
 #[inline(always)]
-pub fn entry(track: &SockTrack, pid_tgid: u64) -> Option<&'static mut SockAgg> {
-    if let Some(a) = AGG.get_ptr_mut(track.id) {
+fn entry(track: &SockTrack, pid_tgid: u64) -> Option<&'static mut SockAgg> {
+    entry_of(track.id, track.ino, &track.addrs, pid_tgid)
+}
+
+/// [`entry`] of the socket of id `id`, inode `ino`, addresses `addrs`.
+#[inline(always)]
+pub fn entry_of(
+    id: u64,
+    ino: u64,
+    addrs: &SockAddrs,
+    pid_tgid: u64,
+) -> Option<&'static mut SockAgg> {
+    if let Some(a) = AGG.get_ptr_mut(id) {
         let a = unsafe { &mut *a };
-        a.ino = track.ino;
+        a.ino = ino;
         return Some(a);
     }
     let blank = unsafe { &mut *BLANK.get_ptr_mut(0)? };
     blank.pid = (pid_tgid >> 32) as u32;
-    blank.ino = track.ino;
+    blank.ino = ino;
     blank.comm = if pid_tgid == 0 { [0; 16] } else { comm() };
-    blank.addrs = track.addrs;
+    blank.addrs = *addrs;
     // Inserted from the map by reference: by value it would be copied onto the stack.
     let blank: &SockAgg = blank;
     // Only if still absent: another program on this CPU (a standby copy, while this one was
     // preempted since the lookup above) may have made it and counted into it; replacing it
     // would drop that count (seen once in 210 000 calls of three writers on one CPU, 7.3).
-    let _ = AGG.insert(track.id, blank, BPF_NOEXIST);
-    match AGG.get_ptr_mut(track.id) {
+    let _ = AGG.insert(id, blank, BPF_NOEXIST);
+    match AGG.get_ptr_mut(id) {
         Some(a) => Some(unsafe { &mut *a }),
         None => {
             count::lost(AGG_STREAMED);

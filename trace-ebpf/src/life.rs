@@ -152,7 +152,7 @@ pub fn state(sk: u64, typed: Option<u64>, old: u32, new: u32) -> Result<(), Faul
     if new == CLOSE {
         // Before the event: userspace takes the socket's counts out when it reads it.
         agg::closed(&sock, unsafe { &*track })?;
-        sk_counts::close(typed, unsafe { &*track });
+        sk_counts::close(typed);
     }
     emit_sock(EventKind::State, &sock, unsafe { &*track }, ctx, |e| {
         e.old_state = old;

@@ -102,26 +102,26 @@ const WORDS: usize = size_of::<SockAgg>() / 8;
 const FIRST_COUNT: usize = core::mem::offset_of!(SockAgg, requested) / 8;
 const _: () = assert!(core::mem::offset_of!(SockAgg, comm) + COMM_LEN <= FIRST_COUNT * 8);
 
-/// Socket `sk` (typed, or `None`), known as `track`, reaches CLOSE: its counts kept here
-/// are added to its AGG entry and deleted. With no room in AGG they are lost, counted as
-/// calls the summary streamed (there are none left to stream).
+/// Socket `sk` (typed, or `None`) reaches CLOSE: the counts it kept are added to its AGG
+/// entry (under the id they were kept for: the socket's tracking entry may be a newer one)
+/// and deleted. With no room in AGG they are lost, counted as calls the summary streamed.
 #[inline(always)]
-pub fn close(sk: Option<u64>, track: &SockTrack) {
+pub fn close(sk: Option<u64>) {
     let Some(sk) = sk else { return };
     if !on() {
         return;
     }
     let Some(v) = storage(sk, 0) else { return };
-    if v.id == track.id {
-        fold(&v.agg, track);
+    if v.id != 0 {
+        fold(&v.agg, v.id);
     }
     let _ = unsafe { bpf_sk_storage_delete(map(), sk as *mut c_void) };
 }
 
 #[inline(always)]
-fn fold(from: &SockAgg, track: &SockTrack) {
-    let Some(a) = agg::entry(track, 0) else {
-        crate::count::lost(trace_common::counters::AGG_STREAMED);
+fn fold(from: &SockAgg, id: u64) {
+    // No room: `entry_of` counts it.
+    let Some(a) = agg::entry_of(id, from.ino, &from.addrs, 0) else {
         return;
     };
     if a.pid == 0 {

@@ -45,7 +45,14 @@ impl SkCounts {
             REQ_SK_BPF_STORAGES | NLA_F_NESTED,
             &attr(REQ_MAP_FD, &fd.to_ne_bytes()),
         );
-        Ok(Self { request, _map: map })
+        let counts = Self { request, _map: map };
+        // Once now: a kernel without sock_diag's storage dump would otherwise fail the
+        // summary only at its end.
+        counts.read().context(
+            "the kernel's sock_diag cannot list the sockets' counts (INET_DIAG); \
+             --full counts without it",
+        )?;
+        Ok(counts)
     }
 
     /// Every live socket's counts: one dump of the socket table.
