@@ -106,7 +106,8 @@ pub const KEPT_LIVE: u32 = 2;
 /// `--summary` on BTF-typed hooks: one socket's totals kept in the socket itself (its
 /// socket-local storage, [`crate::maps::SK_COUNTS`]), shared by every CPU, from its first
 /// counted call in ESTABLISHED to its CLOSE, when the kernel adds them to the socket's
-/// [`crate::maps::AGG`] entry. Live sockets' are read through an iterator over the map.
+/// [`crate::maps::AGG`] entry. Live sockets' are read through sock_diag (the map's keys are
+/// sockets: no lookup from userspace can name them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SkAgg {
