@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     cty::c_void,
-    helpers::{bpf_ktime_get_ns, generated::bpf_loop},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_loop},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
@@ -17,6 +17,7 @@ use trace_common::{
 
 use crate::{
     count::{self, add},
+    filter,
     kernel::{self, Access, Fault, IPPROTO_TCP, Sock},
     maps::{AGG_STREAMED, SOCKS, SockTrack},
     model::comm,
@@ -90,20 +91,42 @@ pub fn counted(ret: i64) -> bool {
     counts_only() && (ret >= 0 || ret == -EAGAIN)
 }
 
-/// `--summary` without `--full`: the tracking entry of TCP socket `sk` when sockbuf already
-/// knows it and counts a call that returned `ret`, so that the call is counted without
-/// reading the socket at all. The entry is trusted to still be this socket (with `--full`
-/// and when streaming, its inode is read and compared at each call): the lifecycle hook
-/// drops it when the connection reaches CLOSE, before its `struct sock` can be reused.
+/// What `--summary` without `--full` does with a call that returned `ret`.
+pub enum Counting {
+    /// Nothing: the caller traces the call (streaming, `--full`, an error other than EAGAIN).
+    No,
+    /// Nothing at all: the current thread fails the filters. Told first, before any look-up
+    /// of the socket, so that the calls of every other program on the machine cost only this.
+    Out,
+    /// Counts it, for the current thread `pid_tgid`.
+    Thread(u64),
+}
+
+/// See [`Counting`]. (In this mode no call's start is hooked, or its return hook took the
+/// call off already: returning at once leaves nothing behind.)
 #[inline(always)]
-pub fn counted_sock(sk: u64, ret: i64) -> Option<*mut SockTrack> {
+pub fn counting(ret: i64) -> Counting {
     if !counted(ret) {
-        return None;
+        return Counting::No;
     }
-    let track = SOCKS.get_ptr_mut(sk)?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if filter::task_passes(pid_tgid) {
+        Counting::Thread(pid_tgid)
+    } else {
+        Counting::Out
+    }
+}
+
+/// `--summary` without `--full`: the tracking entry of TCP socket `sk` when sockbuf already
+/// knows it, so that a call [`counting`] counts is counted without reading the socket at
+/// all. The entry is trusted to still be this socket (with `--full` and when streaming, its
+/// inode is read and compared at each call): the lifecycle hook drops it when the
+/// connection reaches CLOSE, before its `struct sock` can be reused.
+#[inline(always)]
+pub fn counted_sock(sk: u64) -> Option<&'static SockTrack> {
+    let track = unsafe { SOCKS.get(sk) }?;
     // An entry without an inode yet takes the full path once, which notes it.
-    let t = unsafe { &*track };
-    (t.proto == u32::from(IPPROTO_TCP) && t.ino != 0).then_some(track)
+    (track.proto == u32::from(IPPROTO_TCP) && track.ino != 0).then_some(track)
 }
 
 /// The current CPU's counts of socket `track`, created with the task's identity

@@ -14,7 +14,6 @@ use aya_log_ebpf::warn;
 use trace_common::{
     AckEvent, BlockEvent, COMM_LEN, EventKind, Header, SEND_F_BLOCKED, SEND_F_REQUESTED,
     SEND_F_TCP_BYTES, SEND_F_UNSEEN, SYNTHETIC_IDS, SendEvent, SendQueue, StackIds,
-    agg::SkAgg,
     calls::{CallRef, pieced},
 };
 
@@ -315,10 +314,7 @@ pub fn send_end<C: StackIdContext, A: Access>(
     typed: Option<u64>,
     ret: i64,
 ) -> Result<(), Fault> {
-    if let Some(v) = sk_counts::kept(typed, ret) {
-        return send_kept::<A>(v, ret);
-    }
-    match send_counted::<A>(sock.ptr, typed, ret)? {
+    match send_counted::<A>(sock.ptr, typed, ret, || Ok(true))? {
         Counted::Done => Ok(()),
         Counted::Left(piece) => send_traced(ctx, sock, ret, piece),
     }
@@ -333,21 +329,42 @@ pub enum Counted {
     Left(Option<(CallRef, bool)>),
 }
 
-/// `--summary` without `--full`, on a socket it already counts: a send call on `sk` that
-/// returned `ret`, counted before anything else is looked up (the socket's typed pointer;
-/// the call opened: that hook is not attached, or its return took the call off), and no
-/// clock read unless the call is pieced. `A`: how the task's registers are read; `typed`:
-/// `sk` as a typed pointer where the hook has one (its counts may be in the socket).
+/// `--summary` without `--full`: a send call on `sk` that returned `ret`, counted before
+/// anything else is looked up (the socket's typed pointer; the call opened: that hook is not
+/// attached, or its return took the call off), and no clock read unless the call is pieced.
+/// First the thread's filters, then the socket's own counts (`typed`: `sk` as a typed
+/// pointer where the hook has one, see `sk_counts`), then its tracking entry. `A`: how the
+/// task's registers are read; `ours`: whether the hook takes this socket's calls at all
+/// (asked only where its counts are not in the socket).
 #[inline(always)]
-pub fn send_counted<A: Access>(sk: u64, typed: Option<u64>, ret: i64) -> Result<Counted, Fault> {
-    let Some(track) = agg::counted_sock(sk, ret) else {
+pub fn send_counted<A: Access>(
+    sk: u64,
+    typed: Option<u64>,
+    ret: i64,
+    ours: impl FnOnce() -> Result<bool, Fault>,
+) -> Result<Counted, Fault> {
+    let pid_tgid = match agg::counting(ret) {
+        agg::Counting::Thread(pid_tgid) => pid_tgid,
+        agg::Counting::Out => return Ok(Counted::Done),
+        agg::Counting::No => {
+            return Ok(if ours()? {
+                Counted::Left(None)
+            } else {
+                Counted::Done
+            });
+        }
+    };
+    if let Some(v) = sk_counts::kept(typed) {
+        let p = calls::counted_piece::<A>(pid_tgid, v.id, v.agg.ino, ret)?;
+        agg::count_send_in(&mut v.agg, 0, ret, p);
+        return Ok(Counted::Done);
+    }
+    if !ours()? {
+        return Ok(Counted::Done);
+    }
+    let Some(track) = agg::counted_sock(sk) else {
         return Ok(Counted::Left(None));
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !filter::task_passes(pid_tgid) {
-        return Ok(Counted::Done); // no call was opened (see above): nothing to clean up
-    }
-    let track = unsafe { &*track };
     let p = calls::counted_piece::<A>(pid_tgid, track.id, track.ino, ret)?;
     if let Some(a) = sk_counts::make(typed, track, pid_tgid) {
         agg::count_send_in(a, 0, ret, p);
@@ -359,18 +376,6 @@ pub fn send_counted<A: Access>(sk: u64, typed: Option<u64>, ret: i64) -> Result<
     // No room for the socket: streamed. Only a pieced call's piece must not be taken twice;
     // another's is taken again, with its syscall's number.
     Ok(Counted::Left(pieced(p.0.syscall).then_some(p)))
-}
-
-/// [`send_counted`] of a socket that keeps its counts (`sk_counts::kept`), the first thing
-/// its hook does (all a call of it costs then).
-#[inline(always)]
-pub fn send_kept<A: Access>(v: &mut SkAgg, ret: i64) -> Result<(), Fault> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if filter::task_passes(pid_tgid) {
-        let p = calls::counted_piece::<A>(pid_tgid, v.id, v.agg.ino, ret)?;
-        agg::count_send_in(&mut v.agg, 0, ret, p);
-    }
-    Ok(())
 }
 
 /// [`send_end`] of a call [`send_counted`] left (`piece`: as it gave it).

@@ -1,7 +1,7 @@
 //! Receive calls: bytes copied out of the receive buffer and the queue left behind.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use trace_common::{EventKind, RECV_F_UNSEEN, RecvEvent, agg::SkAgg};
+use trace_common::{EventKind, RECV_F_UNSEEN, RecvEvent};
 
 use crate::{
     agg, calls, filter,
@@ -20,44 +20,35 @@ pub fn recv_end<A: Access>(
     ret: i64,
     msg_flags: u32,
 ) -> Result<(), Fault> {
-    if let Some(v) = sk_counts::kept(typed, ret) {
-        recv_kept(v, ret);
-        return Ok(());
-    }
     if recv_counted(sock.ptr, typed, ret) {
         return Ok(());
     }
     recv_traced(sock, ret, msg_flags)
 }
 
-/// `--summary` without `--full`, on a socket it already counts: a receive call on `sk` that
-/// returned `ret`, counted before anything else is looked up (the socket's typed pointer;
-/// `typed`: `sk` as one where the hook has it, see [`sk_counts`]). `true`: counted, or
-/// filtered out.
+/// `--summary` without `--full`: a receive call on `sk` that returned `ret`, counted before
+/// anything else is looked up: first the thread's filters, then the socket's own counts
+/// (`typed`: `sk` as a typed pointer where the hook has one, see [`sk_counts`]), then its
+/// tracking entry. `true`: counted, or filtered out.
 #[inline(always)]
 pub fn recv_counted(sk: u64, typed: Option<u64>, ret: i64) -> bool {
-    let Some(track) = agg::counted_sock(sk, ret) else {
-        return false;
+    let pid_tgid = match agg::counting(ret) {
+        agg::Counting::Thread(pid_tgid) => pid_tgid,
+        agg::Counting::Out => return true,
+        agg::Counting::No => return false,
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !filter::task_passes(pid_tgid) {
+    if let Some(v) = sk_counts::kept(typed) {
+        agg::count_recv_in(&mut v.agg, ret);
         return true;
     }
-    let track = unsafe { &*track };
+    let Some(track) = agg::counted_sock(sk) else {
+        return false;
+    };
     if let Some(a) = sk_counts::make(typed, track, pid_tgid) {
         agg::count_recv_in(a, ret);
         return true;
     }
     agg::recv(track, pid_tgid, ret)
-}
-
-/// [`recv_counted`] of a socket that keeps its counts (`sk_counts::kept`), the first thing
-/// its hook does.
-#[inline(always)]
-pub fn recv_kept(v: &mut SkAgg, ret: i64) {
-    if filter::task_passes(bpf_get_current_pid_tgid()) {
-        agg::count_recv_in(&mut v.agg, ret);
-    }
 }
 
 /// [`recv_end`] of a call [`recv_counted`] left.

@@ -57,12 +57,12 @@ fn storage(sk: u64, flags: u64) -> Option<&'static mut SkAgg> {
     (!v.is_null()).then(|| unsafe { &mut *v })
 }
 
-/// Socket `sk`'s counts, when it keeps them and a call that returned `ret` is counted
-/// (`sk`: a typed pointer, or `None` where the hook is not typed).
+/// Socket `sk`'s counts, when it keeps them (`sk`: a typed pointer, or `None` where the
+/// hook is not typed), for a call `agg::counting` counts.
 #[inline(always)]
-pub fn kept(sk: Option<u64>, ret: i64) -> Option<&'static mut SkAgg> {
+pub fn kept(sk: Option<u64>) -> Option<&'static mut SkAgg> {
     let sk = sk?;
-    if !on() || !agg::counted(ret) {
+    if !on() {
         return None;
     }
     // 0 until its maker has written the socket's identity: counted the usual way till then.

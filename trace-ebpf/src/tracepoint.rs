@@ -13,7 +13,7 @@ use trace_common::SEND_F_LAYERED;
 use crate::{
     calls, entry, filter,
     kernel::{Access, Direct, IPPROTO_TCP, Probe, Sock},
-    layer, life, model, recv, sk_counts,
+    layer, life, model, recv,
     standby::with_standby,
     syscall::{self, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV},
 };
@@ -119,17 +119,14 @@ pub fn sock_send_length<C: TracepointArgs, const LAYERED_ONLY: bool>(ctx: &C) ->
     // program's chain is at its 512-byte limit.
     let a = (ctx.arg_u64(0), i64::from(ctx.arg_u64(1) as i32));
     model::run(ctx, || {
-        // A socket that keeps its counts: all of it.
-        if let Some(v) = sk_counts::kept(C::typed(a.0), a.1) {
-            return model::send_kept::<C::Task>(v, a.1);
-        }
-        if LAYERED_ONLY {
-            let sock = Sock::new(a.0);
-            if sock.protocol()? != IPPROTO_TCP || !layer::layered(&sock)? {
-                return Ok(());
+        let ours = || {
+            if !LAYERED_ONLY {
+                return Ok(true);
             }
-        }
-        let piece = match model::send_counted::<C::Task>(a.0, C::typed(a.0), a.1)? {
+            let sock = Sock::new(a.0);
+            Ok(sock.protocol()? == IPPROTO_TCP && layer::layered(&sock)?)
+        };
+        let piece = match model::send_counted::<C::Task>(a.0, C::typed(a.0), a.1, ours)? {
             model::Counted::Done => return Ok(()),
             model::Counted::Left(piece) => piece,
         };
@@ -193,10 +190,6 @@ pub fn sock_recv_length<C: TracepointArgs>(ctx: &C) -> u32 {
         ctx.arg_u64(2) as u32,
     );
     model::run(ctx, || {
-        if let Some(v) = sk_counts::kept(C::typed(a.0), a.1) {
-            recv::recv_kept(v, a.1);
-            return Ok(());
-        }
         if recv::recv_counted(a.0, C::typed(a.0), a.1) {
             return Ok(());
         }

@@ -166,3 +166,65 @@ fn summary_counts_what_sockets_kept_live_closed_and_elsewhere() {
     );
     drop((c, s, held));
 }
+
+/// `n` writes of [`WRITE`] bytes on `c` from a thread named `name`.
+fn writes_as(name: &str, c: &TcpStream, n: u64) {
+    let mut c = c.try_clone().expect("clone");
+    thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            for _ in 0..n {
+                assert_eq!(c.write(&[7u8; WRITE]).expect("write"), WRITE);
+            }
+        })
+        .expect("spawn")
+        .join()
+        .expect("writer");
+}
+
+/// With `-c`, a socket that keeps its counts counts only the calls of threads of that name:
+/// another thread writing on the same socket between two of the chosen one's bursts (its
+/// counts made by then, so its calls meet them) adds nothing, nor does the reader.
+#[test]
+fn summary_counts_only_the_chosen_threads_calls_on_a_socket_that_keeps_them() {
+    const CHOSEN: u64 = 1_500;
+    const OTHER: u64 = 700;
+    let pid = std::process::id().to_string();
+    let run = SummaryRun::start(&["-p", &pid, "-c", "sb-kept-in"]);
+    let (c, mut s) = tcp_pair();
+    c.set_nodelay(true).unwrap();
+    let total = (2 * CHOSEN + OTHER) * WRITE as u64;
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0;
+        while got < total {
+            got += s.read(&mut buf).expect("read") as u64;
+        }
+        s
+    });
+    writes_as("sb-kept-in", &c, CHOSEN);
+    writes_as("sb-kept-out", &c, OTHER);
+    writes_as("sb-kept-in", &c, CHOSEN);
+    let s = reader.join().expect("reader");
+    let attach = run.attach.clone();
+    let (summary, _end) = run.stop_whole();
+    let socks = summary["sockets"].as_array().expect("sockets");
+    check(
+        socks,
+        ino(&c),
+        2 * CHOSEN,
+        0,
+        0,
+        "the chosen thread's socket",
+    );
+    assert!(
+        socks.iter().all(|x| x["sock_id"] != ino(&s)),
+        "the reader fails -c: its socket has no row: {summary}"
+    );
+    let kept = u64::from(matches!(attach.as_str(), "tp_btf" | "fentry"));
+    assert_eq!(
+        u(&summary["sockets_counting_themselves"]),
+        kept,
+        "{summary}"
+    );
+}
