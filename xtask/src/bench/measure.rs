@@ -25,6 +25,8 @@ use super::{
 /// One measured run.
 pub struct Run {
     pub config: Config,
+    /// The timed round it ran in (0 for the accounted runs).
+    pub round: usize,
     pub ns_per_write: f64,
     pub writes: u64,
     pub elapsed_s: f64,
@@ -214,6 +216,7 @@ pub fn run_once(
     let wj: Value = serde_json::from_slice(&w.stdout)?;
     let mut run = Run {
         config,
+        round: 0,
         ns_per_write: wj["ns_per_write"].as_f64().unwrap_or(0.0),
         writes: wj["writes"].as_u64().unwrap_or(0),
         elapsed_s: wj["elapsed_ns"].as_f64().unwrap_or(0.0) / 1e9,

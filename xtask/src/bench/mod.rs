@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// Connections.
     #[arg(long, default_value_t = 1)]
     pub conns: usize,
+    /// Only these configurations (with the untraced one, always): e.g. `--only
+    /// floor-summary,sockbuf-summary --rounds 25` to put one comparison through many rounds.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<Config>,
     /// Let the scheduler place the workload's threads (default: all on CPU 0, the tracer on
     /// the other CPUs, which makes the runs repeatable).
     #[arg(long)]
@@ -53,6 +57,7 @@ impl BenchArgs {
             writes: 20_000,
             size: 64,
             conns: 1,
+            only: Vec::new(),
             spread: false,
         }
     }
@@ -61,7 +66,7 @@ impl BenchArgs {
 /// The workload's threads are named so; every tracer filters on it in the kernel.
 pub const COMM: &str = "sbwork";
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Config {
     Untraced,
     FloorSummary,
@@ -174,18 +179,23 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
             Config::BpftraceStream,
             Config::BpftraceHist,
         ]
+        .into_iter()
+        .filter(|&c| c == Config::Untraced || a.only.is_empty() || a.only.contains(&c))
+        .collect()
     };
     let (sockbuf, workload) = bins()?;
     let out_dir = PathBuf::from("target/bench");
     fs::create_dir_all(&out_dir)?;
     let out = out_dir.join("tracer.out");
-    let run = |c: Config, round: &str| -> anyhow::Result<Run> {
-        let r = measure::run_once(c, &a, &sockbuf, &workload, &out)?;
+    // `round`: 1 on, timed; 0 for the accounted runs (`what` says which of those).
+    let run = |c: Config, round: usize, what: &str| -> anyhow::Result<Run> {
+        let mut r = measure::run_once(c, &a, &sockbuf, &workload, &out)?;
         eprintln!(
-            "xtask: {round} {:<45} {:>8.0} ns/write",
+            "xtask: {what} {:<45} {:>8.0} ns/write",
             c.name(),
             r.ns_per_write
         );
+        r.round = round;
         Ok(r)
     };
     // The timed rounds run with the kernel's run-time accounting off: it adds two clock reads
@@ -197,6 +207,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         for i in 0..configs.len() {
             runs.push(run(
                 configs[(i + round) % configs.len()],
+                round + 1,
                 &format!("round {}", round + 1),
             )?);
         }
@@ -216,7 +227,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         for round in 0..a.accounted.max(1) {
             for i in 0..traced.len() {
                 let c = traced[(i + round) % traced.len()];
-                v.push(run(c, &format!("accounted {}", round + 1))?);
+                v.push(run(c, 0, &format!("accounted {}", round + 1))?);
             }
         }
         v

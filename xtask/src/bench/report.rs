@@ -69,6 +69,7 @@ pub fn report(configs: &[Config], runs: &[Run], accounted: &[Run], a: &BenchArgs
             ),
         ));
     }
+    t.push_str(&paired(configs, runs));
     for c in [
         Config::SockbufStream,
         Config::SockbufStreamRaw,
@@ -122,6 +123,63 @@ fn by_program(config: Config, accounted: &[Run], a: &BenchArgs) -> String {
     );
     for (_, row) in rows {
         t.push_str(&row);
+    }
+    t
+}
+
+/// Configurations set against their floors round by round: within a round the runs follow
+/// each other closely, so the machine's slower and faster spells (which move a configuration's
+/// median by several points between runs of the bench) weigh on both sides of a difference.
+const PAIRS: [(Config, Config); 4] = [
+    (Config::SockbufSummary, Config::FloorSummary),
+    (Config::SockbufTop, Config::FloorSummary),
+    (Config::FloorCountSk, Config::FloorSummary),
+    (Config::SockbufStream, Config::FloorStream),
+];
+
+/// Each pair's points over its floor per round (each run against its round's untraced one):
+/// the median, the quartiles, and each round's.
+fn paired(configs: &[Config], runs: &[Run]) -> String {
+    let at = |c: Config, round: usize| {
+        runs.iter()
+            .find(|r| r.config == c && r.round == round)
+            .map(|r| r.ns_per_write)
+    };
+    let rounds = runs.iter().map(|r| r.round).max().unwrap_or(0);
+    let mut t = String::new();
+    for (c, floor) in PAIRS {
+        if !configs.contains(&c) || !configs.contains(&floor) {
+            continue;
+        }
+        let points: Vec<f64> = (1..=rounds)
+            .filter_map(|r| {
+                let base = at(Config::Untraced, r)?;
+                Some((at(c, r)? - at(floor, r)?) / base * 100.0)
+            })
+            .collect();
+        if t.is_empty() {
+            t.push_str(
+                "\nPaired by round: a configuration's added time minus its floor's, in points of \
+                 that round's untraced write (median, quartiles; then every round's).\n\n\
+                 | configuration | its floor | points over it | quartiles | rounds |\n\
+                 | --- | --- | ---: | ---: | --- |\n",
+            );
+        }
+        let mut sorted = points.clone();
+        sorted.sort_by(f64::total_cmp);
+        let q = |f: f64| sorted.get(((sorted.len() as f64 - 1.0) * f).round() as usize);
+        let (q1, q3) = (
+            q(0.25).copied().unwrap_or(0.0),
+            q(0.75).copied().unwrap_or(0.0),
+        );
+        let each: Vec<String> = points.iter().map(|p| format!("{p:+.1}")).collect();
+        t.push_str(&format!(
+            "| {} | {} | {:+.1} | {q1:+.1} … {q3:+.1} | {} |\n",
+            c.name(),
+            floor.name(),
+            median(points),
+            each.join(" ")
+        ));
     }
     t
 }
