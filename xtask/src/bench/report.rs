@@ -130,8 +130,10 @@ fn by_program(config: Config, accounted: &[Run], a: &BenchArgs) -> String {
 /// Configurations set against their floors round by round: within a round the runs follow
 /// each other closely, so the machine's slower and faster spells (which move a configuration's
 /// median by several points between runs of the bench) weigh on both sides of a difference.
-const PAIRS: [(Config, Config); 4] = [
+const PAIRS: [(Config, Config); 5] = [
     (Config::SockbufSummary, Config::FloorSummary),
+    // What the summary adds to the least a per-socket count can do.
+    (Config::SockbufSummary, Config::FloorCountSk),
     (Config::SockbufTop, Config::FloorSummary),
     (Config::FloorCountSk, Config::FloorSummary),
     (Config::SockbufStream, Config::FloorStream),
