@@ -354,22 +354,36 @@ pub fn send_counted<A: Access>(
             });
         }
     };
-    if let Some(v) = sk_counts::kept(typed) {
-        let p = calls::counted_piece::<A>(pid_tgid, v.id, v.agg.ino, ret)?;
-        agg::count_send_in(&mut v.agg, 0, ret, p);
-        return Ok(Counted::Done);
-    }
-    if !ours()? {
-        return Ok(Counted::Done);
-    }
-    let Some(track) = agg::counted_sock(sk) else {
-        return Ok(Counted::Left(None));
+    // The counts the socket keeps, else its tracking entry, then one path for both: with a
+    // copy of the count for each, fexit's chain of BPF functions came to 544 bytes of stack
+    // on 6.1, whose verifier refuses more than 512.
+    let kept = sk_counts::kept(typed);
+    let track = match kept {
+        Some(_) => None,
+        None if !ours()? => return Ok(Counted::Done),
+        None => match agg::counted_sock(sk) {
+            Some(track) => Some(track),
+            None => return Ok(Counted::Left(None)),
+        },
     };
-    let p = calls::counted_piece::<A>(pid_tgid, track.id, track.ino, ret)?;
-    if let Some(a) = sk_counts::make(typed, track, pid_tgid) {
+    let (id, ino) = match (&kept, track) {
+        (Some(v), _) => (v.id, v.agg.ino),
+        (None, Some(t)) => (t.id, t.ino),
+        (None, None) => return Ok(Counted::Done),
+    };
+    let p = calls::counted_piece::<A>(pid_tgid, id, ino, ret)?;
+    let into = match (kept, track) {
+        (Some(v), _) => Some(&mut v.agg),
+        (None, Some(t)) => sk_counts::make(typed, t, pid_tgid),
+        (None, None) => None,
+    };
+    if let Some(a) = into {
         agg::count_send_in(a, 0, ret, p);
         return Ok(Counted::Done);
     }
+    let Some(track) = track else {
+        return Ok(Counted::Done);
+    };
     if agg::count_send(track, pid_tgid, 0, ret, p).is_some() {
         return Ok(Counted::Done);
     }
