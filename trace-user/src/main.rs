@@ -5,7 +5,7 @@ use trace_user::{
     check,
     cli::{Cli, Command},
     error::SetupError,
-    export, fill, replay, top, trace, udp,
+    export, fill, replay, stop, top, trace, udp,
 };
 
 fn main() -> ExitCode {
@@ -32,6 +32,9 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
+        if cli.command.ends_on_signals() {
+            stop::watch();
+        }
         match cli.command {
             Command::Trace(args) => trace::run(args, cli.verbose).await.map(|()| true),
             Command::Top(args) => top::run(args, cli.verbose).await.map(|()| true),

@@ -1,18 +1,62 @@
 //! When a session ends: Ctrl-C, SIGTERM, the duration running out, or a reason of the caller's.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::OnceLock, time::Duration};
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    sync::Mutex,
+};
 
-/// Resolves on SIGINT, SIGTERM, after `duration`, or when `other` resolves.
+/// SIGINT and SIGTERM, each watched once for the whole process (`None`: could not be).
+struct Watched {
+    int: Option<Signal>,
+    term: Option<Signal>,
+}
+
+static WATCHED: OnceLock<Mutex<Watched>> = OnceLock::new();
+
+/// Starts watching SIGINT and SIGTERM, for a command that ends on them: called before the
+/// programs load, which can take seconds (the verifier, a refused backend and the next one
+/// tried). A signal that comes meanwhile ends the session as soon as it starts, where it
+/// was lost before (a background job of a non-interactive shell starts with SIGINT ignored,
+/// and a `kill -INT` then went unseen until another came) or ended sockbuf by the default
+/// action, its clean-up skipped. Needs the runtime; watching twice is watching once.
+pub fn watch() {
+    watched();
+}
+
+fn watched() -> &'static Mutex<Watched> {
+    WATCHED.get_or_init(|| {
+        let watch = |kind: SignalKind, name: &str| {
+            signal(kind)
+                .inspect_err(|e| log::warn!("cannot watch {name}: {e}"))
+                .ok()
+        };
+        Mutex::new(Watched {
+            int: watch(SignalKind::interrupt(), "SIGINT"),
+            term: watch(SignalKind::terminate(), "SIGTERM"),
+        })
+    })
+}
+
+/// One of the signals, or never where it could not be watched.
+async fn received(s: &mut Option<Signal>) {
+    match s {
+        Some(s) => drop(s.recv().await),
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves on SIGINT, SIGTERM (either one received since [`watch`], and not taken by an
+/// earlier stop), after `duration`, or when `other` resolves.
 pub async fn stop_on(duration: Option<Duration>, other: impl Future<Output = ()>) {
-    let mut term = signal(SignalKind::terminate())
-        .inspect_err(|e| log::warn!("cannot watch SIGTERM: {e}"))
-        .ok();
-    let sigterm = async {
-        match &mut term {
-            Some(t) => drop(t.recv().await),
-            None => std::future::pending().await,
+    // The lock inside its own arm: a stop that waits for it still ends on the others.
+    let signals = async {
+        let mut watched = watched().lock().await;
+        let Watched { int, term } = &mut *watched;
+        tokio::select! {
+            () = received(int) => {}
+            () = received(term) => {}
         }
     };
     let timeout = async {
@@ -22,8 +66,7 @@ pub async fn stop_on(duration: Option<Duration>, other: impl Future<Output = ()>
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = sigterm => {}
+        () = signals => {}
         () = timeout => {}
         () = other => {}
     }

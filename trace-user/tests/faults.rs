@@ -322,3 +322,74 @@ fn ctrl_c_during_the_fill_ends_it_at_once() {
         "one line saying so: {err}"
     );
 }
+
+/// Whether process `pid` holds a file descriptor of BPF object `kind` (`bpf-map`,
+/// `bpf_link`, …: how /proc names their anonymous inodes).
+fn holds(pid: u32, kind: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains(kind)))
+}
+
+/// Ctrl-C while the programs still load (its maps made, nothing attached yet) ends the
+/// session as soon as it starts: the start and end lines printed, exit 0. Also when sockbuf
+/// inherited SIGINT ignored, as a script's background job does (`sockbuf … & kill -INT $!`):
+/// that SIGINT used to be lost, and sockbuf ran on.
+#[test]
+fn ctrl_c_while_loading_ends_the_session_once_it_starts() {
+    for ignored in [false, true] {
+        let mut cmd = if ignored {
+            let mut c = Command::new("sh");
+            c.args(["-c", "trap '' INT; exec \"$0\" \"$@\"", SOCKBUF]);
+            c
+        } else {
+            Command::new(SOCKBUF)
+        };
+        let mut child = cmd
+            .args(["trace", "--json", "--summary"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sockbuf");
+        let pid = child.id();
+        wait_until(Duration::from_secs(30), "sockbuf's first map", || {
+            holds(pid, "bpf-map")
+        });
+        assert!(
+            !holds(pid, "bpf_link"),
+            "caught before anything is attached"
+        );
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                child.kill().expect("SIGKILL");
+                panic!("sockbuf (SIGINT ignored: {ignored}) still running 60 s after Ctrl-C");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = stderr_of(&mut child);
+        assert!(
+            status.success(),
+            "SIGINT ignored: {ignored}: {status}: {err}"
+        );
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let kinds: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("JSON")["kind"].clone())
+            .collect();
+        assert_eq!(kinds.first(), Some(&Value::from("start")), "{out}");
+        assert_eq!(kinds.last(), Some(&Value::from("end")), "{out}");
+    }
+}

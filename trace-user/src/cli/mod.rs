@@ -122,6 +122,14 @@ pub enum Command {
     Replay(ReplayArgs),
 }
 
+impl Command {
+    /// Whether the command runs until Ctrl-C or SIGTERM (see `stop::watch`); the others
+    /// keep the default action, which ends them at once.
+    pub fn ends_on_signals(&self) -> bool {
+        !matches!(self, Self::Check { .. } | Self::Replay(_))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
     /// A file `sockbuf trace --record FILE` wrote.
