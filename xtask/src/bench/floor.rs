@@ -69,6 +69,12 @@ pub enum Work {
     /// The same in socket-local storage, from BTF-typed tracepoints (the socket a typed
     /// pointer): the kernel keeps the socket's storage in the socket, no hash on the way.
     SkStorage,
+    /// The least `--summary -c` itself can do: beside `SkStorage`'s storage, the thread's
+    /// id (a helper call), its slot (an array the verifier inlines) for the filter's
+    /// remembered verdict and the pieced-call mark, and the bytes counted into a log2
+    /// histogram's bucket, as `--summary` counts them. Every thread passes here, the reader
+    /// too, where `-c sbwork` stops the reader at its slot.
+    Summary,
 }
 
 /// The hooks counted on: the calls' returns.
@@ -156,22 +162,93 @@ fn counting(work: Work) -> (Vec<[u8; 8]>, [usize; 2]) {
     (p, [first, second])
 }
 
+/// The socket's storage (`r6`), made zeroed at its first call, into `r0`; after `LD_MAP`.
+const STORAGE_GET: [[u8; 8]; 4] = [
+    insn(0xbf, 2, 6, 0, 0),   // r2 = the socket
+    insn(0xb7, 3, 0, 0, 0),   // r3 = NULL: a zeroed value
+    insn(0xb7, 4, 0, 0, 1),   // r4 = BPF_SK_STORAGE_GET_F_CREATE
+    insn(0x85, 0, 0, 0, 107), // call bpf_sk_storage_get
+];
+
 /// The socket-local storage program: `bpf_sk_storage_get` with `F_CREATE` makes the
 /// socket's zeroed entry at its first call; the index of its map load.
 fn sk_storage() -> (Vec<[u8; 8]>, [usize; 1]) {
     let mut p = ARGS.to_vec();
     let load = p.len();
     p.extend(LD_MAP);
-    p.extend([
-        insn(0xbf, 2, 6, 0, 0),   // r2 = the socket
-        insn(0xb7, 3, 0, 0, 0),   // r3 = NULL: a zeroed value
-        insn(0xb7, 4, 0, 0, 1),   // r4 = BPF_SK_STORAGE_GET_F_CREATE
-        insn(0x85, 0, 0, 0, 107), // call bpf_sk_storage_get
-        insn(0x15, 0, 0, 3, 0),   // if r0 == 0 goto the end
-    ]);
+    p.extend(STORAGE_GET);
+    p.push(insn(0x15, 0, 0, 3, 0)); // if r0 == 0 goto the end
     p.extend(ADD);
     p.extend([R0_0, EXIT]);
     (p, [load])
+}
+
+/// The slots of [`Work::Summary`]'s threads (a legacy `maps` array), by thread id modulo.
+const THREADS: &str = "FLOOR_THREADS";
+const THREAD_SLOTS: u32 = 16384;
+/// Its storage value: the bytes, then the buckets.
+const SUMMARY_WORDS: u32 = 1 + 32;
+
+/// [`Work::Summary`]'s program; the indexes of its loads of the threads' array and of the
+/// socket-local storage.
+fn summary() -> (Vec<[u8; 8]>, [usize; 2]) {
+    let mut p = ARGS.to_vec();
+    p.extend([
+        insn(0x85, 0, 0, 0, 14), // call bpf_get_current_pid_tgid
+        insn(0xbf, 8, 0, 0, 0),  // r8 = the thread's id
+        insn(0xbf, 1, 8, 0, 0),  // r1 = r8
+        insn(0x57, 1, 0, 0, (THREAD_SLOTS - 1) as i32), // r1 &= slots - 1
+        insn(0x63, 10, 1, -4, 0), // *(u32 *)(r10 - 4) = r1: the key
+        insn(0xbf, 2, 10, 0, 0), // r2 = r10 - 4
+        insn(0x07, 2, 0, 0, -4),
+    ]);
+    let threads = p.len();
+    p.extend(LD_MAP);
+    let end = |p: &Vec<[u8; 8]>, at: usize| (p.len() - at - 1) as i16;
+    p.extend([insn(0x85, 0, 0, 0, 1)]); // call bpf_map_lookup_elem (inlined)
+    let miss = p.len();
+    p.extend([
+        insn(0x15, 0, 0, 0, 0), // if r0 == 0 goto the end (patched)
+        insn(0x79, 1, 0, 0, 0), // r1 = the slot's remembered thread
+        insn(0x1d, 1, 8, 1, 0), // if r1 == r8 skip the next: it passed before
+        insn(0x7b, 0, 8, 0, 0), // remember it (its name passes: every thread here)
+        insn(0x79, 1, 0, 8, 0), // r1 = the slot's mark of a pieced call
+    ]);
+    let marked = p.len();
+    p.push(insn(0x55, 1, 0, 0, 0)); // if r1 != 0 goto the end (patched)
+    let storage = p.len();
+    p.extend(LD_MAP);
+    p.extend(STORAGE_GET);
+    let none = p.len();
+    p.extend([
+        insn(0x15, 0, 0, 0, 0), // if r0 == 0 goto the end (patched)
+        insn(0xdb, 0, 7, 0, 0), // lock *(u64 *)(r0 + 0) += r7: the bytes
+        // r3 = log2(r7) + 1, a binary search as `--summary`'s (no count-leading-zeros).
+        insn(0xbf, 2, 7, 0, 0),
+        insn(0xb7, 3, 0, 0, 1),
+    ]);
+    for shift in [16, 8, 4, 2] {
+        p.extend([
+            insn(0xa5, 2, 0, 2, 1 << shift), // if r2 < 1 << shift skip two
+            insn(0x77, 2, 0, 0, shift),      // r2 >>= shift
+            insn(0x07, 3, 0, 0, shift),      // r3 += shift
+        ]);
+    }
+    p.extend([
+        insn(0xa5, 2, 0, 1, 2),  // if r2 < 2 skip one
+        insn(0x07, 3, 0, 0, 1),  // r3 += 1
+        insn(0x57, 3, 0, 0, 31), // r3 &= 31: the buckets
+        insn(0x67, 3, 0, 0, 3),  // r3 <<= 3
+        insn(0x0f, 0, 3, 0, 0),  // r0 += r3
+        insn(0xb7, 1, 0, 0, 1),  // r1 = 1
+        insn(0xdb, 0, 1, 8, 0),  // lock *(u64 *)(r0 + 8) += r1: the bucket
+    ]);
+    for at in [miss, marked, none] {
+        let off = end(&p, at).to_le_bytes();
+        p[at][2..4].copy_from_slice(&off);
+    }
+    p.extend([R0_0, EXIT]);
+    (p, [threads, storage])
 }
 
 /// The map the counting programs share, as a legacy `maps` section entry (`bpf_map_def`:
@@ -179,6 +256,7 @@ fn sk_storage() -> (Vec<[u8; 8]>, [usize; 1]) {
 fn map_def(work: Work) -> [u8; 28] {
     let (kind, key_size, entries) = match work {
         Work::PerCpu => (6u32, 4u32, 1u32), // BPF_MAP_TYPE_PERCPU_ARRAY
+        Work::Summary => (2, 4, THREAD_SLOTS), // BPF_MAP_TYPE_ARRAY: the threads' slots
         _ => (1, 8, 4096),                  // BPF_MAP_TYPE_HASH
     };
     let mut d = [0u8; 28];
@@ -208,40 +286,47 @@ fn symbol(
     })
 }
 
+/// Whether `work` counts from BTF-typed hooks into socket-local storage.
+fn typed(work: Work) -> bool {
+    matches!(work, Work::SkStorage | Work::Summary)
+}
+
+/// The maps `work`'s programs use, as symbols: socket-local storage (BTF-defined, in
+/// `.maps`), and a legacy `maps` entry (the counts, or [`Work::Summary`]'s threads).
+fn maps(obj: &mut Object<'_>, work: Work) -> (Option<SymbolId>, Option<SymbolId>) {
+    let storage = typed(work).then(|| {
+        let words = if work == Work::Summary {
+            SUMMARY_WORDS
+        } else {
+            2
+        };
+        let maps = obj.add_section(Vec::new(), b".maps".to_vec(), SectionKind::Data);
+        let at = obj.append_section_data(maps, &[0; floor_btf::DEF_SIZE as usize], 8);
+        let btf = obj.add_section(Vec::new(), b".BTF".to_vec(), SectionKind::Metadata);
+        obj.append_section_data(btf, &floor_btf::section(words), 4);
+        let size = (at, u64::from(floor_btf::DEF_SIZE));
+        symbol(obj, floor_btf::MAP, maps, size, SymbolKind::Data)
+    });
+    let legacy = matches!(work, Work::PerCpu | Work::PerSocket | Work::Summary).then(|| {
+        let name = if work == Work::Summary {
+            THREADS
+        } else {
+            "FLOOR_COUNTS"
+        };
+        let maps = obj.add_section(Vec::new(), b"maps".to_vec(), SectionKind::Data);
+        let at = obj.append_section_data(maps, &map_def(work), 4);
+        symbol(obj, name, maps, (at, 28), SymbolKind::Data)
+    });
+    (storage, legacy)
+}
+
 /// An ELF object with one program per hook, in the section naming aya loads from. Made here
 /// rather than compiled: it needs no BPF toolchain and there is little to compile.
 fn object(hooks: &[&str], work: Work) -> anyhow::Result<Vec<u8>> {
     let mut obj = Object::new(BinaryFormat::Elf, Architecture::Bpf, Endianness::Little);
-    let map = match work {
-        Work::None => None,
-        Work::SkStorage => {
-            let maps = obj.add_section(Vec::new(), b".maps".to_vec(), SectionKind::Data);
-            let at = obj.append_section_data(maps, &[0; floor_btf::DEF_SIZE as usize], 8);
-            let btf = obj.add_section(Vec::new(), b".BTF".to_vec(), SectionKind::Metadata);
-            obj.append_section_data(btf, &floor_btf::section(), 4);
-            let size = (at, u64::from(floor_btf::DEF_SIZE));
-            Some(symbol(
-                &mut obj,
-                floor_btf::MAP,
-                maps,
-                size,
-                SymbolKind::Data,
-            ))
-        }
-        _ => {
-            let maps = obj.add_section(Vec::new(), b"maps".to_vec(), SectionKind::Data);
-            let at = obj.append_section_data(maps, &map_def(work), 4);
-            Some(symbol(
-                &mut obj,
-                "FLOOR_COUNTS",
-                maps,
-                (at, 28),
-                SymbolKind::Data,
-            ))
-        }
-    };
+    let (storage, legacy) = maps(&mut obj, work);
     for hook in hooks {
-        let typed = work == Work::SkStorage && counts(hook);
+        let typed = typed(work) && counts(hook);
         let kind = match hook {
             _ if typed => "tp_btf",
             _ if syscall_tracepoint(hook) => "tracepoint/syscalls",
@@ -252,19 +337,24 @@ fn object(hooks: &[&str], work: Work) -> anyhow::Result<Vec<u8>> {
             format!("{kind}/{hook}").into_bytes(),
             SectionKind::Text,
         );
-        let (code, loads) = match map {
-            Some(_) if typed => {
+        // The program, and each of its map loads with the map it loads.
+        let (code, loads) = match (work, counts(hook)) {
+            (_, false) | (Work::None, _) => (vec![R0_0, EXIT], Vec::new()),
+            (Work::SkStorage, true) => {
                 let (code, [load]) = sk_storage();
-                (code, vec![load])
+                (code, vec![(load, storage)])
             }
-            Some(_) if counts(hook) => {
+            (Work::Summary, true) => {
+                let (code, [threads, load]) = summary();
+                (code, vec![(threads, legacy), (load, storage)])
+            }
+            (Work::PerCpu | Work::PerSocket, true) => {
                 let (code, loads) = counting(work);
-                (code, loads.to_vec())
+                (code, loads.map(|i| (i, legacy)).to_vec())
             }
-            _ => (vec![R0_0, EXIT], Vec::new()),
         };
         let value = obj.append_section_data(id, code.as_flattened(), 8);
-        for i in loads {
+        for (i, map) in loads {
             obj.add_relocation(
                 id,
                 Relocation {
@@ -289,7 +379,7 @@ pub fn attach(hooks: &[&str], work: Work) -> anyhow::Result<Ebpf> {
     let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
     for hook in hooks {
         let name = name(hook);
-        if work == Work::SkStorage && counts(hook) {
+        if typed(work) && counts(hook) {
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(&name)
                 .context("floor program missing from its object")?

@@ -1,6 +1,7 @@
 //! The BTF a socket-local storage map needs (the kernel refuses one without BTF for its key
 //! and value), written by hand like the floors' programs: a `.maps` entry `FLOOR_SK` of type
-//! `BPF_MAP_TYPE_SK_STORAGE`, flags `BPF_F_NO_PREALLOC`, key `int`, value two `u64`s.
+//! `BPF_MAP_TYPE_SK_STORAGE`, flags `BPF_F_NO_PREALLOC`, key `int`, value `u64`s (two, or
+//! the bytes and a histogram's buckets for the floor that counts as `--summary` must).
 
 /// BTF kinds (include/uapi/linux/btf.h).
 const INT: u32 = 1;
@@ -59,8 +60,8 @@ impl Builder {
     }
 }
 
-/// The `.BTF` section's bytes.
-pub fn section() -> Vec<u8> {
+/// The `.BTF` section's bytes, for a value of `words` `u64`s.
+pub fn section(words: u32) -> Vec<u8> {
     let mut b = Builder::default();
     let int = b.add("int", INT, 0, 4, &[1 << 24 | 32]); // signed, 32 bits
     // `__uint(name, N)`: a pointer to an array of N ints.
@@ -72,8 +73,9 @@ pub fn section() -> Vec<u8> {
     let flags = number(&mut b, BPF_F_NO_PREALLOC);
     let key = b.add("", PTR, 0, int, &[]);
     let u64_ = b.add("unsigned long long", INT, 0, 8, &[64]);
-    let (calls, bytes) = (b.member("calls", u64_, 0), b.member("bytes", u64_, 64));
-    let counts = b.add("floor_counts", STRUCT, 2, 16, &[calls, bytes].concat());
+    let words_ty = b.add("", ARRAY, 0, 0, &[u64_, int, words]);
+    let counts_member = b.member("counts", words_ty, 0);
+    let counts = b.add("floor_counts", STRUCT, 1, words * 8, &counts_member);
     let value = b.add("", PTR, 0, counts, &[]);
     let members = [
         b.member("type", kind, 0),

@@ -94,11 +94,13 @@ fn start_tracer(
         Config::FloorSummary
         | Config::FloorCountCpu
         | Config::FloorCountSocket
-        | Config::FloorCountSk => {
+        | Config::FloorCountSk
+        | Config::FloorCountSummary => {
             let work = match config {
                 Config::FloorCountCpu => Work::PerCpu,
                 Config::FloorCountSocket => Work::PerSocket,
                 Config::FloorCountSk => Work::SkStorage,
+                Config::FloorCountSummary => Work::Summary,
                 _ => Work::None,
             };
             return Ok(Tracer::Floor(floor::attach(floor::SUMMARY_HOOKS, work)?));

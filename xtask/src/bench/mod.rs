@@ -76,6 +76,9 @@ pub enum Config {
     FloorCountSocket,
     /// The same, in socket-local storage from typed hooks.
     FloorCountSk,
+    /// The same, doing what `--summary -c` must beyond it: the thread's id, its slot, the
+    /// histogram (`floor::Work::Summary`).
+    FloorCountSummary,
     FloorStream,
     SockbufStream,
     /// `--stacks`: the stacks of sleeps and EAGAINs (the workload has neither: the check's
@@ -102,6 +105,7 @@ impl Config {
             Self::FloorCountCpu => "the same, counting calls and bytes per CPU",
             Self::FloorCountSocket => "the same, counting them per socket (a hash lookup)",
             Self::FloorCountSk => "the same, per socket in socket-local storage (tp_btf)",
+            Self::FloorCountSummary => "the same, with the thread's slot and a histogram",
             Self::FloorStream => "floor: empty programs on streaming's hooks",
             Self::SockbufStream => "sockbuf trace --json (every event to a file)",
             Self::SockbufStacks => "the same, --stacks (sleeps and EAGAINs)",
@@ -168,6 +172,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
             Config::FloorCountCpu,
             Config::FloorCountSocket,
             Config::FloorCountSk,
+            Config::FloorCountSummary,
             Config::FloorStream,
             Config::SockbufStream,
             Config::SockbufStacks,

@@ -130,12 +130,15 @@ fn by_program(config: Config, accounted: &[Run], a: &BenchArgs) -> String {
 /// Configurations set against their floors round by round: within a round the runs follow
 /// each other closely, so the machine's slower and faster spells (which move a configuration's
 /// median by several points between runs of the bench) weigh on both sides of a difference.
-const PAIRS: [(Config, Config); 5] = [
+const PAIRS: [(Config, Config); 7] = [
     (Config::SockbufSummary, Config::FloorSummary),
-    // What the summary adds to the least a per-socket count can do.
+    // What the summary adds to the least a per-socket count can do, and to the least
+    // `--summary` itself can do.
     (Config::SockbufSummary, Config::FloorCountSk),
+    (Config::SockbufSummary, Config::FloorCountSummary),
     (Config::SockbufTop, Config::FloorSummary),
     (Config::FloorCountSk, Config::FloorSummary),
+    (Config::FloorCountSummary, Config::FloorSummary),
     (Config::SockbufStream, Config::FloorStream),
 ];
 
