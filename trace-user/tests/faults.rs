@@ -333,35 +333,66 @@ fn holds(pid: u32, kind: &str) -> bool {
         .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains(kind)))
 }
 
-/// Ctrl-C while the programs still load (its maps made, nothing attached yet) ends the
-/// session as soon as it starts: the start and end lines printed, exit 0. Also when sockbuf
-/// inherited SIGINT ignored, as a script's background job does (`sockbuf … & kill -INT $!`):
-/// that SIGINT used to be lost, and sockbuf ran on.
+/// `sockbuf trace --json --summary` (started with SIGINT ignored when `ignored`, as a
+/// script's background job is), stopped (SIGSTOP) while its programs load: its first map
+/// made, no link yet. `None` when it was caught too late (a program attached already).
+fn stopped_while_loading(ignored: bool) -> Option<std::process::Child> {
+    let mut cmd = if ignored {
+        let mut c = Command::new("sh");
+        c.args(["-c", "trap '' INT; exec \"$0\" \"$@\"", SOCKBUF]);
+        c
+    } else {
+        Command::new(SOCKBUF)
+    };
+    let mut child = cmd
+        .args(["trace", "--json", "--summary"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sockbuf");
+    let pid = child.id();
+    let t0 = std::time::Instant::now();
+    while !holds(pid, "bpf-map") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "sockbuf made no map in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    wait_until(Duration::from_secs(5), "sockbuf stopped", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('T')
+        })
+    });
+    if holds(pid, "bpf_link") {
+        child.kill().expect("SIGKILL");
+        child.wait().expect("wait");
+        return None;
+    }
+    Some(child)
+}
+
+/// Ctrl-C while the programs still load ends the session as soon as it starts: the start
+/// and end lines printed, exit 0. Also when sockbuf inherited SIGINT ignored, as a script's
+/// background job does (`sockbuf … & kill -INT $!`): that SIGINT used to be lost, and
+/// sockbuf ran on.
 #[test]
 fn ctrl_c_while_loading_ends_the_session_once_it_starts() {
     for ignored in [false, true] {
-        let mut cmd = if ignored {
-            let mut c = Command::new("sh");
-            c.args(["-c", "trap '' INT; exec \"$0\" \"$@\"", SOCKBUF]);
-            c
-        } else {
-            Command::new(SOCKBUF)
-        };
-        let mut child = cmd
-            .args(["trace", "--json", "--summary"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sockbuf");
-        let pid = child.id();
-        wait_until(Duration::from_secs(30), "sockbuf's first map", || {
-            holds(pid, "bpf-map")
-        });
-        assert!(
-            !holds(pid, "bpf_link"),
-            "caught before anything is attached"
-        );
-        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        let mut child = (0..10)
+            .find_map(|_| stopped_while_loading(ignored))
+            .expect("sockbuf caught while loading in one of 10 tries");
+        let pid = child.id() as i32;
+        // Sent while it is stopped, taken when it goes on: inside the load.
+        unsafe {
+            libc::kill(pid, libc::SIGINT);
+            libc::kill(pid, libc::SIGCONT);
+        }
         let t0 = std::time::Instant::now();
         let status = loop {
             if let Some(s) = child.try_wait().expect("wait") {

@@ -9,7 +9,7 @@
 use anyhow::Context as _;
 use aya::{
     Btf, Ebpf,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
 use object::{
@@ -223,7 +223,9 @@ fn summary() -> (Vec<[u8; 8]>, [usize; 2]) {
     p.extend([
         insn(0x15, 0, 0, 0, 0), // if r0 == 0 goto the end (patched)
         insn(0xdb, 0, 7, 0, 0), // lock *(u64 *)(r0 + 0) += r7: the bytes
-        // r3 = log2(r7) + 1, a binary search as `--summary`'s (no count-leading-zeros).
+        // r3 = log2(r7) + 1, a binary search as `--summary`'s (no count-leading-zeros), for
+        // 1 <= r7 < 2^32: the workload's writes (0, errors and larger returns, which
+        // `--summary` tells apart, land in wrong buckets here, which costs the same).
         insn(0xbf, 2, 7, 0, 0),
         insn(0xb7, 3, 0, 0, 1),
     ]);
@@ -415,7 +417,17 @@ pub fn attach(hooks: &[&str], work: Work) -> anyhow::Result<Ebpf> {
 /// checks them against the workload's writes, so a counting floor that counted nothing
 /// cannot pass for a cheap one.
 pub fn counted(ebpf: &mut Ebpf) -> anyhow::Result<Option<u64>> {
-    // Socket-local storage cannot be listed from user space: its counts go unchecked.
+    // Socket-local storage cannot be listed from user space: its counts go unchecked; the
+    // least summary's threads' slots at least show that its programs ran (each remembers
+    // the id of the thread it passed).
+    if let Some(map) = ebpf.map(THREADS) {
+        let slots = Array::<&MapData, [u64; 2]>::try_from(map)?;
+        anyhow::ensure!(
+            slots.iter().any(|v| v.is_ok_and(|v| v[0] != 0)),
+            "the least summary's programs remembered no thread: they never ran"
+        );
+        return Ok(None);
+    }
     let Some(map) = ebpf.map_mut("FLOOR_COUNTS") else {
         return Ok(None);
     };
