@@ -157,6 +157,7 @@ pub struct Tracer {
 
 impl Tracer {
     pub fn load(opts: &LoadOptions) -> anyhow::Result<Self> {
+        let _signals = crate::stop::HeldBack::new();
         preflight::check_privileges()?;
         let tracefs = Mount::tracefs()?;
         // The copies cost a map update per program run; only where a program can be

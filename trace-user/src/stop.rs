@@ -2,6 +2,7 @@
 
 use std::{future::Future, sync::OnceLock, time::Duration};
 
+use nix::sys::signal::{SigSet, SigmaskHow, Signal as Sig, pthread_sigmask};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::Mutex,
@@ -37,6 +38,41 @@ fn watched() -> &'static Mutex<Watched> {
             term: watch(SignalKind::terminate(), "SIGTERM"),
         })
     })
+}
+
+/// SIGINT and SIGTERM held back on this thread while it lives, as they would end a session
+/// (see [`watch`]): the kernel's verifier, and aya's probes of the kernel's features before
+/// it, give up with EAGAIN when a signal is pending. A Ctrl-C in the middle of the load made
+/// a probe fail (aya then took global data for unsupported, and the object failed to
+/// relocate) or a backend look refused. Held back, it waits until the programs are loaded,
+/// then ends the session as soon as it starts.
+pub struct HeldBack(Option<SigSet>);
+
+impl HeldBack {
+    pub fn new() -> Self {
+        let mut set = SigSet::empty();
+        set.add(Sig::SIGINT);
+        set.add(Sig::SIGTERM);
+        let mut before = SigSet::empty();
+        let held = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut before))
+            .inspect_err(|e| log::warn!("cannot hold SIGINT back while loading: {e}"))
+            .is_ok();
+        Self(held.then_some(before))
+    }
+}
+
+impl Default for HeldBack {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for HeldBack {
+    fn drop(&mut self) {
+        if let Some(before) = &self.0 {
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(before), None);
+        }
+    }
 }
 
 /// One of the signals, or never where it could not be watched.
