@@ -40,12 +40,13 @@ fn watched() -> &'static Mutex<Watched> {
     })
 }
 
-/// SIGINT and SIGTERM held back on this thread while it lives, as they would end a session
-/// (see [`watch`]): the kernel's verifier, and aya's probes of the kernel's features before
-/// it, give up with EAGAIN when a signal is pending. A Ctrl-C in the middle of the load made
-/// a probe fail (aya then took global data for unsupported, and the object failed to
-/// relocate) or a backend look refused. Held back, it waits until the programs are loaded,
-/// then ends the session as soon as it starts.
+/// SIGINT, SIGTERM and SIGTSTP held back on this thread while it lives: the kernel's
+/// verifier, and aya's probes of the kernel's features before it, give up with EAGAIN when
+/// a signal is pending. A Ctrl-C (or Ctrl-Z) in the middle of the load made a probe fail
+/// (aya then took global data for unsupported, and the object failed to relocate) or a
+/// backend look refused. Held back, it waits until the programs are loaded: Ctrl-C then
+/// ends the session as soon as it starts (see [`watch`]), Ctrl-Z stops it there. (SIGSTOP
+/// cannot be held back: `kill -STOP` during the load can still fail it.)
 pub struct HeldBack(Option<SigSet>);
 
 impl HeldBack {
@@ -53,6 +54,7 @@ impl HeldBack {
         let mut set = SigSet::empty();
         set.add(Sig::SIGINT);
         set.add(Sig::SIGTERM);
+        set.add(Sig::SIGTSTP);
         let mut before = SigSet::empty();
         let held = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut before))
             .inspect_err(|e| log::warn!("cannot hold SIGINT back while loading: {e}"))
